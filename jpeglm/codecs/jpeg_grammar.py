@@ -1,0 +1,590 @@
+"""The byte-level grammar of a canonical baseline JPEG scan, for constrained sampling. No torch.
+
+`JpegScanGrammar(codec)` accepts exactly the byte strings that continue the codec's modelled
+stream (`JpegCodec.encode` output) into a complete, strictly valid baseline scan:
+- every MCU (4:2:0: 4 Y blocks, Cb, Cr) decodes with the file's own Huffman tables (parsed from
+  `codec.tables()`, never assumed): per block a DC category code (0..11) + its extra bits, then AC
+  run/size codes + extra bits until EOB or coefficient 63; a run never passes coefficient 63, and a
+  ZRL (16 zeros) only where a nonzero coefficient can still follow it (encoders never write others);
+- at the end of each restart interval the partial byte is padded with 1-bits (what the encoder
+  writes), then the restart marker RSTn comes, n = 0..7 cycling; after the last interval, EOI;
+- byte stuffing: an entropy-coded FF byte is followed by 00.
+Huffman prefixes that can no longer end in a symbol valid at the current coefficient index are
+rejected at once, so every allowed byte leaves at least one way to finish: a sampler that only
+picks allowed bytes never gets stuck and always ends with a decodable file.
+
+Termination is structural, no forcing needed: a block holds at most 63 AC symbols (each moves the
+coefficient index forward by >= 1), each symbol is at most 16 + 11 bits, and a scan has a fixed
+number of blocks, so every grammatical scan is at most ~1700 bits per block long.
+
+Speed: the decoder state inside an interval is small and finite (block, phase, Huffman node,
+pending extra bits, coefficient index, MCUs left in the interval); each one is interned to an int
+and its 256 byte transitions are computed once (two memoised 4-bit steps) and cached. Token masks
+walk a trie of the vocabulary one level (byte) at a time with numpy and are cached per state.
+A grammar state is a plain tuple `(stage, count, d)` — copyable and hashable, one per sequence.
+`completion(state)` gives a shortest way to finish from any state (for samplers on a token budget).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from jpeglm.codecs.jpeg import SOS, SOF0, JpegCodec, iter_segments
+
+# stages of the outer (byte) automaton; a state is (stage, count, d)
+HEADER, SCAN, STUFF, MARK_FF, MARK_CODE, DONE = range(6)
+# HEADER: count = bytes of the canonical header already written (d unused)
+# SCAN: count = restart intervals finished, d = decoder state id at the byte boundary
+# STUFF: an entropy FF was written, 00 must follow; d = the state after it (END: interval finished)
+# MARK_FF / MARK_CODE: inside the RSTn / EOI marker after `count` finished intervals
+END = 0  # decoder state id: the interval (and its 1-padding) ended exactly at this byte boundary
+_PAD = (-1, 4, 0, 0, 0)  # decoder state: the interval is done, the rest of the byte must be 1s
+
+
+class GrammarError(ValueError):
+    """A byte the grammar does not allow in this state."""
+
+
+class HuffmanTable:
+    """One DHT table as a binary trie: child[node][bit] = node id (>= 0), -1 (no code), or
+    -2 - symbol for a leaf."""
+
+    def __init__(self, counts: list[int], symbols: list[int]):
+        self.child: list[list[int]] = [[-1, -1]]
+        self.codes: dict[int, tuple[int, int]] = {}
+        code, i = 0, 0
+        for length in range(1, 17):
+            for _ in range(counts[length - 1]):
+                self._insert(code, length, symbols[i])
+                self.codes[symbols[i]] = (code, length)
+                code += 1
+                i += 1
+            code <<= 1
+        # leaves below each node, for pruning prefixes with no usable symbol left
+        self.below: list[list[int]] = [[] for _ in self.child]
+        for sym, (code, length) in self.codes.items():
+            node = 0
+            self.below[0].append(sym)
+            for j in range(length - 1, 0, -1):
+                node = self.child[node][(code >> j) & 1]
+                self.below[node].append(sym)
+
+    def _insert(self, code: int, length: int, symbol: int) -> None:
+        node = 0
+        for j in range(length - 1, -1, -1):
+            bit = (code >> j) & 1
+            if j == 0:
+                if self.child[node][bit] != -1:
+                    raise ValueError("DHT table is not a prefix code")
+                self.child[node][bit] = -2 - symbol
+            else:
+                nxt = self.child[node][bit]
+                if nxt < -1:
+                    raise ValueError("DHT table is not a prefix code")
+                if nxt == -1:
+                    nxt = len(self.child)
+                    self.child.append([-1, -1])
+                    self.child[node][bit] = nxt
+                node = nxt
+
+
+def parse_tables(tables: bytes) -> dict[tuple[int, int], HuffmanTable]:
+    """DHT segments in `tables` (DQT/DHT segments without SOI) -> {(class, id): table};
+    class 0 = DC, 1 = AC."""
+    out, i = {}, 0
+    while i + 4 <= len(tables):
+        if tables[i] != 0xFF:
+            raise ValueError(f"bad marker at byte {i} of the tables")
+        marker, length = tables[i + 1], int.from_bytes(tables[i + 2 : i + 4], "big")
+        seg = tables[i + 4 : i + 2 + length]
+        if marker == 0xC4:
+            j = 0
+            while j < len(seg):
+                tc, th = seg[j] >> 4, seg[j] & 15
+                counts = list(seg[j + 1 : j + 17])
+                n = sum(counts)
+                out[(tc, th)] = HuffmanTable(counts, list(seg[j + 17 : j + 17 + n]))
+                j += 17 + n
+        i += 2 + length
+    return out
+
+
+class JpegScanGrammar:
+    """Constrains generation to canonical baseline scans of `codec` (a JpegCodec)."""
+
+    def __init__(self, codec: JpegCodec | None = None):
+        self.codec = codec or JpegCodec()
+        self.header = self.codec.header()
+        tables = parse_tables(self.codec.tables())
+        comps, sampling = {}, {}
+        for marker, s, e in iter_segments(self.header):
+            seg = self.header[s + 4 : e]
+            if marker == SOF0:
+                for c in range(seg[5]):
+                    cid, hv = seg[6 + 3 * c], seg[7 + 3 * c]
+                    sampling[cid] = (hv >> 4) * (hv & 15)
+            elif marker == SOS:
+                for c in range(seg[0]):
+                    cid, td_ta = seg[1 + 2 * c], seg[2 + 2 * c]
+                    comps[cid] = (td_ta >> 4, td_ta & 15)
+        # one (dc table, ac table) per block of an MCU, in scan order
+        self.blocks: list[tuple[HuffmanTable, HuffmanTable]] = []
+        for cid, (td, ta) in comps.items():
+            self.blocks += [(tables[(0, td)], tables[(1, ta)])] * sampling[cid]
+        self.mcus_per_interval = self.codec.params.restart_marker_blocks
+        self.num_intervals = self.codec.num_mcus // self.mcus_per_interval
+        # Liveness of Huffman prefixes: DC needs a category <= 11; AC at coefficient index k needs
+        # EOB, a ZRL with room for a coefficient after it (k <= 47), or a run r with k + r <= 63.
+        self._dc_live = [[any(s <= 11 for s in below) for below in dc.below] for dc, _ in self.blocks]
+        self._ac_info = []
+        for _, ac in self.blocks:
+            info = []
+            for below in ac.below:
+                runs = [s >> 4 for s in below if 1 <= (s & 15) <= 10]
+                info.append((0x00 in below, 0xF0 in below, min(runs) if runs else 99))
+            self._ac_info.append(info)
+        self._ids: dict[tuple, int] = {_PAD: END}
+        self._states: list[tuple] = [_PAD]
+        self._rows: list[list[int] | None] = [None]
+        self._masks: list[np.ndarray | None] = [None]
+        self._d_start = self._intern((0, 0, 0, 0, self.mcus_per_interval))
+        self._only = [_only(b) for b in range(256)]
+        self._none = _readonly(np.zeros(256, bool))
+        # masks per token trie; decoder-state ids are this grammar's own, so the cache lives here
+        self._mask_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._rows_np = np.full((1024, 256), -1, np.int32)
+        self._nibbles: dict[tuple, list] = {}
+        self._finish_cache: dict[tuple, bytes] = {}
+        self._min_interval: bytes | None = None
+        self._header_np = np.frombuffer(self.header, np.uint8).astype(np.int64)
+        self._token_tries: list = []
+
+    # --- the bit-level decoder (one interval) ---------------------------------------------------
+    def _intern(self, d: tuple) -> int:
+        i = self._ids.get(d)
+        if i is None:
+            i = self._ids[d] = len(self._states)
+            self._states.append(d)
+            self._rows.append(None)
+            self._masks.append(None)
+        return i
+
+    def _end_block(self, b: int, r: int) -> tuple:
+        if b + 1 < len(self.blocks):
+            return (b + 1, 0, 0, 0, r)
+        return (0, 0, 0, 0, r - 1) if r > 1 else _PAD
+
+    def _step(self, d: tuple, bit: int) -> tuple | None:
+        """The decoder state after one more bit, or None if no valid scan continues that way.
+        d = (block, phase, x, k, mcus_left): phase 0 DC code (x = trie node), 1 DC extra bits
+        (x = bits left), 2 AC code (x = node, k = next coefficient), 3 AC extra bits (x = bits
+        left, k = index after this coefficient), 4 padding (1-bits only)."""
+        b, ph, x, k, r = d
+        if ph == 4:
+            return d if bit else None
+        if ph == 0:
+            dc = self.blocks[b][0]
+            c = dc.child[x][bit]
+            if c == -1:
+                return None
+            if c >= 0:
+                return (b, 0, c, 0, r) if self._dc_live[b][c] else None
+            s = -2 - c
+            if s > 11:
+                return None
+            return (b, 1, s, 0, r) if s else (b, 2, 0, 1, r)
+        if ph == 1:
+            return (b, 1, x - 1, 0, r) if x > 1 else (b, 2, 0, 1, r)
+        if ph == 2:
+            c = self.blocks[b][1].child[x][bit]
+            if c == -1:
+                return None
+            if c >= 0:
+                eob, zrl, run = self._ac_info[b][c]
+                return (b, 2, c, k, r) if (eob or (zrl and k <= 47) or k + run <= 63) else None
+            sym = -2 - c
+            run, size = sym >> 4, sym & 15
+            if size == 0:
+                if run == 0:
+                    return self._end_block(b, r)  # EOB
+                if run == 15 and k + 16 <= 63:
+                    return (b, 2, 0, k + 16, r)  # ZRL
+                return None
+            if size > 10 or k + run > 63:
+                return None
+            return (b, 3, size, k + run + 1, r)
+        # ph == 3: extra bits of an AC coefficient
+        if x > 1:
+            return (b, 3, x - 1, k, r)
+        return self._end_block(b, r) if k == 64 else (b, 2, 0, k, r)
+
+    def _row(self, d: int) -> list[int]:
+        """Next decoder-state id for each of the 256 bytes from state id `d` (-1: not allowed)."""
+        row = self._rows[d]
+        if row is not None:
+            return row
+        # A byte is two nibbles; nibble transitions are memoised per bit-level state, and the
+        # half-byte states are shared by many byte states, so this is ~4x fewer _step calls
+        # than walking all 8 bits for every new row.
+        row = [-1] * 256
+        intern, nibble = self._intern, self._nibble
+        for hi, mid in enumerate(nibble(self._states[d])):
+            if mid is None:
+                continue
+            base = hi << 4
+            for lo, nxt in enumerate(nibble(mid)):
+                if nxt is not None:
+                    row[base | lo] = END if nxt[1] == 4 else intern(nxt)
+        self._rows[d] = row
+        arr = np.array(row, np.int32)
+        self._masks[d] = _readonly(arr >= 0)
+        if d >= len(self._rows_np):  # grow the dense copy used by the vectorised token walk
+            grown = np.full((max(2 * len(self._rows_np), d + 1), 256), -1, np.int32)
+            grown[: len(self._rows_np)] = self._rows_np
+            self._rows_np = grown
+        self._rows_np[d] = arr
+        return row
+
+    def _nibble(self, st: tuple) -> list:
+        """The bit-level state after each of the 16 four-bit values from `st` (None: invalid)."""
+        out = self._nibbles.get(st)
+        if out is None:
+            out = [None] * 16
+            stack = [(st, 0, 0)]
+            while stack:
+                cur, depth, val = stack.pop()
+                if depth == 4:
+                    out[val] = cur
+                    continue
+                for bit in (0, 1):
+                    nxt = self._step(cur, bit)
+                    if nxt is not None:
+                        stack.append((nxt, depth + 1, (val << 1) | bit))
+            self._nibbles[st] = out
+        return out
+
+    # --- the public automaton -------------------------------------------------------------------
+    def initial_state(self) -> tuple:
+        """State before the first byte of the modelled stream: the canonical header is forced."""
+        return (HEADER, 0, 0)
+
+    def start_state(self) -> tuple:
+        """State after the header (SOI..SOS), at the first entropy-coded byte."""
+        return (SCAN, 0, self._d_start)
+
+    def state_after(self, data: bytes, state: tuple | None = None) -> tuple:
+        """The state after feeding `data` (e.g. a prompt from `codec.prompt`) from `state`
+        (default: initial_state). Raises GrammarError at the first byte that is not allowed."""
+        state = self.initial_state() if state is None else state
+        for i, byte in enumerate(data):
+            nxt = self.step(state, byte)
+            if nxt is None:
+                raise GrammarError(f"byte {i} ({byte:02X}) is not allowed in state {state}")
+            state = nxt
+        return state
+
+    def step(self, state: tuple, byte: int) -> tuple | None:
+        """The state after `byte`, or None when the byte is not allowed (no exception: fast path)."""
+        stage, n, d = state
+        if stage == SCAN:
+            nd = self._row(d)[byte]
+            if nd < 0:
+                return None
+            if byte == 0xFF:
+                return (STUFF, n, nd)
+            return (MARK_FF, n + 1, 0) if nd == END else (SCAN, n, nd)
+        if stage == STUFF:
+            if byte:
+                return None
+            return (MARK_FF, n + 1, 0) if d == END else (SCAN, n, d)
+        if stage == MARK_FF:
+            return (MARK_CODE, n, 0) if byte == 0xFF else None
+        if stage == MARK_CODE:
+            if n == self.num_intervals:
+                return (DONE, n, 0) if byte == 0xD9 else None
+            return (SCAN, n, self._d_start) if byte == 0xD0 + (n - 1) % 8 else None
+        if stage == HEADER:
+            if byte != self.header[n]:
+                return None
+            return (SCAN, 0, self._d_start) if n + 1 == len(self.header) else (HEADER, n + 1, 0)
+        return None  # DONE: nothing may follow EOI
+
+    def advance(self, state: tuple, byte: int) -> tuple:
+        """The state after `byte`; raises GrammarError when the byte is not allowed."""
+        nxt = self.step(state, byte)
+        if nxt is None:
+            raise GrammarError(f"byte {byte:02X} is not allowed in state {state}")
+        return nxt
+
+    def allowed_bytes(self, state: tuple) -> np.ndarray:
+        """bool[256]: which bytes may come next (a cached read-only array; copy to modify)."""
+        stage, n, d = state
+        if stage == SCAN:
+            self._row(d)
+            return self._masks[d]
+        if stage == STUFF:
+            return self._only[0x00]
+        if stage == MARK_FF:
+            return self._only[0xFF]
+        if stage == MARK_CODE:
+            return self._only[0xD9 if n == self.num_intervals else 0xD0 + (n - 1) % 8]
+        if stage == HEADER:
+            return self._only[self.header[n]]
+        return self._none
+
+    def is_complete(self, state: tuple) -> bool:
+        """True once EOI was written after the last MCU."""
+        return state[0] == DONE
+
+    def accepts(self, data: bytes, state: tuple | None = None) -> bool:
+        """True when `data` (a whole modelled stream by default) is a complete grammatical stream."""
+        try:
+            return self.is_complete(self.state_after(data, state))
+        except GrammarError:
+            return False
+
+    def first_error(self, data: bytes, state: tuple | None = None) -> int:
+        """Index of the first byte of `data` the grammar rejects, len(data) if none is rejected."""
+        state = self.initial_state() if state is None else state
+        for i, byte in enumerate(data):
+            state = self.step(state, byte)
+            if state is None:
+                return i
+        return len(data)
+
+    def completion(self, state: tuple) -> bytes:
+        """A shortest way to finish the stream from `state`: the fewest bits that close the
+        current restart interval (in practice: the current coefficient's bits, EOB, then DC 0 +
+        EOB for the blocks left), 1-padding and stuffing, the marker, then the shortest possible
+        interval for every interval left, then EOI. `state_after(completion(s), s)` is complete.
+        For samplers that must end within a token budget."""
+        stage, n, d = state
+        if stage == DONE:
+            return b""
+        if stage == HEADER:
+            return self.header[n:] + self.completion(self.start_state())
+        if stage == SCAN:
+            return self._finish_interval(self._states[d]) + self._markers_from(n + 1)
+        if stage == STUFF:
+            rest = b"" if d == END else self._finish_interval(self._states[d])
+            return b"\x00" + rest + self._markers_from(n + 1)
+        if stage == MARK_FF:
+            return self._markers_from(n)
+        return self._markers_from(n)[1:]  # MARK_CODE: the FF is already written
+
+    def _markers_from(self, n: int) -> bytes:
+        """The marker after finished interval n (1-based), then minimal intervals and markers."""
+        if self._min_interval is None:
+            self._min_interval = self._finish_interval(self._states[self._d_start])
+        out = bytearray()
+        for i in range(n, self.num_intervals + 1):
+            if i > n:
+                out += self._min_interval
+            out += bytes([0xFF, 0xD9 if i == self.num_intervals else 0xD0 + (i - 1) % 8])
+        return bytes(out)
+
+    def _finish_interval(self, st: tuple) -> bytes:
+        """Fewest bits from bit-level state `st` (at a byte boundary) to the end of its interval
+        (breadth-first over `_step`), 1-padded to whole bytes, FF-stuffed."""
+        hit = self._finish_cache.get(st)
+        if hit is not None:
+            return hit
+        prev: dict[tuple, tuple | None] = {st: None}
+        frontier = [st]
+        while _PAD not in prev:
+            nxt_frontier = []
+            for cur in frontier:
+                for bit in (1, 0):
+                    nxt = self._step(cur, bit)
+                    if nxt is not None and nxt not in prev:
+                        prev[nxt] = (cur, bit)
+                        nxt_frontier.append(nxt)
+            if not nxt_frontier:  # the liveness pruning guarantees this never happens
+                raise GrammarError(f"no way to finish the interval from {st}")
+            frontier = nxt_frontier
+        bits, cur = [], _PAD
+        while prev[cur] is not None:
+            cur, bit = prev[cur]
+            bits.append(bit)
+        bits.reverse()
+        bits += [1] * (-len(bits) % 8)
+        out = bytearray()
+        for i in range(0, len(bits), 8):
+            byte = int("".join(map(str, bits[i : i + 8])), 2)
+            out.append(byte)
+            if byte == 0xFF:
+                out.append(0x00)
+        if len(self._finish_cache) > 100_000:
+            self._finish_cache.clear()
+        self._finish_cache[st] = bytes(out)
+        return bytes(out)
+
+    # --- tokens ---------------------------------------------------------------------------------
+    def allowed_token_mask(self, state: tuple, token_bytes: list[bytes | None] | "TokenTrie") -> np.ndarray:
+        """bool[len(tokens)]: tokens whose bytes are all allowed in sequence from `state`.
+
+        `token_bytes` is the byte string of each token id (None or b"" for specials: never allowed
+        here; a sampler allows EOS itself when `is_complete`). Pass the same list object (or a
+        `TokenTrie`) every call: its trie is built once. Results are cached per state key.
+        """
+        trie = token_bytes if isinstance(token_bytes, TokenTrie) else self._trie_for(token_bytes)
+        cache = self._mask_caches.get(trie)
+        if cache is None:
+            cache = self._mask_caches[trie] = {}
+        key = self._token_key(state, trie.max_len)
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+        mask = self._walk_trie(state, trie)
+        mask.flags.writeable = False
+        if len(cache) > 200_000:  # bound memory on very long runs
+            cache.clear()
+        cache[key] = mask
+        return mask
+
+    def token_allowed(self, state: tuple, token: bytes | None) -> bool:
+        """True when all bytes of `token` are allowed in sequence from `state` (False for
+        specials). Cheap enough to check only the top-k candidates of a sampler step."""
+        if not token:
+            return False
+        for byte in token:
+            state = self.step(state, byte)
+            if state is None:
+                return False
+        return True
+
+    def _walk_trie(self, state: tuple, trie: "TokenTrie") -> np.ndarray:
+        """Advance `state` through the trie one level (= one byte) at a time, all nodes of a level
+        at once with numpy: the same transitions as `step`, vectorised."""
+        mask = np.zeros(trie.num_tokens, bool)
+        stage = np.array([state[0]], np.int64)
+        count = np.array([state[1]], np.int64)
+        d = np.array([state[2]], np.int64)
+        alive = np.ones(1, bool)
+        hlen, n_int = len(self.header), self.num_intervals
+        for parent, byte, end_pos, end_tid in trie.levels:
+            ok = alive[parent]
+            st, n, dd = stage[parent], count[parent], d[parent]
+            new_st = np.full(len(parent), DONE, np.int64)
+            new_n, new_d = n.copy(), np.zeros(len(parent), np.int64)
+            valid = np.zeros(len(parent), bool)
+            # SCAN: the cached rows; compute the missing ones first (the only Python loop)
+            sel = ok & (st == SCAN)
+            if sel.any():
+                ds = dd[sel]
+                for u in np.unique(ds):
+                    if u >= len(self._rows) or self._rows[u] is None:
+                        self._row(int(u))
+                nd = self._rows_np[ds, byte[sel]]
+                v = nd >= 0
+                ff = byte[sel] == 0xFF
+                valid[sel] = v
+                new_d[sel] = nd
+                new_st[sel] = np.where(ff, STUFF, np.where(nd == END, MARK_FF, SCAN))
+                new_n[sel] = n[sel] + ((nd == END) & ~ff)
+            sel = ok & (st == STUFF)
+            if sel.any():
+                valid[sel] = byte[sel] == 0
+                end = dd[sel] == END
+                new_st[sel] = np.where(end, MARK_FF, SCAN)
+                new_n[sel] = n[sel] + end
+                new_d[sel] = dd[sel]
+            sel = ok & (st == MARK_FF)
+            if sel.any():
+                valid[sel] = byte[sel] == 0xFF
+                new_st[sel] = MARK_CODE
+            sel = ok & (st == MARK_CODE)
+            if sel.any():
+                last = n[sel] == n_int
+                valid[sel] = byte[sel] == np.where(last, 0xD9, 0xD0 + (n[sel] - 1) % 8)
+                new_st[sel] = np.where(last, DONE, SCAN)
+                new_d[sel] = np.where(last, 0, self._d_start)
+            sel = ok & (st == HEADER)
+            if sel.any():
+                pos = n[sel]
+                valid[sel] = byte[sel] == self._header_np[np.minimum(pos, hlen - 1)]
+                done = pos + 1 == hlen
+                new_st[sel] = np.where(done, SCAN, HEADER)
+                new_n[sel] = np.where(done, 0, pos + 1)
+                new_d[sel] = np.where(done, self._d_start, 0)
+            alive = ok & valid
+            if not alive.any():
+                break
+            mask[end_tid] = alive[end_pos]
+            stage, count, d = new_st, new_n, new_d
+        return mask
+
+    def _token_key(self, state: tuple, max_len: int) -> tuple:
+        # Within one token of at most max_len bytes, the finished-interval count matters only
+        # through the next RST number and through how close the last interval is.
+        stage, n, d = state
+        if stage == HEADER:
+            return state
+        return (stage, n % 8, min(self.num_intervals - n, max_len + 1), d)
+
+    def _trie_for(self, tokens) -> "TokenTrie":
+        for obj, trie in self._token_tries:
+            if obj is tokens:
+                return trie
+        trie = TokenTrie(tokens)
+        self._token_tries = (self._token_tries + [(tokens, trie)])[-4:]  # keep the recent few
+        return trie
+
+
+class TokenTrie:
+    """A trie over token byte strings: children[node] = [(byte, child)], ends[node] = token ids."""
+
+    def __init__(self, token_bytes: list[bytes | None]):
+        self.num_tokens = len(token_bytes)
+        self.children: list[list[tuple[int, int]]] = [[]]
+        self.ends: list[list[int]] = [[]]
+        index: list[dict[int, int]] = [{}]
+        self.max_len = 1
+        for tid, tb in enumerate(token_bytes):
+            if not tb:
+                continue
+            node = 0
+            for byte in tb:
+                nxt = index[node].get(byte)
+                if nxt is None:
+                    nxt = index[node][byte] = len(self.children)
+                    self.children.append([])
+                    self.ends.append([])
+                    index.append({})
+                    self.children[node].append((byte, nxt))
+                node = nxt
+            self.ends[node].append(tid)
+            self.max_len = max(self.max_len, len(tb))
+        # Level arrays for the vectorised walk: for the nodes at depth L, the index of each node's
+        # parent among the nodes at depth L-1, its byte, and (position, token id) of tokens ending.
+        self.levels: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        frontier = [0]
+        while True:
+            parent, byte, nodes = [], [], []
+            for pi, node in enumerate(frontier):
+                for b, child in self.children[node]:
+                    parent.append(pi)
+                    byte.append(b)
+                    nodes.append(child)
+            if not nodes:
+                break
+            end_pos = [i for i, c in enumerate(nodes) for _ in self.ends[c]]
+            end_tid = [t for c in nodes for t in self.ends[c]]
+            self.levels.append(tuple(np.array(x, np.int64) for x in (parent, byte, end_pos, end_tid)))
+            frontier = nodes
+
+
+def _only(byte: int) -> np.ndarray:
+    m = np.zeros(256, bool)
+    m[byte] = True
+    return _readonly(m)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+__all__ = ["GrammarError", "HuffmanTable", "JpegScanGrammar", "TokenTrie", "parse_tables"]
