@@ -1,0 +1,310 @@
+"""`jpeglm sample`: sample files from a checkpoint, with or without prompts, and write them down.
+
+Output directory (written into a temporary directory beside `--out` and renamed at the end, so a
+failed run leaves nothing half-written):
+    p000_s000.jpg ...     one file per sample: .jpg for JPEG (tables spliced back), .png for vq /
+                          pixel, .mp4 for H.264 (plus p000_s000_frames.png, a contact sheet of frames);
+                          unconditional samples are named u_s000...
+    sheet_p000.png        per prompt: prompt | samples | the prompt's full original (images);
+                          sheet_unconditional.png without prompts
+    manifest.json         settings, seeds, token counts, times, per-file decode report and, for
+                          JPEG, whether Pillow opens the file strictly (no LOAD_TRUNCATED_IMAGES)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class SampleError(Exception):
+    """A user error with a one-line message (bad prompt file, bad checkpoint, bad settings)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint: an HF export dir with jpeglm.yaml, a training run dir (its latest export), or a released JPEG-LM dir")
+    p.add_argument("--prompt", nargs="+", action="extend", default=[], metavar="FILE", help="prompt image(s) or video(s); each is encoded canonically and its top part kept. Without: unconditional samples")
+    p.add_argument("--prompt-ratio", type=float, default=0.5, help="fraction of the picture (top MCU / code / pixel rows) kept from each prompt")
+    p.add_argument("--prompt-frames", type=int, default=None, help="video only: number of leading frames kept from the prompt video (overrides --prompt-ratio)")
+    p.add_argument("--num", type=int, default=4, help="samples per prompt (or unconditional samples without --prompt)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (JPEG-LM release: 1.0)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = off (JPEG-LM release: 50)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1.0 = off (JPEG-LM release: 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="sample i (counting over all prompts) uses seed + i, whatever the batch size")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences sampled together")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="token budget per sample (default: the model's context minus the prompt); constrained JPEG samples are steered to a complete file before it runs out")
+    p.add_argument("--no-constrain", dest="constrain", action="store_false", help="turn off the JPEG grammar constraint (and the code-token-only mask for vq/pixel)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--backend", choices=["torch", "vllm"], default="torch", help="torch: our batched KV-cache sampler; vllm: vLLM on a GPU (optional extra, no grammar constraint)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it already holds files")
+    p.add_argument("--out", required=True, help="output directory (created; must be empty or absent unless --overwrite)")
+
+
+def run(args) -> int:
+    try:
+        manifest = sample_to_dir(args)
+    except SampleError as e:
+        print(f"jpeglm sample: error: {e}", file=sys.stderr)
+        return 2
+    n = len(manifest["files"])
+    line = f"wrote {n} samples to {args.out} in {manifest['seconds']:.1f}s"
+    if manifest.get("strict_decodable_rate") is not None:
+        line += f"; strictly decodable: {manifest['strict_decodable_rate']:.0%}"
+    print(line)
+    return 0
+
+
+def _load(model_path: str, device: str):
+    """load_for_inference with its errors turned into one-line SampleErrors."""
+    from jpeglm.checkpoint import CheckpointError, load_for_inference
+
+    if not Path(model_path).exists():
+        raise SampleError(f"--model {model_path}: no such file or directory")
+    try:
+        return load_for_inference(model_path, device=device)
+    except CheckpointError as e:
+        raise SampleError(f"--model {model_path}: {e}") from e
+    except (OSError, ValueError) as e:
+        raise SampleError(f"--model {model_path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _encode_prompts(codec, files: list[str], ratio: float, frames: int | None):
+    if frames is not None:
+        total = getattr(codec.params, "frames", None) or getattr(codec.params, "num_frames", None)
+        if codec.media_kind != "video" or not total:
+            raise SampleError("--prompt-frames applies to video checkpoints only")
+        if not 0 < frames < total:
+            raise SampleError(f"--prompt-frames must be in 1..{total - 1} (the codec's clips have {total} frames)")
+        ratio = frames / total
+    if not 0.0 <= ratio < 1.0:
+        raise SampleError(f"--prompt-ratio must be in [0, 1), got {ratio}: a prompt of the whole picture leaves nothing to sample")
+    full, cut = [], []
+    for f in files:
+        if not Path(f).is_file():
+            raise SampleError(f"prompt {f}: no such file")
+        try:
+            symbols = codec.encode(f)
+        except Exception as e:  # noqa: BLE001 - codecs raise MediaError/ValueError/OSError for bad input
+            raise SampleError(f"prompt {f}: cannot be used as a {codec.media_kind} ({type(e).__name__}: {e})") from e
+        try:
+            if frames is not None and hasattr(codec, "prompt_frames"):
+                cut.append(codec.prompt_frames(symbols, frames))
+            else:
+                cut.append(codec.prompt(symbols, ratio))
+        except ValueError as e:
+            raise SampleError(f"prompt {f}: {e}") from e
+        full.append(symbols)
+    return full, cut
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise SampleError(f"--out {out} exists and is not an empty directory (use --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def sample_to_dir(args) -> dict:
+    """The whole command as a function tests call: returns the manifest it wrote."""
+    from jpeglm.sample import PromptTooLongError, SamplerConfig, generate
+
+    out = Path(args.out)
+    try:
+        cfg = SamplerConfig(
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+            seed=args.seed, batch_size=args.batch_size, constrain=args.constrain,
+        )
+    except ValueError as e:
+        raise SampleError(str(e)) from e
+    if args.num < 1:
+        raise SampleError("--num must be >= 1")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise SampleError(f"--out {out} exists and is not an empty directory (use --overwrite to replace it)")
+    device = args.device or _default_device()
+    loaded = _load(args.model, device)
+    codec, tokenizer = loaded.codec, loaded.tokenizer
+    full, prompts = _encode_prompts(codec, list(args.prompt), args.prompt_ratio, args.prompt_frames) if args.prompt else ([], None)
+
+    t0 = time.perf_counter()
+    try:
+        if args.backend == "vllm":
+            from jpeglm.sample import generate_vllm
+
+            samples = generate_vllm(_export_dir(loaded, args.model), tokenizer, codec, prompts, args.num, cfg)
+        else:
+            samples = generate(loaded.model, tokenizer, codec, prompts, args.num, cfg, device)
+    except PromptTooLongError as e:
+        raise SampleError(str(e)) from e
+    except ImportError as e:
+        raise SampleError(str(e)) from e
+    seconds = time.perf_counter() - t0
+
+    tmp = _prepare_out(out, args.overwrite)
+    try:
+        manifest = _write_all(tmp, args, cfg, codec, tokenizer, samples, full, prompts, seconds, loaded)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _export_dir(loaded, model_arg: str) -> str:
+    """The HF export dir vLLM loads (a run dir resolves to its latest export)."""
+    from jpeglm.checkpoint import resolve_export
+
+    return str(resolve_export(model_arg))
+
+
+def _ext(codec) -> str:
+    if codec.name == "jpeg":
+        return ".jpg"
+    if codec.media_kind == "video":
+        return ".mp4"
+    return ".png"
+
+
+def _write_media(path: Path, codec, sample) -> dict:
+    """Write one sample; returns the extra manifest fields for it."""
+    from PIL import Image
+
+    extra: dict = {}
+    if codec.name == "jpeg":
+        data = codec.to_file(sample.symbols)
+        path.write_bytes(data)
+        extra["strict_decodable"] = bool(codec.is_strictly_decodable(data))
+    elif codec.media_kind == "video":
+        from jpeglm import video
+
+        fps = getattr(codec.params, "fps", 10)
+        try:
+            # the modelled bytes leave the parameter sets out (like JPEG's tables): put them back
+            stream = codec.to_stream(sample.symbols) if hasattr(codec, "to_stream") else bytes(sample.symbols)
+            video.write_mp4(stream, path, fps)
+        except Exception as e:  # noqa: BLE001 - a broken generated stream is a result, not a crash
+            extra["mp4_error"] = f"{type(e).__name__}: {e}"
+        frames = np.asarray(sample.media)
+        if frames.ndim == 4 and len(frames):
+            sheet = video.contact_sheet(frames, min(len(frames), 8))
+            sheet = sheet if isinstance(sheet, Image.Image) else Image.fromarray(np.asarray(sheet))
+            sheet.save(path.with_name(path.stem + "_frames.png"))
+            extra["frames"] = int(len(frames))
+    else:
+        Image.fromarray(np.asarray(sample.media, dtype=np.uint8)).save(path)
+    return extra
+
+
+def _still(codec, media) -> np.ndarray:
+    """An image for contact sheets: the media itself, or a video's last frame."""
+    a = np.asarray(media, dtype=np.uint8)
+    return a[-1] if a.ndim == 4 else a
+
+
+def contact_sheet(images: list[np.ndarray], gap: int = 4):
+    """One row of images (uint8 HxWx3, same height), white gaps between them, as a PIL image."""
+    from PIL import Image
+
+    h = max(im.shape[0] for im in images)
+    w = sum(im.shape[1] for im in images) + gap * (len(images) - 1)
+    sheet = Image.new("RGB", (w, h), (255, 255, 255))
+    x = 0
+    for im in images:
+        sheet.paste(Image.fromarray(im), (x, 0))
+        x += im.shape[1] + gap
+    return sheet
+
+
+def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, seconds, loaded) -> dict:
+    import dataclasses
+
+    from jpeglm.config import atomic_write_text
+
+    files = []
+    per_prompt: dict = {}
+    counters: dict = {}
+    for s in samples:
+        stem = "u" if s.prompt_index is None else f"p{s.prompt_index:03d}"
+        k = counters.get(stem, 0)
+        counters[stem] = k + 1
+        name = f"{stem}_s{k:03d}{_ext(codec)}"
+        extra = _write_media(tmp / name, codec, s)
+        per_prompt.setdefault(s.prompt_index, []).append(_still(codec, s.media))
+        files.append({
+            "file": name,
+            "prompt": None if s.prompt_index is None else str(args.prompt[s.prompt_index]),
+            "prompt_index": s.prompt_index,
+            "seed": s.seed,
+            "n_prompt_tokens": s.n_prompt_tokens,
+            "n_new_tokens": s.n_new_tokens,
+            "seconds": round(s.seconds, 4),
+            "finish": s.finish,
+            "steered": s.steered,
+            "report": s.report.to_dict(),
+            **extra,
+        })
+    for pi, stills in per_prompt.items():
+        if pi is None:
+            contact_sheet(stills).save(tmp / "sheet_unconditional.png")
+        else:
+            prompt_img = _still(codec, codec.decode(prompts[pi])[0])
+            original = _still(codec, codec.decode(full[pi])[0])
+            contact_sheet([prompt_img, *stills, original]).save(tmp / f"sheet_p{pi:03d}.png")
+    strict = [f["strict_decodable"] for f in files if "strict_decodable" in f]
+    new_tokens = sum(f["n_new_tokens"] for f in files)
+    manifest = {
+        "format": "jpeglm-samples",
+        "version": 1,
+        "model": str(args.model),
+        "backend": args.backend,
+        "device": str(args.device or _default_device()),
+        "prompts": [str(p) for p in args.prompt],
+        "prompt_ratio": args.prompt_ratio if args.prompt else None,
+        "prompt_frames": args.prompt_frames,
+        "num_per_prompt": args.num,
+        "sampler": dataclasses.asdict(cfg),
+        "codec": codec.to_config(),
+        "tokenizer_kind": getattr(tokenizer, "kind", type(tokenizer).__name__),
+        "seconds": round(seconds, 3),
+        "new_tokens": new_tokens,
+        "tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 else None,
+        "decode_status": {k: sum(f["report"]["status"] == k for f in files) for k in ("ok", "repaired", "failed")},
+        "strict_decodable_rate": (sum(strict) / len(strict)) if strict else None,
+        "files": files,
+        "versions": _versions(),
+    }
+    atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _versions() -> dict:
+    import PIL
+    import torch
+    import transformers
+
+    import jpeglm
+
+    return {"jpeglm": jpeglm.__version__, "torch": torch.__version__, "transformers": transformers.__version__, "pillow": PIL.__version__}
