@@ -93,11 +93,15 @@ def codec_class(name: str) -> type[Codec]:
     return getattr(importlib.import_module(module), cls)
 
 
-def codec_from_config(cfg: dict) -> Codec:
-    """Rebuild a codec from `Codec.to_config()` output (as stored in manifests and checkpoints)."""
+def codec_from_config(cfg: dict, base_dir=None) -> Codec:
+    """Rebuild a codec from `Codec.to_config()` output (as stored in manifests and checkpoints).
+
+    `base_dir` is the dataset or checkpoint directory the config came from: codecs that carry
+    files (the VQ model's weights) store their paths relative to it.
+    """
     from jpeglm.config import from_dict
 
     cls = codec_class(cfg["name"])
     if hasattr(cls, "from_config"):
-        return cls.from_config(cfg)
+        return cls.from_config(cfg, base_dir=base_dir)
     return cls(from_dict(cls.params_class, cfg.get("params", {})))
