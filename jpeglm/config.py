@@ -54,8 +54,12 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         tp = _unwrap_optional(types_[name])
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             value = from_dict(tp, value, where=f"{where}{name}.")
-        elif tp is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        elif tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+            # YAML 1.1 reads `1e-3` (no dot) as a string: accept any number spelling for a float field.
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}{name}: expected a number, got {value!r}") from None
         elif tp is tuple or typing.get_origin(tp) is tuple:
             value = tuple(value)
         kwargs[name] = value

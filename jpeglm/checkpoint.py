@@ -1,0 +1,171 @@
+"""Checkpoints in Hugging Face format: the export written during training, and loading one back.
+
+An export `OUT/checkpoints/step-NNNNNNN/` is a plain `save_pretrained` directory (config.json,
+model.safetensors, generation_config.json) + the dataset's tokenizer (`save_pretrained`) + a
+`jpeglm.yaml` holding the codec config (from the dataset manifest), the tokenizer config, the train
+and model configs and the data dir. Exports are written into a hidden temp dir and renamed into
+place; `OUT/checkpoints/latest` (a text file naming the newest export) is replaced atomically
+last, so a crash mid-export leaves the previous good export and `latest` untouched.
+
+`load_for_inference(path)` takes an export dir or a run dir (then its latest export); a dir with
+config.json and a tokenizer but no jpeglm.yaml is the released JPEG-LM format (canonical JPEG
+assumed, with a warning).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from jpeglm.config import atomic_write_text
+
+META_FILE = "jpeglm.yaml"
+LATEST = "latest"
+FORMAT = "jpeglm-checkpoint"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+class CheckpointError(ValueError):
+    """A path that is not a loadable checkpoint, or an export that could not be written."""
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    codec: object
+    meta: dict = field(default_factory=dict)
+
+
+def export_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def _versions() -> dict:
+    import deepspeed
+    import torch
+    import transformers
+
+    return {"torch": str(torch.__version__), "transformers": str(transformers.__version__), "deepspeed": str(deepspeed.__version__)}
+
+
+def export_hf(run_dir: str | os.PathLike, step: int, config, state_dict: dict, tokenizer, meta: dict, keep_last: int) -> Path:
+    """Write the HF export of `state_dict` (full, unwrapped) for `step`; rank 0 only.
+
+    The weights go through a LlamaForCausalLM built on the meta device (no second copy of the
+    weights) so `save_pretrained` writes exactly what `from_pretrained` expects."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    ck = Path(run_dir) / "checkpoints"
+    ck.mkdir(parents=True, exist_ok=True)
+    name = export_name(step)
+    final = ck / name
+    tmp = Path(tempfile.mkdtemp(dir=ck, prefix=f".{name}.", suffix=".tmp"))
+    try:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config)
+        dtypes = {v.dtype for v in state_dict.values() if v.is_floating_point()}
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        if len(dtypes) == 1:
+            model.config.dtype = next(iter(dtypes))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        body = {"format": FORMAT, "version": 1, "step": step, **meta, "versions": _versions()}
+        atomic_write_text(tmp / META_FILE, yaml.safe_dump(body, sort_keys=False))
+        missing = [f for f in ("config.json", META_FILE) if not (tmp / f).is_file()]
+        if missing or not list(tmp.glob("*.safetensors")):
+            raise CheckpointError(f"export {tmp} is incomplete (missing {missing or 'safetensors'})")
+        if final.exists():  # the same step exported before (a resumed run): swap, never half-replace
+            old = Path(tempfile.mkdtemp(dir=ck, prefix=f".{name}.", suffix=".old"))
+            os.replace(final, old / name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(ck / LATEST, name + "\n")
+    prune(ck, keep_last, protect=name)
+    return final
+
+
+def prune(folder: Path, keep_last: int, protect: str | None = None) -> list[str]:
+    """Delete all but the newest `keep_last` step-* dirs (never `protect`)."""
+    steps = sorted(p for p in folder.glob("step-*") if p.is_dir())
+    removed = []
+    for p in steps[: max(0, len(steps) - keep_last)]:
+        if p.name != protect:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def resolve_export(path: str | os.PathLike) -> Path:
+    """An export dir, or a run dir -> the export its checkpoints/latest names."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+    ck = path / "checkpoints"
+    if ck.is_dir() and not (path / "config.json").is_file():
+        latest = ck / LATEST
+        if not latest.is_file():
+            raise CheckpointError(f"{path}: a run directory without a finished export (no checkpoints/latest)")
+        path = ck / latest.read_text().strip()
+        if not path.is_dir():
+            raise CheckpointError(f"{latest} names {path.name}, which does not exist")
+    return path
+
+
+def load_for_inference(path: str | os.PathLike, device: str = "cpu", dtype=None) -> Loaded:
+    """Model (eval mode, on `device`), tokenizer, codec and the jpeglm.yaml meta of a checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    from jpeglm.tokenizer import load_tokenizer
+
+    path = resolve_export(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"{path}: not a checkpoint (no config.json); expected a jpeglm export, a jpeglm run dir, "
+            "or a released JPEG-LM dir (HF Llama + tokenizer)"
+        )
+    meta_path = path / META_FILE
+    if meta_path.is_file():
+        meta = yaml.safe_load(meta_path.read_text()) or {}
+        if meta.get("format") != FORMAT or "codec" not in meta:
+            raise CheckpointError(f"{meta_path}: not a jpeglm checkpoint description (format/codec missing)")
+        codec = _codec(meta["codec"], path)
+    else:
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise CheckpointError(f"{path}: config.json but no tokenizer and no {META_FILE}: not a loadable checkpoint")
+        from jpeglm.codecs.jpeg import JpegCodec
+
+        warnings.warn(
+            f"{path} has no {META_FILE}: treating it as a released JPEG-LM checkpoint and assuming the canonical "
+            "JPEG settings (256x256, quality 25, 4:2:0, restart marker every MCU, tables stripped)",
+            stacklevel=2,
+        )
+        meta, codec = {"format": "released-jpeg-lm"}, JpegCodec()
+    tokenizer = load_tokenizer(path)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
+    return Loaded(model=model, tokenizer=tokenizer, codec=codec, meta=meta)
+
+
+def _codec(cfg: dict, base_dir: Path):
+    import inspect
+
+    from jpeglm.codecs.base import codec_class, codec_from_config
+
+    cls = codec_class(cfg["name"])
+    from_config = getattr(cls, "from_config", None)
+    if from_config is not None and "base_dir" in inspect.signature(from_config).parameters:
+        return from_config(cfg, base_dir=base_dir)
+    return codec_from_config(cfg)
