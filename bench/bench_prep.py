@@ -1,0 +1,183 @@
+"""Benchmark of `jpeglm prep` (images, and optionally video clips) against bare library loops.
+
+Images: prep images/s with 1 and 2 workers vs a bare Pillow decode + crop + resize + JPEG-encode
+loop over the same files, and tokens per 256^2 image for byte-level and BPE-320 tokens.
+Video (--video): prep clips/s vs a bare PyAV decode + scale + libx264 encode loop over the same
+generated videos, and tokens per clip.
+
+    python bench/bench_prep.py                       # ~300 pets images (or scikit-image photos)
+    python bench/bench_prep.py --video --n 300 --write bench/results/prep.md
+
+Each figure is the best of --repeats runs (the CPU is shared: the best run is the least disturbed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data_prep.pipeline import prep  # noqa: E402
+from data_prep.sources import open_source  # noqa: E402
+from jpeglm.codecs.jpeg import JpegCodec  # noqa: E402
+
+PETS = ROOT.parent / "shared" / "data" / "pets" / "train"
+
+
+def bare_pillow(paths: list[str], size: int = 256) -> None:
+    """What any script would do: open, centre crop, antialiased resize, save canonical JPEG."""
+    for p in paths:
+        im = Image.open(p).convert("RGB")
+        w, h = im.size
+        s = min(w, h)
+        im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR, reducing_gap=None)
+        im.save(io.BytesIO(), "JPEG", quality=25, subsampling="4:2:0", streamtype=2, restart_marker_blocks=1)
+
+
+def best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def run_prep(source, codec_factory, workers: int, records_per_shard: int, **kw) -> tuple[float, dict]:
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        res = prep(source, codec_factory, Path(d) / "out", workers=workers, val_fraction=0.0,
+                   records_per_shard=records_per_shard, progress=False, log=None, **kw)
+        return time.perf_counter() - t0, res.manifest
+
+
+def bench_images(args) -> list[str]:
+    spec = str(PETS) if PETS.is_dir() and not args.input else (args.input or "builtin:skimage")
+    source = open_source(spec)
+    items = source.items()[: args.n]
+    paths = [source.fetch(it) for it in items]
+    for p in paths:  # warm the page cache so the first timed run is not a disk benchmark
+        Path(p).read_bytes()
+    n = len(paths)
+    t_bare = best(lambda: bare_pillow(paths), args.repeats)
+    lines = [f"### Images: {n} files from `{spec if spec != str(PETS) else '../shared/data/pets/train'}` (first {n} in sorted order)", "",
+             "| what | seconds | images/s | vs bare loop |", "|---|---|---|---|",
+             f"| bare Pillow loop (1 process) | {t_bare:.2f} | {n / t_bare:.1f} | 1.00x |"]
+    # The first multi-worker prep in a process starts multiprocessing's fork server (a fresh
+    # Python with our modules preloaded): a one-time cost, measured and reported on its own.
+    startup = {w: run_prep(source, JpegCodec, w, args.records_per_shard, limit=2)[0] for w in args.workers}
+    per = {}
+    manifest = None
+    for w in args.workers:
+        times = []
+        for _ in range(args.repeats):
+            t, manifest = run_prep(source, JpegCodec, w, args.records_per_shard, limit=n)
+            times.append(t)
+        per[w] = min(times)
+        lines.append(f"| `jpeglm prep --codec jpeg --workers {w}` | {per[w]:.2f} | {n / per[w]:.1f} | {t_bare / per[w]:.2f}x |")
+    if 1 in per and 2 in per:
+        lines += ["", f"Scaling 1 -> 2 workers: {per[1] / per[2]:.2f}x. Per worker vs bare loop: {t_bare / per[1]:.2f}x (1 worker)."]
+    lines += ["", "One-time start of a prep on 2 items (first call in the process; includes starting the fork server "
+              "for workers > 1): " + ", ".join(f"{w} worker(s) {t:.2f} s" for w, t in startup.items()) + "."]
+
+    # tokens per image: byte-level from the manifest, BPE-320 trained on these same images' bytes
+    byte_mean = manifest["tokens_per_item"]["mean"]
+    lines += ["", "| tokens per 256^2 image | mean | min | max |", "|---|---|---|---|",
+              f"| byte-level (ByteTokenizer, incl. BOS/EOS) | {byte_mean:.0f} | {manifest['tokens_per_item']['min']} | {manifest['tokens_per_item']['max']} |"]
+    try:
+        from jpeglm.tokenizer import BpeTokenizer
+
+        codec = JpegCodec()
+        data = [codec.encode(codec.prepare(p)) for p in paths]
+        bpe = BpeTokenizer.train(data, vocab_size=320)
+        counts = np.array([len(bpe.encode(d)) for d in data])
+        lines.append(f"| BPE-320 (sentencepiece, trained on these images, incl. BOS/EOS) | {counts.mean():.0f} | {counts.min()} | {counts.max()} |")
+    except Exception as e:  # noqa: BLE001 - the BPE row is optional
+        lines.append(f"| BPE-320 | n/a ({type(e).__name__}: {e}) | | |")
+    return lines
+
+
+def bare_pyav(paths: list[str], rule, width: int, height: int) -> int:
+    """Decode every clip with PyAV (our clip rule's frame picking), scale, encode with libx264."""
+    from jpeglm.codecs.avc import AvcParams, _x264_encode
+    from jpeglm.video import iter_clips
+
+    p = AvcParams(width=width, height=height)
+    n = 0
+    for path in paths:
+        for _key, clip in iter_clips(path, rule, width, height):
+            _x264_encode(p, clip)
+            n += 1
+    return n
+
+
+def bench_video(args) -> list[str]:
+    from jpeglm.codecs.avc import AvcCodec
+    from jpeglm.video import ClipRule, write_video
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_video_"))
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:240, 0:426]
+    for v in range(args.videos):  # 8 s at 25 fps, 426x240, moving gradients + noise: 3 clips each
+        t = np.arange(200)[:, None, None]
+        frames = np.stack([(xx + 3 * t + 30 * v) % 256, (yy + 2 * t) % 256, (xx // 2 + yy + t) % 256], -1).astype(np.int16)
+        frames = np.clip(frames + rng.integers(-6, 7, frames.shape), 0, 255).astype(np.uint8)
+        write_video(frames, tmp / f"v{v:02d}.mp4", fps=25)
+    rule = ClipRule()
+    source = open_source(str(tmp), "video")
+    paths = [source.fetch(it) for it in source.items()]
+    n_clips = bare_pyav(paths, rule, 256, 144)  # also warms caches
+    t_bare = best(lambda: bare_pyav(paths, rule, 256, 144), args.repeats)
+    lines = [f"### Video: {len(paths)} generated 8 s 426x240 25 fps videos, {n_clips} clips of 15 frames at 256x144", "",
+             "| what | seconds | clips/s | vs bare loop |", "|---|---|---|---|",
+             f"| bare PyAV decode + scale + x264 loop (1 process) | {t_bare:.2f} | {n_clips / t_bare:.1f} | 1.00x |"]
+    for w in args.workers:
+        runs = [run_prep(source, AvcCodec, w, 4, clip_rule=rule) for _ in range(args.repeats)]
+        t, manifest = min(r[0] for r in runs), runs[0][1]
+        lines.append(f"| `jpeglm prep --codec avc --workers {w}` | {t:.2f} | {n_clips / t:.1f} | {t_bare / t:.2f}x |")
+    tpi = manifest["tokens_per_item"]
+    lines += ["", f"Tokens per clip (byte-level, 256x144x15 at QP 30): mean {tpi['mean']:.0f}, min {tpi['min']}, max {tpi['max']}, p95 {tpi['p95']:.0f}."]
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", default=None, help="image folder (default: ../shared/data/pets/train, else builtin:skimage)")
+    ap.add_argument("--n", type=int, default=300, help="number of images")
+    ap.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2], help="worker counts, e.g. 1,2")
+    ap.add_argument("--records-per-shard", type=int, default=1000, help="chunk size (the unit of resume; 1000 = the CLI default)")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per figure; the best is reported")
+    ap.add_argument("--video", action="store_true", help="also benchmark video clips (avc)")
+    ap.add_argument("--videos", type=int, default=6, help="number of generated videos for --video")
+    ap.add_argument("--write", default=None, help="also write the markdown to this file")
+    args = ap.parse_args()
+    lines = ["## Data prep (`bench/bench_prep.py`)", "",
+             f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs (load average "
+             f"{os.getloadavg()[0]:.1f} at start), no GPU; Python {platform.python_version()}.",
+             f"Command: `python bench/bench_prep.py {' '.join(sys.argv[1:])}`", ""]
+    lines += bench_images(args)
+    if args.video:
+        lines += [""] + bench_video(args)
+    lines += ["", f"Load average at end: {os.getloadavg()[0]:.1f}."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        Path(args.write).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""The parallel, resumable prep: source items -> codec symbols -> token ids -> shards + manifest.
+
+`prep(...)` is what `jpeglm prep` runs and what tests call directly. How it stays deterministic:
+- the items are listed once in a fixed order and cut into chunks of `records_per_shard` items;
+  chunk c always becomes shard c, whatever the number of workers or restarts;
+- train/val is decided per input item by hashing its key with the seed (not by position), so
+  adding, removing or skipping an item never moves the others, and all clips of one video share
+  a split;
+- workers (multiprocessing, `imap` with ordered results; each worker builds its codec and
+  tokenizer once) only encode; the main process assembles a chunk when its last item is back and
+  hands it to `writer.write_chunk`, which writes the files atomically and the done marker last.
+  A killed run restarts at the first chunk without a marker and ends byte-identical.
+Bad items (empty, truncated, not an image, bombs, too small, unreadable videos) are skipped with
+a reason; nothing but a bug in this code can stop a prep half way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from data_prep.sources import Item, Source
+from data_prep.writer import ChunkResult, PrepError, Record, claim_output, read_done, save_tokenizer, write_chunk, write_manifest
+from jpeglm.shards import FORMAT, SPLITS, TOKENIZER_DIR, VERSION, dtype_for_vocab, shard_name
+
+DEFAULT_RECORDS_PER_SHARD = 1000
+_TASKS_PER_SEND = 4  # items per IPC message: small enough to balance, big enough to amortise pickling
+
+
+@dataclass
+class PrepResult:
+    out: Path
+    manifest: dict | None  # None: a --part run that left chunks to other parts
+    seconds: float
+    items_done_now: int
+
+    @property
+    def num_records(self) -> int:
+        return self.manifest["num_records"]
+
+    @property
+    def skipped(self) -> list[dict]:
+        return self.manifest["skipped"]
+
+
+def is_val(key: str, seed: int, val_fraction: float) -> bool:
+    """Deterministic split: sha256(seed, key) as a number in [0, 1) below val_fraction -> val."""
+    if val_fraction <= 0:
+        return False
+    h = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64 < val_fraction
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason without its numbers and details, for the counts in the summary line."""
+    text = re.sub(r"\(.*", "", reason)  # details in parentheses
+    text = re.sub(r"\d+(x\d+)*", "N", text)
+    return text.strip(" :") or reason
+
+
+# --- the per-item work (runs in workers, or in-process with one worker) ---------------------------
+_W: dict = {}
+
+
+def _init_worker(codec_factory: Callable, tokenizer_dir: str, source: Source, dtype: str, min_side: int, clip_rule) -> None:
+    from jpeglm.tokenizer import load_tokenizer
+
+    _W.clear()
+    try:
+        tok, codec = load_tokenizer(tokenizer_dir), codec_factory()
+    except Exception as e:
+        # Raising here would make multiprocessing.Pool restart the worker forever; instead every
+        # task raises, which stops the prep in the main process with this message.
+        _W["init_error"] = f"worker setup failed: {type(e).__name__}: {e}"
+        return
+    _W.update(
+        codec=codec, tokenizer=tok, source=source,
+        dtype=np.dtype(dtype), min_side=min_side, clip_rule=clip_rule, byte_table=None, checked=False,
+    )
+    if tok.kind == "byte":
+        # A byte-level tokenizer maps each byte to one id: a 256-entry table taken from the
+        # tokenizer itself turns a 5 kB stream into ids without a Python list (a third of the
+        # per-image cost otherwise). _record checks it against tok.encode on the first record.
+        table = np.asarray(tok.encode(bytes(range(256)), bos=False, eos=False), dtype=np.int64)
+        if table.shape == (256,):
+            _W["byte_table"] = table
+
+
+def _skip_reason(e: Exception, src) -> str:
+    """A one-line reason for the manifest. MediaError / VideoError / OSError carry a clear message
+    (without the path they start with: the manifest has it as `path`); anything else gets its type
+    named, so a bug shows up in the manifest instead of silently skipping everything."""
+    from jpeglm.media import MediaError
+
+    known = isinstance(e, (MediaError, OSError)) or type(e).__name__ in ("VideoError", "VqCheckpointError")
+    return _strip_path(str(e) if known else f"{type(e).__name__}: {e}", src) or type(e).__name__
+
+
+def _strip_path(msg: str, src) -> str:
+    """Drop the absolute input path from a message (the manifest names the item by its key), so
+    the manifest does not depend on where the input folder happens to live."""
+    if isinstance(src, str) and src:
+        if msg.startswith(src):
+            msg = msg[len(src) :].lstrip(": ")
+        msg = msg.replace(src, os.path.basename(src))
+    return msg
+
+
+def _record(key: str, symbols, n_pixels: int) -> Record:
+    codec, tok, table = _W["codec"], _W["tokenizer"], _W["byte_table"]
+    if table is not None and isinstance(symbols, (bytes, bytearray)):
+        ids = np.empty(len(symbols) + 2, np.int64)
+        ids[0], ids[-1] = tok.bos_id, tok.eos_id
+        ids[1:-1] = table[np.frombuffer(symbols, np.uint8)]
+        if not _W["checked"]:
+            if not np.array_equal(ids, tok.encode(symbols, bos=True, eos=True)):
+                raise RuntimeError(f"{type(tok).__name__} is not one id per byte; the byte table cannot be used")
+            _W["checked"] = True
+    else:
+        ids = np.asarray(tok.encode(symbols, bos=True, eos=True), dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= np.iinfo(_W["dtype"]).max + 1):
+        raise ValueError(f"token id out of range for {_W['dtype']}")  # cannot happen with dtype_for_vocab
+    n_symbols = len(symbols)
+    n_bytes = float(n_symbols) if codec.symbol_kind == "bytes" else n_symbols * codec.bits_per_symbol() / 8.0
+    return Record(key, ids.astype(_W["dtype"]), n_symbols, n_bytes, int(n_pixels))
+
+
+def _encode_image(item: Item, src):
+    from jpeglm.media import open_image
+
+    codec = _W["codec"]
+    # Opening here (not inside the codec) gives every codec the same checks and skip reasons;
+    # the codec then crops and resizes the opened picture as its own parameters say.
+    img = open_image(src, min_side=_W["min_side"])
+    symbols = codec.encode(img)
+    # bits per pixel are counted at the size a system is judged at (pixel codec: eval_size, not its grid)
+    side = getattr(codec.params, "eval_size", None) or getattr(codec.params, "size", None)
+    n_pixels = side * side if isinstance(side, int) else img.size[0] * img.size[1]
+    return [_record(item.key, symbols, n_pixels)]
+
+
+def _encode_video(item: Item, src):
+    from jpeglm.video import iter_clips
+
+    codec = _W["codec"]
+    p = codec.params
+    tmp = None
+    if isinstance(src, (bytes, bytearray)):  # a dataset cell: PyAV wants a file it can seek in
+        tmp = tempfile.NamedTemporaryFile(suffix=".mp4")
+        tmp.write(src)
+        tmp.flush()
+        src = tmp.name
+    out = []
+
+    def on_skip(clip_key: str, reason: str) -> None:  # clips dropped after others were cut
+        out.append((f"{item.key}#{clip_key}", _strip_path(reason, src)))
+
+    try:
+        for clip_key, frames in iter_clips(src, _W["clip_rule"], p.width, p.height, on_skip=on_skip):
+            key = f"{item.key}#{clip_key}"
+            try:
+                symbols = codec.encode(frames)
+            except Exception as e:  # one bad clip must not drop the good ones before/after it
+                out.append((key, _skip_reason(e, src)))
+                continue
+            out.append(_record(key, symbols, int(np.prod(frames.shape[:3]))))
+    except Exception as e:
+        if not any(isinstance(r, Record) for r in out):
+            raise  # nothing came out of this file: the caller skips it with the reason
+        out.append((item.key, _skip_reason(e, src)))  # keep the clips cut before the error
+    finally:
+        if tmp is not None:
+            tmp.close()
+    return out
+
+
+def _process(item: Item) -> list:
+    """Encode one item -> a list of Records (one per image, one per clip) and (key, reason) skips."""
+    if "init_error" in _W:
+        raise PrepError(_W["init_error"])
+    src = None
+    try:
+        src = _W["source"].fetch(item)
+        results = _encode_video(item, src) if _W["codec"].media_kind == "video" else _encode_image(item, src)
+        if not results:
+            return [(item.key, "no complete clip under the clip rule (video too short?)")]
+        return results
+    except Exception as e:  # never a crash on bad input: the item is skipped with its reason
+        return [(item.key, _skip_reason(e, src))]
+
+
+# --- the driver --------------------------------------------------------------------------------
+def _versions(codec) -> dict:
+    import PIL
+
+    import jpeglm
+
+    v = {"jpeglm": jpeglm.__version__, "python": sys.version.split()[0], "numpy": np.__version__, "pillow": PIL.__version__}
+    if codec.media_kind == "video":
+        import av
+
+        v["av"] = av.__version__
+        if hasattr(codec, "encoder_version"):
+            v["x264"] = codec.encoder_version()
+    return v
+
+
+def _stats(lengths: np.ndarray) -> dict:
+    if lengths.size == 0:
+        return {"mean": 0.0, "min": 0, "max": 0, "p50": 0.0, "p95": 0.0}
+    return {
+        "mean": round(float(lengths.mean()), 3), "min": int(lengths.min()), "max": int(lengths.max()),
+        "p50": float(np.percentile(lengths, 50)), "p95": float(np.percentile(lengths, 95)),
+    }
+
+
+def _mp_context():
+    # Not fork: by the time workers start, the parent has threads (the HF tokenizers pool used to
+    # save the tokenizer, torch's pools for vq, BLAS), and a fork can copy a lock another thread
+    # holds -> a worker that never starts. A fork server is a clean single-threaded process that
+    # forks the workers; it is started once per parent and has our modules preloaded, so workers
+    # start in a fraction of a second (spawn would re-import everything in every worker).
+    if sys.platform == "linux":
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["data_prep.pipeline", "data_prep.sources", "jpeglm.media", "jpeglm.tokenizer"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def prep(
+    source: Source,
+    codec_factory: Callable,
+    out: str | Path,
+    tokenizer=None,
+    workers: int = 1,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
+    limit: int | None = None,
+    min_side: int = 64,
+    clip_rule=None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log=print,
+    part: tuple[int, int] | None = None,
+) -> PrepResult:
+    """Prepare `source` into shards under `out` (resuming a killed run with the same settings).
+
+    `codec_factory` is a picklable zero-argument callable returning the codec (each worker calls
+    it once); `tokenizer` defaults to ByteTokenizer for byte codecs, CodeTokenizer for code codecs.
+    `part=(i, n)` encodes only the chunks c with c % n == i, so n machines sharing `out` (a network
+    file system) split one prep; whichever run finds every chunk done writes the manifest
+    (`result.manifest` is None until then). The bytes do not depend on how the work was split.
+    Raises PrepError when the output folder holds another prep, or no record could be written.
+    """
+    from jpeglm.tokenizer import ByteTokenizer, CodeTokenizer
+
+    t0 = time.time()
+    if not 0.0 <= val_fraction < 1.0:
+        raise PrepError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if records_per_shard < 1:
+        raise PrepError(f"--records-per-shard must be >= 1, got {records_per_shard}")
+    if workers < 1:
+        raise PrepError(f"--workers must be >= 1, got {workers}")
+    out = Path(out)
+    codec = codec_factory()
+    if tokenizer is None:
+        tokenizer = ByteTokenizer() if codec.symbol_kind == "bytes" else CodeTokenizer(codec.num_codes)
+    dtype = dtype_for_vocab(tokenizer.vocab_size)
+    items = source.items()
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise PrepError(f"input {source.describe().get('input')}: no {source.media_kind} files found")
+    chunks = [items[i : i + records_per_shard] for i in range(0, len(items), records_per_shard)]
+
+    settings = {
+        "codec": codec.to_config(), "tokenizer": tokenizer_fingerprint(tokenizer), "source": source.describe(),
+        "val_fraction": val_fraction, "seed": seed, "records_per_shard": records_per_shard, "limit": limit,
+        "min_side": min_side, "clip_rule": _plain(clip_rule), "num_items": len(items), "dtype": dtype.name,
+    }
+    if part is not None and not (len(part) == 2 and 0 <= part[0] < part[1]):
+        raise PrepError(f"--part must be I/N with 0 <= I < N, got {part}")
+    if part is not None and overwrite:
+        raise PrepError("--overwrite cannot be combined with --part (other parts may be writing there)")
+    claim_output(out, settings, overwrite, shared=part is not None)
+    tok_dir = save_tokenizer(out, tokenizer)
+    manifest_codec = codec.to_config()
+    if hasattr(codec, "copy_model"):  # vq: the dataset carries its own copy of the weights
+        manifest_codec = codec.copy_model(out).to_config()
+
+    done = {c: m for c in range(len(chunks)) if (m := read_done(out, c, dtype)) is not None}
+    todo = [c for c in range(len(chunks)) if c not in done and (part is None or c % part[1] == part[0])]
+    todo_items = [it for c in todo for it in chunks[c]]
+    init_args = (codec_factory, str(tok_dir), source, dtype.name, min_side, clip_rule)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo_items), unit="item", desc="prep" if part is None else f"prep part {part[0]}/{part[1]}",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    pool = None
+    try:
+        if workers > 1 and len(todo_items) > 1:
+            pool = _mp_context().Pool(min(workers, len(todo_items)), initializer=_init_worker, initargs=init_args)
+            results = pool.imap(_process, todo_items, chunksize=_TASKS_PER_SEND)
+        else:
+            _init_worker(*init_args)
+            results = map(_process, todo_items)
+        for c in todo:
+            chunk = ChunkResult(c, len(chunks[c]))
+            for item in chunks[c]:
+                for res in next(results):
+                    if isinstance(res, Record):
+                        # by the item's key: all clips of one video land in the same split (no leak)
+                        chunk.records["val" if is_val(item.key, seed, val_fraction) else "train"].append(res)
+                    else:
+                        chunk.skipped.append({"path": res[0], "reason": res[1]})
+                bar.update(1)
+            done[c] = write_chunk(out, chunk, dtype)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    done.update({c: m for c in range(len(chunks)) if c not in done and (m := read_done(out, c, dtype)) is not None})
+    if len(done) < len(chunks):  # other parts are still running (or have not started)
+        result = PrepResult(out, None, time.time() - t0, len(todo_items))
+        if log:
+            log(f"prep: part {part[0]}/{part[1]} done ({len(todo_items)} items this run); {len(chunks) - len(done)} of "
+                f"{len(chunks)} chunks are left to other parts: the last one to finish (or a run without --part) "
+                f"writes {out}/manifest.json")
+        return result
+    manifest = _manifest(out, chunks, done, settings, manifest_codec, tokenizer, dtype, codec)
+    write_manifest(out, manifest)
+    result = PrepResult(out, manifest, time.time() - t0, len(todo_items))
+    if log:
+        log(summary_line(result))
+    return result
+
+
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """to_config() plus a hash of the saved files: two BPE models of one vocab size differ here."""
+    h = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save_pretrained(d)
+        for f in sorted(Path(d).rglob("*")):
+            if f.is_file():
+                h.update(f.relative_to(d).as_posix().encode() + b"\0" + f.read_bytes())
+    return {**tokenizer.to_config(), "files_sha256": h.hexdigest()}
+
+
+def _plain(obj):
+    import dataclasses
+
+    if obj is None:
+        return None
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def _manifest(out, chunks, done, settings, codec_cfg, tokenizer, dtype, codec) -> dict:
+    splits = {}
+    all_lengths = []
+    for split in SPLITS:
+        shards, totals = [], Counter()
+        for c in range(len(chunks)):
+            s = done[c]["splits"][split]
+            shards.append({"name": shard_name(c), "num_records": s["num_records"], "num_tokens": s["num_tokens"]})
+            for k in ("num_records", "num_tokens", "num_symbols", "num_bytes", "num_pixels"):
+                totals[k] += s[k]
+            if s["num_records"]:
+                all_lengths.append(np.diff(np.load(out / split / f"{shard_name(c)}.idx")))
+        splits[split] = {**{k: totals[k] for k in ("num_records", "num_tokens", "num_symbols", "num_bytes", "num_pixels")},
+                         "shards": shards}
+    lengths = np.concatenate(all_lengths) if all_lengths else np.zeros(0, np.int64)
+    skipped = [s for c in range(len(chunks)) for s in done[c]["skipped"]]
+    return {
+        "format": FORMAT, "version": VERSION, "codec": codec_cfg,
+        "tokenizer": {**tokenizer.to_config(), "path": TOKENIZER_DIR},
+        "dtype": dtype.name, "source": settings["source"], "splits": splits,
+        "num_records": int(lengths.size), "num_tokens": int(lengths.sum()), "num_items": settings["num_items"],
+        "num_chunks": len(chunks), "tokens_per_item": _stats(lengths), "skipped": skipped,
+        "skipped_by_reason": dict(sorted(Counter(reason_kind(s["reason"]) for s in skipped).items())),
+        "settings": {k: settings[k] for k in ("val_fraction", "seed", "records_per_shard", "limit", "min_side", "clip_rule")},
+        "versions": _versions(codec),
+    }
+
+
+def summary_line(result: PrepResult) -> str:
+    m = result.manifest
+    sk = m["skipped_by_reason"]
+    skipped = f"skipped {len(m['skipped'])}" + (f" ({', '.join(f'{k}: {v}' for k, v in sk.items())})" if sk else "")
+    rate = result.items_done_now / result.seconds if result.seconds > 0 else 0.0
+    return (
+        f"prep: {m['num_records']} records (train {m['splits']['train']['num_records']}, val {m['splits']['val']['num_records']}), "
+        f"{m['num_tokens']} tokens ({m['tokens_per_item']['mean']:.0f}/record), {skipped}, "
+        f"{result.seconds:.1f} s ({rate:.1f} items/s this run) -> {result.out}"
+    )

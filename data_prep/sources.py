@@ -1,0 +1,232 @@
+"""Input sources for `jpeglm prep`: what the items are, in which order, and how to fetch one.
+
+A source lists its items once, in the main process, in a deterministic order (sorted relative
+paths, or dataset row order); every item has a stable `key` (relative path, or `name/split/index`)
+that names it in the shards, in the train/val hash split and in the `skipped` list. Workers get
+the (picklable) source and call `fetch(item)`, which returns what the media layer opens: a file
+path, the bytes of a dataset cell, or a PIL image. Decoding, and rejecting bad input, happen in
+the pipeline, so one unreadable item never stops the listing.
+
+Spellings of `--input`:
+- a file, or a folder (searched recursively for image or video extensions, by codec);
+- `builtin:skimage`: the photos that ship inside scikit-image (the offline default);
+- a folder written by `datasets.Dataset.save_to_disk` (or a DatasetDict: pick `--split`);
+- a `.parquet` file, or a folder holding only parquet files (`datasets.load_dataset("parquet")`);
+- `imagefolder:DIR` (`datasets.load_dataset("imagefolder")`, e.g. to keep its label column);
+- `hf:NAME[:SPLIT]`: a dataset on the Hugging Face hub (needs the network or a warm HF cache).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico .jp2 .avif .heic".split()
+)
+VIDEO_EXTS = frozenset(".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .flv .wmv .3gp .ogv .y4m".split())
+BUILTIN_SKIMAGE = "builtin:skimage"
+_SKIMAGE_EXTS = (".png", ".jpg")
+_MEDIA_COLUMNS = ("image", "img", "video", "frames", "picture", "photo")
+
+
+class SourceError(ValueError):
+    """An --input that cannot be listed at all (missing path, offline hub, no media column)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input item: `key` names it everywhere; `ref` is what `Source.fetch` needs (a path
+    relative to the source root, or a row index)."""
+
+    key: str
+    ref: str | int
+
+
+class Source:
+    """Base: `items()` in deterministic order, `fetch(item)` -> path | bytes | PIL image."""
+
+    media_kind: str = "image"
+
+    def items(self) -> list[Item]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def fetch(self, item: Item):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What the manifest records as `source` (no absolute paths of the machine: the same
+        input gives the same manifest wherever the output goes)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+
+class FileSource(Source):
+    """A single file or a folder searched recursively; keys are POSIX paths relative to the root."""
+
+    def __init__(self, path: str | os.PathLike, media_kind: str, label: str | None = None, exts=None):
+        self.root = Path(path)
+        self.media_kind = media_kind
+        self.label = label or str(path)
+        self.exts = frozenset(exts) if exts is not None else (VIDEO_EXTS if media_kind == "video" else IMAGE_EXTS)
+
+    def items(self) -> list[Item]:
+        if self.root.is_file():
+            return [Item(self.root.name, "")]
+        if not self.root.is_dir():
+            raise SourceError(f"input {self.label}: no such file or folder")
+        rels = []
+        root = os.fspath(self.root)
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # skip .git, .cache, ...
+            rel_dir = os.path.relpath(dirpath, root)
+            prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            for name in filenames:  # plain string ops: pathlib costs seconds on 100k-file folders
+                if not name.startswith(".") and os.path.splitext(name)[1].lower() in self.exts:
+                    rels.append(prefix + name)
+        rels.sort()  # by relative path: the order (and so the shards) never depends on the file system
+        return [Item(rel, rel) for rel in rels]
+
+    def fetch(self, item: Item):
+        return str(self.root / item.ref) if item.ref else str(self.root)
+
+    def describe(self) -> dict:
+        return {"kind": "files", "input": self.label, "media": self.media_kind, "extensions": sorted(self.exts)}
+
+
+def skimage_dir() -> Path:
+    """The folder of sample photos inside the installed scikit-image."""
+    try:
+        import skimage.data
+    except ImportError as e:  # pragma: no cover - scikit-image is a dependency
+        raise SourceError("builtin:skimage needs scikit-image (pip install scikit-image)") from e
+    return Path(skimage.data.__file__).parent
+
+
+class HFSource(Source):
+    """Rows of a Hugging Face dataset; the media column is read undecoded (bytes or a path) so
+    that our own opener applies its checks (bombs, truncation) and gives the skip reasons."""
+
+    def __init__(self, kind: str, where: str, split: str | None, column: str | None, media_kind: str, label: str):
+        self.kind, self.where, self.split, self.column = kind, where, split, column
+        self.media_kind = media_kind
+        self.label = label
+        self._ds = None
+        self.name = Path(where).name if kind != "hub" else where
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_ds"] = None  # workers reopen the (memory-mapped) dataset instead of pickling it
+        return state
+
+    def _load(self):
+        if self._ds is not None:
+            return self._ds
+        try:
+            import datasets
+        except ImportError as e:  # pragma: no cover - datasets is a dependency
+            raise SourceError("dataset inputs need the `datasets` package") from e
+        try:
+            if self.kind == "disk":
+                ds = datasets.load_from_disk(self.where)
+            elif self.kind == "parquet":
+                p = Path(self.where)
+                files = [str(p)] if p.is_file() else sorted(str(f) for f in p.rglob("*.parquet"))
+                ds = datasets.load_dataset("parquet", data_files=files)
+            elif self.kind == "imagefolder":
+                ds = datasets.load_dataset("imagefolder", data_dir=self.where)
+            else:
+                ds = datasets.load_dataset(self.where, split=self.split) if self.split else datasets.load_dataset(self.where)
+        except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
+            hint = " (offline? hub datasets need the network or a warm HF cache)" if self.kind == "hub" else ""
+            raise SourceError(f"input {self.label}: could not load the dataset{hint}: {type(e).__name__}: {e}") from e
+        if isinstance(ds, datasets.DatasetDict):
+            split = self.split or ("train" if "train" in ds else sorted(ds)[0])
+            if split not in ds:
+                raise SourceError(f"input {self.label}: no split {split!r} (has {', '.join(ds)})")
+            self.split = split
+            ds = ds[split]
+        if self.column is None:
+            self.column = self._guess_column(ds)
+        elif self.column not in ds.column_names:
+            raise SourceError(f"input {self.label}: no column {self.column!r} (has {', '.join(ds.column_names)})")
+        feature = ds.features[self.column]
+        if isinstance(feature, (datasets.Image, getattr(datasets, "Video", ()))):
+            ds = ds.cast_column(self.column, type(feature)(decode=False))
+        self._ds = ds.select_columns([self.column])
+        return self._ds
+
+    def _guess_column(self, ds) -> str:
+        import datasets
+
+        wanted = (datasets.Video,) if self.media_kind == "video" and hasattr(datasets, "Video") else (datasets.Image,)
+        for name, feature in ds.features.items():
+            if isinstance(feature, wanted):
+                return name
+        for name in _MEDIA_COLUMNS:
+            if name in ds.column_names:
+                return name
+        raise SourceError(
+            f"input {self.label}: no {self.media_kind} column found (columns: {', '.join(ds.column_names)}); pass --column"
+        )
+
+    def items(self) -> list[Item]:
+        ds = self._load()
+        tag = f"{self.name}/{self.split}" if self.split else self.name
+        return [Item(f"{tag}/{i:08d}", i) for i in range(len(ds))]
+
+    def fetch(self, item: Item):
+        value = self._load()[int(item.ref)][self.column]
+        if isinstance(value, dict):  # an undecoded Image/Video cell: {"bytes": ..., "path": ...}
+            if value.get("bytes"):
+                return bytes(value["bytes"])
+            if value.get("path"):
+                path = Path(value["path"])
+                if not path.is_absolute() and self.kind != "hub":
+                    path = Path(self.where) / path
+                return str(path)
+            raise ValueError("empty dataset cell (no bytes and no path)")
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+        if value is None:
+            raise ValueError("empty dataset cell")
+        return value  # a PIL image, a path string or an array: the opener decides
+
+    def describe(self) -> dict:
+        return {"kind": f"dataset:{self.kind}", "input": self.label, "split": self.split, "column": self.column}
+
+
+def _is_saved_dataset(p: Path) -> bool:
+    return (p / "dataset_info.json").is_file() or (p / "state.json").is_file() or (p / "dataset_dict.json").is_file()
+
+
+def open_source(spec: str, media_kind: str = "image", split: str | None = None, column: str | None = None) -> Source:
+    """Turn an --input string into a Source (see the module docstring for the spellings)."""
+    if media_kind not in ("image", "video"):
+        raise ValueError(f"media_kind must be image or video, got {media_kind!r}")
+    if spec == BUILTIN_SKIMAGE:
+        if media_kind != "image":
+            raise SourceError("builtin:skimage holds photos; pass a video file or folder for --codec avc")
+        return FileSource(skimage_dir(), "image", label=spec, exts=_SKIMAGE_EXTS)
+    if spec.startswith("builtin:"):
+        raise SourceError(f"unknown built-in source {spec!r}; known: {BUILTIN_SKIMAGE}")
+    if spec.startswith("hf:"):
+        name, _, hub_split = spec[3:].partition(":")
+        if not name:
+            raise SourceError("hf: needs a dataset name, e.g. hf:cifar10:train")
+        return HFSource("hub", name, hub_split or split, column, media_kind, spec)
+    if spec.startswith("imagefolder:"):
+        where = spec[len("imagefolder:") :]
+        if not Path(where).is_dir():
+            raise SourceError(f"input {spec}: no such folder")
+        return HFSource("imagefolder", where, split, column, media_kind, spec)
+    p = Path(spec)
+    if p.is_dir() and _is_saved_dataset(p):
+        return HFSource("disk", spec, split, column, media_kind, spec)
+    if (p.is_file() and p.suffix == ".parquet") or (
+        p.is_dir() and any(p.rglob("*.parquet")) and not FileSource(p, media_kind).items()
+    ):
+        return HFSource("parquet", spec, split, column, media_kind, spec)
+    if not p.exists():
+        raise SourceError(f"input {spec}: no such file or folder (or use builtin:skimage, hf:NAME)")
+    return FileSource(p, media_kind, label=spec)

@@ -1,0 +1,247 @@
+"""Writing shards atomically, and the bookkeeping that makes a killed prep resumable.
+
+Input items are cut into chunks of `records_per_shard` consecutive items; chunk c becomes
+`train/shard-c` and `val/shard-c` (either may be empty) and then `parts/part-c.json`, its done
+marker. Every file goes to a temporary name first and is renamed into place (os.replace is atomic
+on POSIX), and the marker is renamed last, after the data files were flushed to disk: a marker on
+disk means the chunk is complete. A restart redoes exactly the chunks without a marker and
+overwrites whatever half-written files they left, so a run killed at any instant and started again
+ends with the same bytes as a run that was never interrupted.
+
+`parts/settings.json` holds everything that decides the bytes (codec, tokenizer, source, split
+settings); a directory started with other settings is refused instead of being mixed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from jpeglm.shards import MANIFEST, PARTS_DIR, SPLITS, TOKENIZER_DIR, shard_paths
+
+SETTINGS = "settings.json"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; shards are ordinary data files, readable as the umask allows.
+_FILE_MODE = 0o666 & ~_umask()
+
+
+class PrepError(RuntimeError):
+    """A prep that cannot start or finish (mixed settings, nothing written, bad output dir)."""
+
+
+@dataclass
+class Record:
+    """One encoded item: its token ids and the sizes that give bits per byte / per pixel later."""
+
+    key: str
+    tokens: np.ndarray
+    n_symbols: int
+    n_bytes: float
+    n_pixels: int
+
+    def meta(self) -> dict:
+        return {"key": self.key, "n_tokens": int(len(self.tokens)), "n_symbols": int(self.n_symbols),
+                "n_bytes": self.n_bytes, "n_pixels": int(self.n_pixels)}
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk produced, split by split, plus the items it skipped (with reasons)."""
+
+    index: int
+    num_items: int
+    records: dict[str, list[Record]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    skipped: list[dict] = field(default_factory=list)
+
+
+def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _FILE_MODE)
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_bytes(obj) -> bytes:
+    # sort_keys + fixed separators: the same content always gives the same bytes.
+    return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
+
+
+def marker_path(root: Path, index: int) -> Path:
+    return Path(root) / PARTS_DIR / f"part-{index:05d}.json"
+
+
+def write_chunk(root: Path, chunk: ChunkResult, dtype: np.dtype) -> dict:
+    """Write both splits' shard files of one chunk, then its done marker; return the marker."""
+    root = Path(root)
+    marker = {"chunk": chunk.index, "num_items": chunk.num_items, "splits": {}, "skipped": chunk.skipped}
+    for split in SPLITS:
+        records = chunk.records[split]
+        bin_path, idx_path, jsonl_path = shard_paths(root, split, chunk.index)
+        lengths = np.array([len(r.tokens) for r in records], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        data = b"".join(np.asarray(r.tokens, dtype=dtype).tobytes() for r in records)
+        idx = io.BytesIO()
+        np.save(idx, offsets, allow_pickle=False)
+        meta = "".join(json.dumps(r.meta(), sort_keys=True) + "\n" for r in records)
+        atomic_write_bytes(bin_path, data)
+        atomic_write_bytes(idx_path, idx.getvalue())
+        atomic_write_bytes(jsonl_path, meta.encode())
+        marker["splits"][split] = {
+            "num_records": len(records),
+            "num_tokens": int(offsets[-1]),
+            "num_symbols": int(sum(r.n_symbols for r in records)),
+            "num_bytes": float(sum(r.n_bytes for r in records)),
+            "num_pixels": int(sum(r.n_pixels for r in records)),
+        }
+    atomic_write_bytes(marker_path(root, chunk.index), _json_bytes(marker))  # last: the chunk is done
+    return marker
+
+
+def read_done(root: Path, index: int, dtype: np.dtype) -> dict | None:
+    """The marker of chunk `index` if the chunk is complete on disk, else None (redo it).
+
+    A marker whose shard files are missing or of the wrong size (someone deleted or truncated
+    them) does not count: the chunk is simply written again."""
+    path = marker_path(root, index)
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+        for split in SPLITS:
+            bin_path, idx_path, jsonl_path = shard_paths(root, split, index)
+            n_tok = marker["splits"][split]["num_tokens"]
+            if not (idx_path.is_file() and jsonl_path.is_file()) or bin_path.stat().st_size != n_tok * dtype.itemsize:
+                return None
+            offsets = np.load(idx_path, allow_pickle=False)
+            if len(offsets) != marker["splits"][split]["num_records"] + 1 or int(offsets[-1]) != n_tok:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return marker
+
+
+def remove_stale_temporaries(root: Path) -> None:
+    """Temporary files of a killed run are never renamed into place; delete them."""
+    root = Path(root)
+    if root.is_dir():
+        for p in root.iterdir():
+            if _is_our_temporary(p.name):
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    for sub in (*SPLITS, PARTS_DIR):
+        d = Path(root) / sub
+        if d.is_dir():
+            for tmp in d.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+def _is_our_temporary(name: str) -> bool:
+    return name.startswith(".tokenizer.") or (name.startswith(f".{MANIFEST}.") and name.endswith(".tmp"))
+
+
+# Copies of files a codec needs, made beside the shards (VqCodec.copy_model writes vq_model/).
+CODEC_FILE_DIRS = ("vq_model",)
+
+
+def _our_entries() -> set[str]:
+    return {MANIFEST, TOKENIZER_DIR, PARTS_DIR, *SPLITS, *CODEC_FILE_DIRS}
+
+
+def clear_output(root: Path) -> None:
+    """--overwrite: delete what a previous prep wrote here (and nothing else)."""
+    root = Path(root)
+    for name in _our_entries():
+        p = root / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def claim_output(root: Path, settings: dict, overwrite: bool, shared: bool = False) -> None:
+    """Make `root` ours for a prep with `settings`: new, resumable, or refused.
+
+    Refuses (PrepError) a folder holding other files, or a prep made with other settings, unless
+    `overwrite`, which deletes the previous prep's files first. `shared`: other processes (parts
+    of the same prep on other machines) may be writing here now, so their temporaries stay."""
+    root = Path(root)
+    settings_path = root / PARTS_DIR / SETTINGS
+    if root.exists() and not root.is_dir():
+        raise PrepError(f"--out {root} is a file, not a folder")
+    if root.is_dir():
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in _our_entries() and not _is_our_temporary(p.name))
+        if foreign:
+            raise PrepError(
+                f"--out {root} holds files that are not a jpeglm prep ({', '.join(foreign[:5])}); choose an empty or new folder"
+            )
+        previous = None
+        if settings_path.is_file():
+            try:
+                previous = json.loads(settings_path.read_text())
+            except (OSError, ValueError):
+                previous = {"unreadable": True}
+        elif any((root / n).exists() for n in (MANIFEST, *SPLITS)):
+            previous = {"unknown": True}  # shards without our bookkeeping: not resumable
+        if previous is not None and previous != settings:
+            if not overwrite:
+                diff = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+                raise PrepError(
+                    f"--out {root} holds a prep with different settings (differs in: {', '.join(diff)}); "
+                    "use another folder, or --overwrite to delete it and start over"
+                )
+            clear_output(root)
+        elif overwrite:
+            clear_output(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if not shared:
+        remove_stale_temporaries(root)
+    if not settings_path.is_file():
+        atomic_write_bytes(settings_path, _json_bytes(settings))
+
+
+def save_tokenizer(root: Path, tokenizer) -> Path:
+    """Save the tokenizer beside the shards (once; via a temporary folder renamed into place)."""
+    target = Path(root) / TOKENIZER_DIR
+    if target.is_dir():
+        return target
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tokenizer."))
+    try:
+        tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not target.is_dir():  # not "another part saved it first"
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    atomic_write_bytes(Path(root) / MANIFEST, _json_bytes(manifest))
