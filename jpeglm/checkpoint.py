@@ -77,6 +77,7 @@ def export_hf(run_dir: str | os.PathLike, step: int, config, state_dict: dict, t
             model.config.dtype = next(iter(dtypes))
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        _copy_codec_files(meta, tmp)
         body = {"format": FORMAT, "version": 1, "step": step, **meta, "versions": _versions()}
         atomic_write_text(tmp / META_FILE, yaml.safe_dump(body, sort_keys=False))
         missing = [f for f in ("config.json", META_FILE) if not (tmp / f).is_file()]
@@ -95,6 +96,17 @@ def export_hf(run_dir: str | os.PathLike, step: int, config, state_dict: dict, t
     atomic_write_text(ck / LATEST, name + "\n")
     prune(ck, keep_last, protect=name)
     return final
+
+
+def _copy_codec_files(meta: dict, dest: Path) -> None:
+    """Codecs that carry files (the VQ model) name them relative to the dataset dir; the export
+    gets its own copy under the same relative name, so it decodes with nothing else at hand."""
+    rel = (meta.get("codec") or {}).get("params", {}).get("model_dir")
+    if rel and not os.path.isabs(rel) and meta.get("data"):
+        src = Path(meta["data"]) / rel
+        if not src.is_dir():
+            raise CheckpointError(f"the codec's files {src} are missing from the dataset")
+        shutil.copytree(src, dest / rel)
 
 
 def prune(folder: Path, keep_last: int, protect: str | None = None) -> list[str]:
@@ -160,12 +172,6 @@ def load_for_inference(path: str | os.PathLike, device: str = "cpu", dtype=None)
 
 
 def _codec(cfg: dict, base_dir: Path):
-    import inspect
+    from jpeglm.codecs.base import codec_from_config
 
-    from jpeglm.codecs.base import codec_class, codec_from_config
-
-    cls = codec_class(cfg["name"])
-    from_config = getattr(cls, "from_config", None)
-    if from_config is not None and "base_dir" in inspect.signature(from_config).parameters:
-        return from_config(cfg, base_dir=base_dir)
-    return codec_from_config(cfg)
+    return codec_from_config(cfg, base_dir=base_dir)

@@ -21,7 +21,6 @@ match its .idx, an index that is not monotone, or a manifest that is missing or 
 from __future__ import annotations
 
 import bisect
-import inspect
 import json
 import os
 from pathlib import Path
@@ -217,14 +216,9 @@ class ShardSet:
     def codec(self):
         """The codec that wrote these records (`codec_from_config` of the manifest). Codecs whose
         parameters reference files (vq weights, pixel palette) get this directory as `base_dir`."""
-        from jpeglm.codecs.base import codec_class, codec_from_config
+        from jpeglm.codecs.base import codec_from_config
 
-        cfg = self.manifest["codec"]
-        cls = codec_class(cfg["name"])
-        from_config = getattr(cls, "from_config", None)
-        if from_config is not None and "base_dir" in inspect.signature(from_config).parameters:
-            return from_config(cfg, base_dir=self.root)
-        return codec_from_config(cfg)
+        return codec_from_config(self.manifest["codec"], base_dir=self.root)
 
     def tokenizer(self):
         """The tokenizer saved beside the shards (`load_tokenizer(dir/tokenizer)`)."""
