@@ -1,0 +1,288 @@
+"""The evaluation report: report.json, report.md and a self-contained report.html.
+
+`write_report(results, out_dir)` takes the plain dict the harness builds (layout below) and writes
+- report.json: that dict, unchanged apart from the written file names;
+- report.md: the headline table (system x setting -> FID), the detail table (failure rate, bits per
+  byte, tokens per image, seconds per image), reconstruction floors, the settings;
+- fid_vs_ratio.png: FID against prompt ratio, one line per system, floors as dashed lines;
+- report.html: the same tables, the plot and the completion strips, every picture embedded as a
+  base64 PNG so the one file can be mailed or opened anywhere.
+
+results = {
+  "title": str, "created": str, "settings": {...}, "fid": FidResult-like settings dict,
+  "notes": [str, ...],
+  "systems": [{"name", "checkpoint", "codec", "media_kind", "bpb", "bpp", "tokens_per_image",
+               "error", "rows": [{"setting", "prompt_ratio", "fid", "fid_reason", "n_samples",
+               "failure_rate", "decoded_frame_rate", "tokens_per_image", "seconds_per_image",
+               "samples_dir"}], "strips": [{"setting", "path"}]}],
+  "floors": [{"codec", "psnr", "rfid", "rfid_reason", "n", "tokens_per_image"}],
+}
+Missing numbers are None and shown as "n/a" with their reason; nothing here raises on them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from jpeglm.config import atomic_write_text
+
+UNCOND = "unconditional"
+
+
+# ------------------------------------------------------------------------------------------------
+# pictures
+
+
+def prompt_view(real: np.ndarray, ratio: float | None) -> np.ndarray:
+    """What the model was shown: the top `ratio` of the real image, the rest grey, a red line at
+    the cut. Codec-independent, so strips look the same for every system."""
+    out = np.full_like(real, 128)
+    if ratio:
+        h = real.shape[0]
+        cut = int(round(h * ratio))
+        out[:cut] = real[:cut]
+        out[min(cut, h - 1)] = (220, 40, 40)
+    return out
+
+
+def _fit(a: np.ndarray, size: int) -> Image.Image:
+    im = Image.fromarray(np.asarray(a, dtype=np.uint8))
+    return im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR)
+
+
+def make_strip(rows: list[dict], tile: int = 128, gap: int = 4) -> np.ndarray:
+    """One completion strip: a row per prompt with `prompt | sample 1..k | real`.
+
+    rows: [{"prompt": HxWx3 uint8, "samples": [HxWx3 uint8, ...], "real": HxWx3 uint8 | None,
+    "failed": [bool per sample]}]. Failed samples get a red frame. Returns uint8 HxWx3."""
+    if not rows:
+        raise ValueError("make_strip needs at least one row")
+    k = max(len(r["samples"]) for r in rows)
+    cols = 2 + k
+    head = 18
+    w = cols * tile + (cols + 1) * gap
+    h = head + len(rows) * (tile + gap) + gap
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    labels = ["prompt"] + [f"sample {i + 1}" for i in range(k)] + ["real"]
+    for c, text in enumerate(labels):
+        draw.text((gap + c * (tile + gap) + 4, 3), text, fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        y = head + r * (tile + gap)
+        tiles = [row["prompt"]] + list(row["samples"]) + [None] * (k - len(row["samples"])) + [row.get("real")]
+        failed = list(row.get("failed") or [False] * len(row["samples"]))
+        for c, a in enumerate(tiles):
+            if a is None:
+                continue
+            x = gap + c * (tile + gap)
+            canvas.paste(_fit(a, tile), (x, y))
+            if 1 <= c <= len(failed) and failed[c - 1]:
+                draw.rectangle([x, y, x + tile - 1, y + tile - 1], outline=(230, 0, 0), width=3)
+    return np.asarray(canvas)
+
+
+def _png_b64(path_or_array) -> str:
+    if isinstance(path_or_array, np.ndarray):
+        buf = io.BytesIO()
+        Image.fromarray(path_or_array).save(buf, "PNG")
+        data = buf.getvalue()
+    else:
+        data = Path(path_or_array).read_bytes()
+    return base64.b64encode(data).decode("ascii")
+
+
+def plot_fid(results: dict, path: Path) -> Path | None:
+    """FID vs prompt ratio per system (unconditional drawn at ratio 0); floors as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    drew = False
+    ticks = sorted({r.get("prompt_ratio") or 0.0 for s in results.get("systems", []) for r in s.get("rows", [])})
+    for sys_ in results.get("systems", []):
+        pts = [(r.get("prompt_ratio") or 0.0, r.get("fid")) for r in sys_.get("rows", []) if r.get("fid") is not None]
+        if not pts:
+            continue
+        pts.sort()
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", label=sys_["name"])
+        drew = True
+    for fl in results.get("floors", []):
+        if fl.get("rfid") is not None:
+            ax.axhline(fl["rfid"], linestyle="--", linewidth=1, color="grey")
+            ax.annotate(f"{fl['codec']} reconstruction (rFID)", (0.0, fl["rfid"]), fontsize=7, color="grey",
+                        xytext=(2, 2), textcoords="offset points")
+            drew = True
+    if not drew:
+        plt.close(fig)
+        return None
+    if ticks:
+        ax.set_xticks(ticks, ["uncond." if t == 0 else f"{t:g}" for t in ticks])
+    ax.set_xlabel("prompt ratio (share of the picture given to the model)")
+    ax.set_ylabel("FID (lower is better)")
+    n = results.get("fid", {}).get("n_note", "")
+    ax.set_title("FID against prompt ratio" + (f" ({n})" if n else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# tables
+
+
+def _fmt(v, nd: int = 2, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if pct:
+        return f"{100 * v:.0f}%"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def settings_order(results: dict) -> list[str]:
+    seen = []
+    for s in results.get("systems", []):
+        for r in s.get("rows", []):
+            if r["setting"] not in seen:
+                seen.append(r["setting"])
+    # ratios ascending, unconditional last
+    return sorted(seen, key=lambda k: (k == UNCOND, k))
+
+
+def _headline(results: dict) -> tuple[list[str], list[list[str]]]:
+    cols = settings_order(results)
+    header = ["system"] + [f"FID {c}" for c in cols] + ["bits/byte", "decode failures"]
+    body = []
+    for s in results.get("systems", []):
+        by = {r["setting"]: r for r in s.get("rows", [])}
+        fails = [r.get("failure_rate") for r in s.get("rows", []) if r.get("failure_rate") is not None]
+        cells = [s["name"]]
+        for c in cols:
+            r = by.get(c)
+            cells.append("n/a" if r is None else _fmt(r.get("fid")))
+        cells += [_fmt(s.get("bpb"), 3), _fmt(float(np.mean(fails)), pct=True) if fails else "n/a"]
+        body.append(cells)
+    return header, body
+
+
+def _details(results: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["system", "setting", "FID", "n", "decode failures", "tokens / image", "s / image", "note"]
+    body = []
+    for s in results.get("systems", []):
+        if s.get("error") and not s.get("rows"):
+            body.append([s["name"], "-", "n/a", "0", "n/a", "n/a", "n/a", s["error"]])
+        for r in s.get("rows", []):
+            note = r.get("fid_reason") or ""
+            if r.get("decoded_frame_rate") is not None:
+                note = (note + "; " if note else "") + f"decodable frames {_fmt(r['decoded_frame_rate'], pct=True)}"
+            body.append([
+                s["name"], r["setting"], _fmt(r.get("fid")), str(r.get("n_samples", 0)),
+                _fmt(r.get("failure_rate"), pct=True), _fmt(r.get("tokens_per_image"), 0),
+                _fmt(r.get("seconds_per_image"), 3), note,
+            ])
+    return header, body
+
+
+def _floors(results: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["codec", "PSNR (dB)", "rFID", "bytes / image", "n", "note"]
+    body = [[f["codec"], _fmt(f.get("psnr")), _fmt(f.get("rfid")), _fmt(f.get("bytes_per_image"), 0),
+             str(f.get("n", 0)), f.get("rfid_reason") or ""] for f in results.get("floors", [])]
+    return header, body
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], body: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def _settings_lines(results: dict) -> list[str]:
+    fid = results.get("fid", {})
+    lines = [f"- FID: {fid.get('network', '?')} (sha256 {fid.get('network_sha256', '?')[:16]}...), "
+             f"backend {fid.get('backend', '?')}, resize: {fid.get('resize', '?')}"]
+    if fid.get("versions"):
+        lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in fid["versions"].items()))
+    for k, v in (results.get("settings") or {}).items():
+        lines.append(f"- {k}: {json.dumps(v) if not isinstance(v, str) else v}")
+    lines += [f"- note: {n}" for n in results.get("notes", [])]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# the report
+
+
+def write_report(results: dict, out_dir: str | os.PathLike) -> dict:
+    """Write report.json, report.md, fid_vs_ratio.png and report.html into `out_dir`; returns
+    {"json", "md", "html", "plot"} -> path (plot None when there is no number to draw)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    title = results.get("title", "jpeglm evaluation")
+    plot = plot_fid(results, out / "fid_vs_ratio.png")
+    results = dict(results)
+    results["files"] = {"json": "report.json", "md": "report.md", "html": "report.html",
+                        "plot": plot.name if plot else None}
+    atomic_write_text(out / "report.json", json.dumps(results, indent=2, default=str) + "\n")
+
+    tables = {"headline": _headline(results), "details": _details(results), "floors": _floors(results)}
+    md = [f"# {title}", "", results.get("summary", ""), "", "## FID by system and setting (lower is better)", "",
+          _md_table(*tables["headline"]), "", "## Details", "", _md_table(*tables["details"]), ""]
+    if results.get("floors"):
+        md += ["## Reconstruction floors (encode -> decode, no model)", "", _md_table(*tables["floors"]), ""]
+    if plot:
+        md += [f"![FID against prompt ratio]({plot.name})", ""]
+    md += ["## Settings", "", *_settings_lines(results), ""]
+    atomic_write_text(out / "report.md", "\n".join(md))
+
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if results.get("summary"):
+        parts.append(f"<p class='summary'>{html.escape(results['summary'])}</p>")
+    parts += ["<h2>FID by system and setting (lower is better)</h2>", _html_table(*tables["headline"])]
+    if plot:
+        parts.append(f"<img alt='FID against prompt ratio' src='data:image/png;base64,{_png_b64(plot)}'>")
+    parts += ["<h2>Completion strips: prompt | samples | real</h2>",
+              "<p>The prompt column shows what the model was given (grey below the red line); "
+              "a red frame marks a sample whose decode failed.</p>"]
+    for s in results.get("systems", []):
+        for strip in s.get("strips", []):
+            p = Path(strip["path"])
+            p = p if p.is_absolute() else out / p
+            if p.is_file():
+                parts.append(f"<h3>{html.escape(s['name'])} - {html.escape(strip['setting'])}</h3>"
+                             f"<img alt='strip' src='data:image/png;base64,{_png_b64(p)}'>")
+    parts += ["<h2>Details</h2>", _html_table(*tables["details"])]
+    if results.get("floors"):
+        parts += ["<h2>Reconstruction floors (encode -> decode, no model)</h2>", _html_table(*tables["floors"])]
+    parts += ["<h2>Settings</h2><ul>"] + [f"<li>{html.escape(x[2:])}</li>" for x in _settings_lines(results)] + ["</ul>"]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#eee}"
+             "img{max-width:100%;display:block;margin:0.5em 0}.summary{font-size:1.1em}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    atomic_write_text(out / "report.html", page)
+    return {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html", "plot": plot}
