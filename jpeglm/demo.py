@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--systems", default="jpeg,vq,pixel", help="comma-separated systems to train and compare")
     parser.add_argument("--only", choices=STAGES, default=None, help="stop after this stage (prep, tokenizer, baselines, train, eval)")
     parser.add_argument("--workers", type=int, default=1, help="prep worker processes")
+    parser.add_argument("--video", action="store_true",
+                        help="the AVC-LM path instead: a built-in clip -> H.264 shards -> tiny Llama -> .mp4 completions")
 
 
 def split_photos(source: str, out: Path, size: int, heldout_every: int = 4, augment: bool = True) -> tuple[Path, Path, int]:
@@ -86,9 +88,35 @@ def _step(title: str, argv: list[str]) -> None:
     print(f"   ({time.time() - t0:.1f} s)", flush=True)
 
 
+def run_video(out: Path, steps: int) -> int:
+    """AVC-LM on a laptop: camera moves over a photo bundled with scikit-image become canonical
+    H.264 clips (256x144, 15 frames), a tiny Llama learns their bytes, and sampling completes the
+    first frames of a clip into .mp4 files that ordinary players open."""
+    from jpeglm.video import builtin_clip, write_video
+
+    videos = out / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    clip = builtin_clip(frames=15)
+    variants = {"pan": clip, "pan-back": clip[::-1], "mirror": clip[:, :, ::-1], "mirror-back": clip[::-1, :, ::-1]}
+    for name, frames in variants.items():
+        write_video(frames.copy(), videos / f"{name}.mp4", fps=10)
+    print(f"== videos: {len(variants)} built-in clips in {videos}", flush=True)
+    _step("prep: canonical H.264 bytes", ["prep", "--codec", "avc", "--input", str(videos), "--out", str(out / "data/avc"),
+                                          "--val-fraction", "0", "--no-progress"])
+    _step("train: tiny Llama on H.264 bytes", ["train", "--config", "tiny-cpu", "--data", str(out / "data/avc"),
+                                               "--out", str(out / "train/avc"), "--max-steps", str(steps)])
+    _step("sample: complete the first 5 frames", ["sample", "--model", str(out / "train/avc"), "--prompt", str(videos / "pan.mp4"),
+                                                  "--prompt-frames", "5", "--num", "2", "--max-new-tokens", "4000",
+                                                  "--out", str(out / "samples"), "--overwrite"])
+    print(f"\nvideos: {out / 'samples'} (.mp4 files and contact sheets of their frames)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.video:
+        return run_video(out / "video", args.steps)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     size = str(args.size)
     print(f"== photos: {args.input} -> {out / 'photos'} (held-out photos are never trained on)", flush=True)
