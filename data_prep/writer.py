@@ -24,19 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jpeglm.config import current_umask, atomic_write_bytes
 from jpeglm.shards import MANIFEST, PARTS_DIR, SPLITS, TOKENIZER_DIR, shard_paths
 
 SETTINGS = "settings.json"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files 0600; shards are ordinary data files, readable as the umask allows.
-_FILE_MODE = 0o666 & ~_umask()
 
 
 class PrepError(RuntimeError):
@@ -66,24 +57,6 @@ class ChunkResult:
     num_items: int
     records: dict[str, list[Record]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     skipped: list[dict] = field(default_factory=list)
-
-
-def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _FILE_MODE)
-            f.write(data)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_bytes(obj) -> bytes:
@@ -231,7 +204,7 @@ def save_tokenizer(root: Path, tokenizer) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tokenizer."))
     try:
         tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         os.replace(tmp, target)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -120,21 +120,39 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     return from_dict(cls, apply_overrides(data, overrides))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file so that readers see the old file or the new one, never half of one."""
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes 0600 files; outputs are meant to be shared like any other file the user writes.
+_FILE_MODE = 0o666 & ~current_umask()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync: bool = True) -> None:
+    """Write a file so that readers see the old file or the new one, never half of one: a temporary
+    file in the same folder, fsync'd (unless `sync=False`), then renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _FILE_MODE)
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`atomic_write_bytes` for text (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_config(cfg, path: str | os.PathLike) -> None:

@@ -19,13 +19,12 @@ import io
 import json
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from jpeglm.config import atomic_write_text
+from jpeglm.config import atomic_write_bytes, atomic_write_text
 
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
@@ -70,21 +69,6 @@ def _as_id_array(ids) -> np.ndarray:
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"token ids must be a 1-D sequence of ints, got shape {arr.shape} dtype {arr.dtype}")
     return arr.astype(np.int64)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _write_json(path: Path, obj) -> None:
@@ -199,7 +183,7 @@ class Tokenizer:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         for name, data in self._extra_files().items():
-            _atomic_write_bytes(d / name, data)
+            atomic_write_bytes(d / name, data)
         hf = self._hf_tokenizer()
         if hf is not None:
             atomic_write_text(d / "tokenizer.json", hf.to_str(pretty=False))
