@@ -55,6 +55,7 @@ class EvalConfig:
     bpb: bool = field(default=True, metadata={"help": "compute bits per byte / per pixel on the held-out set"})
     fid_backend: str = field(default="fid-helper", metadata={"help": "fid-helper or torch-fidelity"})
     fid_batch_size: int = field(default=32, metadata={"help": "images per Inception forward pass"})
+    fid_bootstrap: int = field(default=0, metadata={"help": "bootstrap resamples per FID for its standard deviation (0 = off)"})
     device: str | None = field(default=None, metadata={"help": "torch device (default cuda when available)"})
     strip_prompts: int = field(default=3, metadata={"help": "prompts shown per completion strip"})
     strip_samples: int = field(default=4, metadata={"help": "samples shown per prompt in a strip"})

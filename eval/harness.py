@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from eval.eval_config import EvalConfig
-from eval.fid import FID, images_key
+from eval.fid import FID, bootstrap_fid_std, images_key
 from eval.report import UNCOND, make_strip, prompt_view, write_report
 from jpeglm.config import atomic_write_text, load_config, save_config
 
@@ -206,9 +206,12 @@ def run_setting(system, reals: list[np.ndarray], ratio: float | None, k: int, cf
                              else "FVD is not implemented yet; I3D weights were given but not used")
     _write_samples(out_dir, drawn, ratio, settings)
     good = [d.media for d, f in zip(drawn, failed) if not f]
-    res = fid.compute_from_features(real_feats, fid.features(frames_of(good))) if len(frames_of(good)) >= 2 else \
+    fake_feats = fid.features(frames_of(good)) if len(frames_of(good)) >= 2 else None
+    res = fid.compute_from_features(real_feats, fake_feats) if fake_feats is not None else \
         fid.result(None, len(real_feats), len(frames_of(good)), reason=f"{len(good)} of {n} samples decoded; FID needs >= 2")
     row["fid"] = res.value
+    if cfg.fid_bootstrap and res.value is not None:
+        row["fid_std"] = bootstrap_fid_std(real_feats, fake_feats, reps=cfg.fid_bootstrap, seed=seed)
     row["fid_reason"] = res.reason
     row["fid_n"] = res.n_fake
     row["strip_rows"] = _strip_rows(drawn, reals, ratio, cfg)

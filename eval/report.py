@@ -176,10 +176,16 @@ def _headline(results: dict) -> tuple[list[str], list[list[str]]]:
         cells = [s["name"]]
         for c in cols:
             r = by.get(c)
-            cells.append("n/a" if r is None else _fmt(r.get("fid")))
+            cells.append("n/a" if r is None else _fid_cell(r))
         cells += [_fmt(s.get("bpb"), 3), _fmt(float(np.mean(fails)), pct=True) if fails else "n/a"]
         body.append(cells)
     return header, body
+
+
+def _fid_cell(row: dict) -> str:
+    """FID, with its bootstrap standard deviation when the run computed one (fid_bootstrap > 0)."""
+    cell = _fmt(row.get("fid"))
+    return f"{cell} ± {_fmt(row['fid_std'])}" if row.get("fid_std") is not None and row.get("fid") is not None else cell
 
 
 def _details(results: dict) -> tuple[list[str], list[list[str]]]:
@@ -193,7 +199,7 @@ def _details(results: dict) -> tuple[list[str], list[list[str]]]:
             if r.get("decoded_frame_rate") is not None:
                 note = (note + "; " if note else "") + f"decodable frames {_fmt(r['decoded_frame_rate'], pct=True)}"
             body.append([
-                s["name"], r["setting"], _fmt(r.get("fid")), str(r.get("n_samples", 0)),
+                s["name"], r["setting"], _fid_cell(r), str(r.get("n_samples", 0)),
                 _fmt(r.get("failure_rate"), pct=True), _fmt(r.get("tokens_per_image"), 0),
                 _fmt(r.get("seconds_per_image"), 3), note,
             ])

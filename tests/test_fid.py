@@ -229,3 +229,14 @@ def test_fid_cli_two_folders_of_different_sizes(tmp_path, sets, capsys):
     d = json.loads(out_json.read_text())
     assert d["value"] > 0 and d["n_fake"] == 4
     assert main(["fid", str(da), str(tmp_path / "missing")]) == 2
+
+
+def test_bootstrap_std_is_deterministic_and_shrinks_with_n():
+    from eval.fid import bootstrap_fid_std
+
+    rng = np.random.default_rng(0)
+    small_r, small_f = rng.normal(size=(20, 8)), rng.normal(0.5, 1.0, size=(20, 8))
+    big_r, big_f = rng.normal(size=(400, 8)), rng.normal(0.5, 1.0, size=(400, 8))
+    s_small = bootstrap_fid_std(small_r, small_f, reps=20, seed=1)
+    assert s_small == bootstrap_fid_std(small_r, small_f, reps=20, seed=1) > 0
+    assert bootstrap_fid_std(big_r, big_f, reps=20, seed=1) < s_small  # more samples, a surer number
