@@ -59,7 +59,7 @@ class EvalConfig:
     device: str | None = field(default=None, metadata={"help": "torch device (default cuda when available)"})
     strip_prompts: int = field(default=3, metadata={"help": "prompts shown per completion strip"})
     strip_samples: int = field(default=4, metadata={"help": "samples shown per prompt in a strip"})
-    i3d_weights: str | None = field(default=None, metadata={"help": "I3D weights file for FVD (video); skipped without"})
+    i3d_weights: str | None = field(default=None, metadata={"help": "TorchScript I3D file (e.g. StyleGAN-V's i3d_torchscript.pt) for FVD of video systems; FVD is skipped without it"})
     title: str = field(default="jpeglm: which representation makes the better generator?")
 
     def __post_init__(self):

@@ -198,6 +198,9 @@ def _details(results: dict) -> tuple[list[str], list[list[str]]]:
             note = r.get("fid_reason") or ""
             if r.get("decoded_frame_rate") is not None:
                 note = (note + "; " if note else "") + f"decodable frames {_fmt(r['decoded_frame_rate'], pct=True)}"
+            if r.get("fvd") is not None or r.get("fvd_reason"):
+                fvd = f"FVD {_fmt(r['fvd'])}" if r.get("fvd") is not None else r["fvd_reason"]
+                note = (note + "; " if note else "") + fvd
             body.append([
                 s["name"], r["setting"], _fid_cell(r), str(r.get("n_samples", 0)),
                 _fmt(r.get("failure_rate"), pct=True), _fmt(r.get("tokens_per_image"), 0),
