@@ -177,11 +177,17 @@ class TokenConstraint:
         g, s = state
         for i, b in enumerate(data):
             if not self.grammar.allowed_bytes(g)[b]:
-                raise ValueError(f"byte {i} (0x{b:02X}) of the prompt's scan breaks the JPEG grammar")
+                raise ValueError(f"byte {i} (0x{b:02X}) of the prompt's scan breaks the codec's grammar")
             g = self.grammar.advance(g, b)
             if s is not None:
                 s = self.structural.advance(s, b) if self.structural.allowed_bytes(s)[b] else s
         return (g, s)
+
+    def prompt_offset(self, data: bytes) -> int:
+        """Where the grammar starts in a prompt's bytes: JPEG grammars start after the header."""
+        from jpeglm.codecs.jpeg import header_length
+
+        return header_length(data)
 
     def advance(self, state, token_id: int):
         if token_id == self.eos_id:
@@ -331,12 +337,32 @@ class TokenConstraint:
         return best
 
 
-def constraint_for(codec, tokenizer, vocab_size: int | None = None) -> TokenConstraint | None:
+class AvcTokenConstraint(TokenConstraint):
+    """The H.264 NAL grammar (`jpeglm.codecs.avc_grammar`) as a token mask. The last slice has no
+    terminator, so the grammar is "complete" after every byte where the stream may end: that only
+    allows EOS here, it never stops a row (EOS or the token budget does). The modelled bytes have
+    no header, so a prompt's bytes are fed to the grammar from their first byte."""
+
+    def is_complete(self, state) -> bool:
+        return False
+
+    def prompt_offset(self, data: bytes) -> int:
+        return 0
+
+
+def constraint_for(codec, tokenizer, vocab_size: int | None = None, avc: bool = True) -> TokenConstraint | None:
     """The token constraint for a codec + tokenizer, or None when the codec has no grammar
-    (video, and code codecs, which get `code_only_mask` instead)."""
-    if getattr(codec, "name", None) != "jpeg":
-        return None
+    (code codecs get `code_only_mask` instead). JPEG gets the Huffman-level scan grammar, H.264
+    the NAL-unit grammar (`avc=False` turns the latter off alone)."""
     if getattr(tokenizer, "kind", "byte") == "code":
+        return None
+    if getattr(codec, "name", None) == "avc":
+        if not avc:
+            return None
+        from jpeglm.codecs.avc_grammar import grammar_for
+
+        return AvcTokenConstraint(grammar_for(codec.params), token_bytes_table(tokenizer, vocab_size), tokenizer.eos_id)
+    if getattr(codec, "name", None) != "jpeg":
         return None
     table = token_bytes_table(tokenizer, vocab_size)
     return TokenConstraint(scan_grammar_for(codec), table, tokenizer.eos_id, RestartGrammar.for_codec(codec))
@@ -366,4 +392,4 @@ def code_only_mask(tokenizer, codec, vocab_size: int | None = None) -> torch.Ten
     return m
 
 
-__all__ = ["RestartGrammar", "RestartState", "TokenConstraint", "constraint_for", "scan_grammar_for", "token_bytes_table", "code_only_mask"]
+__all__ = ["AvcTokenConstraint", "RestartGrammar", "RestartState", "TokenConstraint", "constraint_for", "scan_grammar_for", "token_bytes_table", "code_only_mask"]

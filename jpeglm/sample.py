@@ -226,23 +226,23 @@ class _Job:
 
 
 def _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint) -> list[_Job]:
-    from jpeglm.codecs.jpeg import header_length
-
     jobs: list[_Job] = []
     total_codes = _codes_per_item(codec) if getattr(codec, "symbol_kind", "") == "codes" else None
     sources = [(None, None)] if prompts is None else list(enumerate(prompts))
     i = 0
     for pi, symbols in sources:
         if symbols is None and constraint is not None:
-            symbols = codec.header()  # unconstrained sampling writes the header itself
+            # the JPEG grammar starts after the header, which the model would otherwise have to write;
+            # an H.264 stream has no header in the modelled bytes (SPS/PPS are spliced at decode)
+            symbols = codec.header() if hasattr(codec, "header") else b""
         ids = tokenizer.encode(symbols, bos=True, eos=False) if symbols is not None else [tokenizer.bos_id]
         state = None
         if constraint is not None:
             data = bytes(symbols)
             try:
-                hl = header_length(data)
+                hl = constraint.prompt_offset(data)
             except ValueError as e:
-                raise ValueError(f"prompt {pi}: not a JPEG stream with a complete header ({e})") from e
+                raise ValueError(f"prompt {pi}: not a stream the grammar can start from ({e})") from e
             state = constraint.advance_bytes(constraint.start_state(), data[hl:])
             if constraint.is_complete(state):
                 raise ValueError(f"prompt {pi}: already a complete image (prompt ratio 1?), nothing to generate")
