@@ -73,7 +73,8 @@ def bench_images(args) -> list[str]:
         Path(p).read_bytes()
     n = len(paths)
     t_bare = best(lambda: bare_pillow(paths), args.repeats)
-    lines = [f"### Images: {n} files from `{spec if spec != str(PETS) else '../shared/data/pets/train'}` (first {n} in sorted order)", "",
+    lines = [f"### Images: {n} files from `{spec if spec != str(PETS) else '../shared/data/pets/train'}` (first {n} in sorted order), "
+             f"{-(-n // args.records_per_shard)} chunks of --records-per-shard {args.records_per_shard} (workers take whole chunks)", "",
              "| what | seconds | images/s | vs bare loop |", "|---|---|---|---|",
              f"| bare Pillow loop (1 process) | {t_bare:.2f} | {n / t_bare:.1f} | 1.00x |"]
     # The first multi-worker prep in a process starts multiprocessing's fork server (a fresh

@@ -32,12 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None, metavar="DIR",
                         help="tokenizer folder (jpeglm tokenizer train, or a released JPEG-LM tokenizer); default: "
                              "byte-level for jpeg/avc, one id per code for vq/pixel")
-    parser.add_argument("--workers", type=int, default=1, help="encoding processes (each builds its codec once)")
+    parser.add_argument("--workers", type=int, default=1, help="encoding processes; each takes whole chunks (see --records-per-shard), encodes and writes them")
     parser.add_argument("--val-fraction", type=float, default=0.05,
                         help="fraction of records in the val split, decided by hashing each record's key with --seed")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val hash split")
     parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_SHARD, metavar="K",
-                        help="input items per chunk; chunk c becomes shard c of each split and is the unit of resume")
+                        help="input items per chunk; chunk c becomes shard c of each split and is the unit of resume and of "
+                             "parallel work (use at least a few chunks per worker)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N input items (in sorted order)")
     parser.add_argument("--part", default=None, metavar="I/N",
                         help="encode only chunks c with c %% N == I (0-based), so N machines sharing --out split one "

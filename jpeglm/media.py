@@ -117,7 +117,10 @@ def open_image(
         if getattr(im, "is_animated", False):
             im.seek(0)  # first frame
         im.load()
-        im = ImageOps.exif_transpose(im)
+        if im is src:
+            im = ImageOps.exif_transpose(im)  # a copy: never change the caller's picture
+        else:
+            ImageOps.exif_transpose(im, in_place=True)  # our own object: skip a full-size copy
         if min(im.size) < min_side:
             raise MediaError(f"{what}: {im.size[0]}x{im.size[1]} is smaller than the minimum side {min_side}")
         rgb = to_rgb(im)

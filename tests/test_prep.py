@@ -134,7 +134,8 @@ def make_bad_corpus(d: Path) -> dict[str, str]:
 def test_bad_input_skipped_with_reasons(tmp_path, photo_dir):
     bad = make_bad_corpus(photo_dir / "bad")
     out = tmp_path / "out"
-    assert prep_cli("--codec", "jpeg", "--input", photo_dir, "--out", out, "--workers", 2) == 0
+    # several chunks, so the two workers really share the work (one chunk is done in-process)
+    assert prep_cli("--codec", "jpeg", "--input", photo_dir, "--out", out, "--workers", 2, "--records-per-shard", 3) == 0
     m = json.loads((out / "manifest.json").read_text())
     skipped = {s["path"]: s["reason"] for s in m["skipped"]}
     assert set(skipped) == {f"bad/{n}" for n in bad}
@@ -237,7 +238,7 @@ def test_avc_prep_on_generated_videos(tmp_path):
     (src / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
     out = tmp_path / "out"
     assert prep_cli("--codec", "avc", "--input", src, "--out", out, "--clip-stride", 1.5, "--val-fraction", 0,
-                    "--workers", 2) == 0
+                    "--workers", 2, "--records-per-shard", 1) == 0
     s = ShardSet(out, "train")
     m = s.manifest
     got = [s.meta(i)["key"] for i in range(len(s))]
@@ -315,7 +316,7 @@ def test_worker_setup_failure_stops_the_prep(tmp_path, photo_dir):
     # multiprocessing.Pool restarts workers whose initializer raises, forever: this must not hang
     with pytest.raises(PrepError, match="worker setup failed: RuntimeError: model file vanished"):
         prep(open_source(str(photo_dir)), _CodecFailingInWorkers(os.getpid()), tmp_path / "out", workers=2,
-             progress=False, log=None)
+             records_per_shard=2, progress=False, log=None)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
