@@ -264,6 +264,13 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> dict:
         md += ["## Reconstruction floors (encode -> decode, no model)", "", _md_table(*tables["floors"]), ""]
     if plot:
         md += [f"![FID against prompt ratio]({plot.name})", ""]
+    strips = [(sy["name"], st) for sy in results.get("systems", []) for st in sy.get("strips", [])
+              if (out / st["path"]).is_file() or Path(st["path"]).is_file()]
+    if strips:
+        md += ["## Completion strips: prompt | samples | real", "",
+               "The prompt column shows what the model was given (grey below the red line); a red frame marks a "
+               "sample whose decode failed.", ""]
+        md += [f"**{name} - {st['setting']}**\n\n![{name} {st['setting']}]({st['path']})\n" for name, st in strips]
     md += ["## Settings", "", *_settings_lines(results), ""]
     atomic_write_text(out / "report.md", "\n".join(md))
 

@@ -188,7 +188,10 @@ def test_harness_with_stand_ins_ranks_systems_and_survives_failures(tmp_path, he
     assert res["floors"] and res["floors"][0]["psnr"] > 20 and res["floors"][0]["rfid"] is not None
     for f in ("report.json", "report.md", "report.html", "fid_vs_ratio.png", "config.yaml"):
         assert (Path(cfg.out) / f).is_file(), f
-    assert "resized the same way" in (Path(cfg.out) / "report.md").read_text()
+    md = (Path(cfg.out) / "report.md").read_text()
+    assert "resized the same way" in md
+    for link in re.findall(r"!\[[^]]*\]\((strips/[^)]+)\)", md) or ["no strip linked from report.md"]:
+        assert (Path(cfg.out) / link).is_file(), link  # the strips shown in report.md exist
 
 
 @pytest.mark.slow
