@@ -1,0 +1,111 @@
+"""Copy what `results/pets/run.sh` measured into results/pets/ (the files that are committed).
+
+    python results/pets/publish.py [--run runs/pets-cpu] [--dest results/pets]
+
+From the eval folder: report.md (+ a training table), fid_vs_ratio.png, the completion strips
+(small PNGs), the eval config; results.json = report.json plus, per system, the training budget
+and curve read from its run folder (log.jsonl, config.yaml, the exported checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _params(checkpoint: Path) -> dict:
+    """Parameter counts of an exported Llama, read from the safetensors header only."""
+    from safetensors import safe_open
+
+    total = embed = 0
+    with safe_open(str(checkpoint / "model.safetensors"), "pt") as f:
+        for name in f.keys():
+            n = 1
+            for d in f.get_slice(name).get_shape():
+                n *= d
+            total += n
+            if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+                embed += n
+    return {"params": total, "params_without_embeddings": total - embed}
+
+
+def training_summary(run: Path) -> dict:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+    last = log[-1]
+    vals = [r for r in log if "val_bpb" in r]
+    tokens_per_step = last["tokens"]
+    steps = last["step"]
+    seconds = sum(cfg["log_interval"] * r["tokens"] / r["tokens_per_s"] for r in log if r.get("tokens_per_s"))
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    return {
+        "model": cfg["model"], "steps": steps, "tokens_per_step": tokens_per_step,
+        "tokens_seen": steps * tokens_per_step, "seq_len": cfg["data"]["seq_len"], "lr": cfg["optim"]["lr"],
+        "final_train_loss": round(last["loss"], 4),
+        "val_loss": round(vals[-1]["val_loss"], 4) if vals else None,
+        "val_bits_per_byte": round(vals[-1]["val_bpb"], 4) if vals else None,
+        "val_bits_per_pixel": round(vals[-1]["val_bpp"], 4) if vals else None,
+        "train_seconds_approx": round(seconds), "checkpoint": str(ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt),
+        "curve": [{k: r[k] for k in ("step", "loss", "val_loss", "val_bpb") if k in r} for r in log],
+        **_params(ckpt),
+    }
+
+
+def training_table(results: dict) -> list[str]:
+    lines = ["## Training: the same Llama, the same tokens", "",
+             "| system | params (non-embedding) | steps x tokens | tokens seen | final train loss (nats/token) "
+             "| val bits/byte | val bits/pixel | train time (s, approx.) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in results["systems"]:
+        t = s.get("training")
+        if not t:
+            continue
+        lines.append(f"| {s['name']} | {t['params'] / 1e6:.2f}M ({t['params_without_embeddings'] / 1e6:.2f}M) | "
+                     f"{t['steps']} x {t['tokens_per_step']} | {t['tokens_seen'] / 1e6:.2f}M | {t['final_train_loss']:.3f} | "
+                     f"{t['val_bits_per_byte']:.3f} | {t['val_bits_per_pixel']:.3f} | {t['train_seconds_approx']} |")
+    lines += ["", "Bits per byte count the *source* bytes of each representation (JPEG file bytes; VQ/pixel codes "
+              "at their bits per code), bits per pixel the 64x64 RGB pixels each sequence describes: the one "
+              "likelihood all three systems share.", ""]
+    return lines
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default=str(ROOT / "runs" / "pets-cpu"), help="the run folder of results/pets/run.sh")
+    ap.add_argument("--dest", default=str(ROOT / "results" / "pets"), help="where the published files go")
+    args = ap.parse_args(argv)
+    run, dest = Path(args.run), Path(args.dest)
+    ev = run / "eval"
+    results = json.loads((ev / "report.json").read_text())
+    for s in results["systems"]:
+        train_dir = run / "train" / Path(s["checkpoint"]).name
+        if (train_dir / "log.jsonl").is_file():
+            s["training"] = training_summary(train_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "strips").mkdir(exist_ok=True)
+    for s in results["systems"]:
+        for st in s.get("strips", []):
+            shutil.copyfile(ev / st["path"], dest / st["path"])
+    if (ev / "fid_vs_ratio.png").is_file():
+        shutil.copyfile(ev / "fid_vs_ratio.png", dest / "fid_vs_ratio.png")
+    shutil.copyfile(ev / "config.yaml", dest / "eval-config.yaml")
+    results.pop("report_files", None)
+    (dest / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    md = (ev / "report.md").read_text().split("\n")
+    at = md.index("## Details") if "## Details" in md else len(md)
+    repro = ["## Reproduce", "", "From the repository root, with `../shared/data/pets` present (~1 h on 2 CPU cores):", "",
+             "    bash results/pets/run.sh && python results/pets/publish.py", "",
+             "Configs: `configs/train/pets-cpu.yaml` (budget), `configs/model/1m.yaml` (the Llama), "
+             "`configs/vq/tiny.yaml` (the LFQ tokenizer), `eval-config.yaml` here (= `configs/eval/pets-cpu.yaml`).", ""]
+    md = md[:at] + training_table(results) + md[at:] + repro
+    (dest / "report.md").write_text("\n".join(md))
+    print(f"published {run} -> {dest}")
+
+
+if __name__ == "__main__":
+    main()
