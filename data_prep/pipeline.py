@@ -100,8 +100,10 @@ def _init_worker(codec_factory: Callable, tokenizer_dir: str, source: Source, dt
         # tokenizer itself turns a 5 kB stream into ids without a Python list (a third of the
         # per-image cost otherwise). _record checks it against tok.encode on the first record.
         table = np.asarray(tok.encode(bytes(range(256)), bos=False, eos=False), dtype=np.int64)
-        if table.shape == (256,):
-            _W["byte_table"] = table
+        ends = np.array([tok.bos_id, tok.eos_id], dtype=np.int64)
+        if table.shape == (256,) and _fits(table, _W["dtype"]) and _fits(ends, _W["dtype"]):
+            # already in the shard dtype: ids come out of one gather, with no range check per record
+            _W["byte_table"] = table.astype(_W["dtype"])
 
 
 def _skip_reason(e: Exception, src) -> str:
@@ -124,23 +126,28 @@ def _strip_path(msg: str, src) -> str:
     return msg
 
 
+def _fits(ids: np.ndarray, dtype: np.dtype) -> bool:
+    return not ids.size or (ids.min() >= 0 and ids.max() <= np.iinfo(dtype).max)
+
+
 def _record(key: str, symbols, n_pixels: int) -> Record:
-    codec, tok, table = _W["codec"], _W["tokenizer"], _W["byte_table"]
+    codec, tok, table, dtype = _W["codec"], _W["tokenizer"], _W["byte_table"], _W["dtype"]
     if table is not None and isinstance(symbols, (bytes, bytearray)):
-        ids = np.empty(len(symbols) + 2, np.int64)
+        ids = np.empty(len(symbols) + 2, dtype)
         ids[0], ids[-1] = tok.bos_id, tok.eos_id
-        ids[1:-1] = table[np.frombuffer(symbols, np.uint8)]
+        np.take(table, np.frombuffer(symbols, np.uint8), out=ids[1:-1])
         if not _W["checked"]:
             if not np.array_equal(ids, tok.encode(symbols, bos=True, eos=True)):
                 raise RuntimeError(f"{type(tok).__name__} is not one id per byte; the byte table cannot be used")
             _W["checked"] = True
     else:
         ids = np.asarray(tok.encode(symbols, bos=True, eos=True), dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= np.iinfo(_W["dtype"]).max + 1):
-        raise ValueError(f"token id out of range for {_W['dtype']}")  # cannot happen with dtype_for_vocab
+        if not _fits(ids, dtype):
+            raise ValueError(f"token id out of range for {dtype}")  # cannot happen with dtype_for_vocab
+        ids = ids.astype(dtype)
     n_symbols = len(symbols)
     n_bytes = float(n_symbols) if codec.symbol_kind == "bytes" else n_symbols * codec.bits_per_symbol() / 8.0
-    return Record(key, ids.astype(_W["dtype"]), n_symbols, n_bytes, int(n_pixels))
+    return Record(key, ids, n_symbols, n_bytes, int(n_pixels))
 
 
 def _encode_image(item: Item, src):
