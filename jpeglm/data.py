@@ -168,15 +168,15 @@ class ValRecord:
     n_pixels: float
 
 
-def val_records(shards: ShardSet, seq_len: int, max_records: int) -> tuple[list[ValRecord], int]:
-    """Up to `max_records` whole val records that fit the context (bits per byte needs whole
-    records: a concat chunk would mix records and cut them); returns (records, number too long)."""
+def val_records(shards: ShardSet, max_len: int, max_records: int) -> tuple[list[ValRecord], int]:
+    """Up to `max_records` whole val records of at most `max_len` tokens (bits per byte needs
+    whole records: a concat chunk would mix records and cut them); returns (records, number too long)."""
     out, too_long = [], 0
     lengths = shards.lengths
     for i in range(len(shards)):
         if len(out) >= max_records:
             break
-        if lengths[i] > seq_len:
+        if lengths[i] > max_len:
             too_long += 1
             continue
         meta = shards.meta(i)

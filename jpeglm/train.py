@@ -209,7 +209,10 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base
     seqs = build_sequences(plan.train_shards, cfg.data.packing, cfg.data.seq_len, tok.pad_id, cfg.data.long_records)
     vals, val_long = ([], 0)
     if plan.val_shards is not None and len(plan.val_shards):
-        vals, val_long = val_records(plan.val_shards, cfg.data.seq_len, cfg.eval.max_records)
+        # whole records up to the model's context, not data.seq_len: bits per byte needs whole
+        # records, and a 32x32 pixel record (1024 codes + BOS + EOS) must not vanish from
+        # validation because training chunks are 1024 tokens long
+        vals, val_long = val_records(plan.val_shards, plan.model_cfg.max_position_embeddings, cfg.eval.max_records)
     order = BatchOrder(len(seqs), cfg.optim.micro_batch, cfg.optim.grad_accum, dist.world_size, cfg.seed)
 
     ds_config = plan.ds_config
@@ -249,7 +252,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base
         f"ZeRO-{distributed.zero_stage(engine)}, {cfg.precision}, {hf_cfg._attn_implementation}"
         + (f", resumed at step {start}" if start else "")
         + (f"; {getattr(seqs, 'num_long', 0)} train records longer than seq_len ({cfg.data.long_records})" if cfg.data.packing == "pad" else "")
-        + (f"; {val_long} val records longer than seq_len left out of validation" if val_long else "")
+        + (f"; {val_long} val records longer than the model's context left out of validation" if val_long else "")
     )
     meta = {
         "codec": plan.train_shards.manifest["codec"],

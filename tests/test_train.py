@@ -281,6 +281,19 @@ def test_zero_stage_trains_and_export_gives_the_training_models_logits(tmp_path,
     assert log[-1]["val_bpb"] == pytest.approx(nll / np.log(2) / n_bytes, rel=1e-3)
 
 
+def test_val_records_longer_than_seq_len_are_still_validated(tmp_path):
+    """Validation scores whole records up to the model's context: records of 86-126 tokens with
+    64-token training chunks (like 32x32 pixel records, 1026 tokens, with seq_len 1024)."""
+    from jpeglm.train import train
+
+    data = make_dataset(tmp_path / "long", n_train=16, n_val=4, lo=80, hi=120)
+    assert min(ShardSet(data, "val").lengths) > 64
+    out = tmp_path / "run"
+    train(tiny_cfg(max_steps=2, ckpt_interval=2, deepspeed="zero1", **{"eval.interval": 2}), data, out)
+    last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert last["val_records"] == 4 and last["val_bpb"] > 0
+
+
 def test_loss_falls_on_a_fixed_batch(tmp_path):
     from jpeglm.train import train
 

@@ -77,6 +77,8 @@ def training_table(results: dict) -> list[str]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default=str(ROOT / "runs" / "pets-cpu"), help="the run folder of results/pets/run.sh")
+    ap.add_argument("--strips", default="ratio=0.5,unconditional",
+                    help="settings whose completion strips are published (comma-separated)")
     ap.add_argument("--dest", default=str(ROOT / "results" / "pets"), help="where the published files go")
     args = ap.parse_args(argv)
     run, dest = Path(args.run), Path(args.dest)
@@ -88,8 +90,10 @@ def main(argv=None) -> None:
             s["training"] = training_summary(train_dir)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "strips").mkdir(exist_ok=True)
+    keep = set(args.strips.split(","))
     for s in results["systems"]:
-        for st in s.get("strips", []):
+        s["strips"] = [st for st in s.get("strips", []) if st["setting"] in keep]
+        for st in s["strips"]:
             shutil.copyfile(ev / st["path"], dest / st["path"])
     if (ev / "fid_vs_ratio.png").is_file():
         shutil.copyfile(ev / "fid_vs_ratio.png", dest / "fid_vs_ratio.png")
@@ -97,6 +101,10 @@ def main(argv=None) -> None:
     results.pop("report_files", None)
     (dest / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     md = (ev / "report.md").read_text().split("\n")
+    # drop the strip blocks ("**name - setting**", blank, "![..](strips/..)") whose picture was not copied
+    gone = {i for i, line in enumerate(md) if line.startswith("![") and "(strips/" in line
+            and not (dest / line[line.index("(strips/") + 1 : -1]).is_file()}
+    md = [line for i, line in enumerate(md) if not ({i, i + 1, i + 2} & gone)]
     at = md.index("## Details") if "## Details" in md else len(md)
     repro = ["## Reproduce", "", "From the repository root, with `../shared/data/pets` present (~1 h on 2 CPU cores):", "",
              "    bash results/pets/run.sh && python results/pets/publish.py", "",
