@@ -65,12 +65,18 @@ def training_table(results: dict) -> list[str]:
         t = s.get("training")
         if not t:
             continue
+        val = [f"{t[k]:.3f}" if t[k] is not None else "n/a*" for k in ("val_bits_per_byte", "val_bits_per_pixel")]
         lines.append(f"| {s['name']} | {t['params'] / 1e6:.2f}M ({t['params_without_embeddings'] / 1e6:.2f}M) | "
                      f"{t['steps']} x {t['tokens_per_step']} | {t['tokens_seen'] / 1e6:.2f}M | {t['final_train_loss']:.3f} | "
-                     f"{t['val_bits_per_byte']:.3f} | {t['val_bits_per_pixel']:.3f} | {t['train_seconds_approx']} |")
+                     f"{val[0]} | {val[1]} | {t['train_seconds_approx']} |")
     lines += ["", "Bits per byte count the *source* bytes of each representation (JPEG file bytes; VQ/pixel codes "
               "at their bits per code), bits per pixel the 64x64 RGB pixels each sequence describes: the one "
-              "likelihood all three systems share.", ""]
+              "likelihood all three systems share. The bits/byte column of the FID table is the same measure on the "
+              "held-out test prompts, computed by `jpeglm eval` for every system.", ""]
+    if any(s.get("training") and s["training"]["val_bits_per_byte"] is None for s in results["systems"]):
+        lines += ["\\* no validation figure in this run's training log: its val records (1026 tokens) were longer "
+                  "than the 1024-token training chunks and validation then left them out (fixed since: validation "
+                  "now scores whole records up to the model's context).", ""]
     return lines
 
 
@@ -110,7 +116,10 @@ def main(argv=None) -> None:
              "    bash results/pets/run.sh && python results/pets/publish.py", "",
              "Configs: `configs/train/pets-cpu.yaml` (budget), `configs/model/1m.yaml` (the Llama), "
              "`configs/vq/tiny.yaml` (the LFQ tokenizer), `eval-config.yaml` here (= `configs/eval/pets-cpu.yaml`).", ""]
-    md = md[:at] + training_table(results) + md[at:] + repro
+    note = ["**CPU scale** (64x64, a ~1M-parameter Llama, 2.46M training tokens per system, 100 test prompts per "
+            "setting, one seed): compare the rows with each other, not with published numbers. What the numbers "
+            "say and what they cannot: the Results section of the [README](../../README.md).", ""]
+    md = md[:2] + note + md[2:at] + training_table(results) + md[at:] + repro
     (dest / "report.md").write_text("\n".join(md))
     print(f"published {run} -> {dest}")
 
