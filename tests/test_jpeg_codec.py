@@ -63,6 +63,7 @@ def test_encode_ignores_image_info(codec, squares):
     im = squares[0].copy()
     im.info["comment"] = b"a comment Pillow would otherwise write"
     assert codec.encode(im) == codec.encode(squares[0])
+    assert im.info["comment"] == b"a comment Pillow would otherwise write"  # the caller's picture is untouched
 
 
 def test_stream_layout(codec, squares):

@@ -147,9 +147,13 @@ class JpegCodec(Codec):
 
     def encode(self, media) -> bytes:
         """The modelled bytes (tables left out) of the canonical JPEG of `media`."""
-        im = self.prepare(media)  # a fresh RGB square with empty `info` (no comment/EXIF written)
+        # An image already canonical (RGB, size x size: what data prep hands over) is saved as it
+        # is, without prepare()'s defensive copy (~10% of the per-image cost). Pillow's JPEG writer
+        # reads only `comment` from im.info (EXIF/ICC/XMP come from save() arguments), so an
+        # explicit empty comment keeps the picture's metadata out of the bytes either way.
+        im = media if _is_canonical(media, self.params.size) else self.prepare(media)
         f = io.BytesIO()
-        im.save(f, "JPEG", streamtype=2, **_save_kwargs(self.params))
+        im.save(f, "JPEG", streamtype=2, comment=b"", **_save_kwargs(self.params))
         return f.getvalue()
 
     def canonicalize(self, src) -> bytes:
