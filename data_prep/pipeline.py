@@ -9,8 +9,8 @@
 - one task is one chunk: a worker (multiprocessing; each builds its codec and tokenizer once)
   encodes the chunk's items and writes the chunk itself with `writer.write_chunk` (files
   atomically, the done marker last), and sends back only the marker. The main process does no
-  per-item work, so two workers on two cores run at twice the speed of one (sending every
-  record's tokens back to one writer process cost ~0.5 ms per image: a third core's worth).
+  per-item work, so two workers on two cores run at 1.6-1.9x the speed of one (sending every
+  record's tokens back to one writer process had cost ~0.5 ms per image: 1.06x; BENCHMARKS.md).
   Parallelism is over chunks: `records_per_shard` sets the granularity.
   A killed run redoes only the chunks without a marker and ends byte-identical.
 Bad items (empty, truncated, not an image, bombs, too small, unreadable videos) are skipped with
