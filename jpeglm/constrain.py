@@ -382,13 +382,14 @@ def token_bytes_table(tokenizer, vocab_size: int | None = None) -> list[bytes | 
 
 
 def code_only_mask(tokenizer, codec, vocab_size: int | None = None) -> torch.Tensor | None:
-    """For code codecs (vq, pixel): allow the code tokens and EOS, never BOS/pad/extras."""
+    """For code codecs (vq, pixel): allow the code tokens only - not BOS/pad/extras, and not EOS:
+    a picture has a fixed number of codes and the sampler ends it after the last one, so an EOS
+    before that could only cut the picture short (the decoder would then fill the rest)."""
     if getattr(tokenizer, "kind", None) != "code":
         return None
     m = torch.zeros(max(vocab_size or 0, tokenizer.vocab_size), dtype=torch.bool)
     first = 4  # CONTRACTS.md: code ids start after the four specials
     m[first : first + codec.num_codes] = True
-    m[tokenizer.eos_id] = True
     return m
 
 

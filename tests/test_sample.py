@@ -392,6 +392,31 @@ def test_cli_pixel_codec_writes_pngs(tmp_path, photo_dir, monkeypatch):
     assert (tmp_path / "out" / "sheet_p000.png").is_file()
 
 
+@pytest.mark.parametrize("constrain", [True, False])
+def test_code_pictures_are_whole_even_when_the_model_prefers_eos(photos, constrain):
+    """A pixel/VQ picture has a fixed number of codes: constrained sampling never stops early."""
+    from jpeglm.codecs.pixel import PixelCodec, PixelParams
+    from jpeglm.tokenizer import CodeTokenizer
+
+    codec = PixelCodec(PixelParams(size=8, eval_size=32))
+    tok = CodeTokenizer(codec.num_codes)
+    model = tiny_llama(tok.vocab_size)
+
+    def eos_first(module, args, out):  # a model that would end every picture at once
+        out = out.clone()
+        out[..., tok.eos_id] += 100.0
+        return out
+
+    model.lm_head.register_forward_hook(eos_first)
+    prompt = codec.prompt(codec.encode(photos[0]), 0.5)
+    cfg = SamplerConfig(constrain=constrain, max_new_tokens=None if constrain else 64)
+    for s in generate(model, tok, codec, [prompt], 2, cfg):
+        if constrain:
+            assert s.finish == "complete" and s.n_new_tokens == 64 - len(prompt) and len(s.symbols) == 64
+        else:
+            assert s.finish == "eos" and s.n_new_tokens == 0  # what the constraint prevents
+
+
 def test_cli_video_writes_mp4(tmp_path, monkeypatch):
     import av
 
