@@ -245,6 +245,40 @@ def _settings_lines(results: dict) -> list[str]:
 # the report
 
 
+def strip_files(results: dict, out: Path) -> list[tuple[str, str, Path]]:
+    """(system, setting, file) of every completion strip that exists (paths relative to `out`)."""
+    found = []
+    for s in results.get("systems", []):
+        for strip in s.get("strips", []):
+            p = Path(strip["path"])
+            p = p if p.is_absolute() else out / p
+            if p.is_file():
+                found.append((s["name"], strip["setting"], p))
+    return found
+
+
+def render_markdown(results: dict, out: Path, tables: dict | None = None) -> str:
+    """report.md's text; strips and the plot are linked relative to `out` (only those that exist there)."""
+    tables = tables or {"headline": _headline(results), "details": _details(results), "floors": _floors(results)}
+    md = [f"# {results.get('title', 'jpeglm evaluation')}", "", results.get("summary", ""), "",
+          "## FID by system and setting (lower is better)", "",
+          _md_table(*tables["headline"]), "", "## Details", "", _md_table(*tables["details"]), ""]
+    if results.get("floors"):
+        md += ["## Reconstruction floors (encode -> decode, no model)", "", _md_table(*tables["floors"]), ""]
+    plot = (results.get("files") or {}).get("plot")
+    if plot and (out / plot).is_file():
+        md += [f"![FID against prompt ratio]({plot})", ""]
+    strips = strip_files(results, out)
+    if strips:
+        md += ["## Completion strips: prompt | samples | real", "",
+               "The prompt column shows what the model was given (grey below the red line); a red frame marks a "
+               "sample whose decode failed.", ""]
+        md += [f"**{name} - {setting}**\n\n![{name} {setting}]({p.relative_to(out) if p.is_relative_to(out) else p})\n"
+               for name, setting, p in strips]
+    md += ["## Settings", "", *_settings_lines(results), ""]
+    return "\n".join(md)
+
+
 def write_report(results: dict, out_dir: str | os.PathLike) -> dict:
     """Write report.json, report.md, fid_vs_ratio.png and report.html into `out_dir`; returns
     {"json", "md", "html", "plot"} -> path (plot None when there is no number to draw)."""
@@ -258,21 +292,7 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> dict:
     atomic_write_text(out / "report.json", json.dumps(results, indent=2, default=str) + "\n")
 
     tables = {"headline": _headline(results), "details": _details(results), "floors": _floors(results)}
-    md = [f"# {title}", "", results.get("summary", ""), "", "## FID by system and setting (lower is better)", "",
-          _md_table(*tables["headline"]), "", "## Details", "", _md_table(*tables["details"]), ""]
-    if results.get("floors"):
-        md += ["## Reconstruction floors (encode -> decode, no model)", "", _md_table(*tables["floors"]), ""]
-    if plot:
-        md += [f"![FID against prompt ratio]({plot.name})", ""]
-    strips = [(sy["name"], st) for sy in results.get("systems", []) for st in sy.get("strips", [])
-              if (out / st["path"]).is_file() or Path(st["path"]).is_file()]
-    if strips:
-        md += ["## Completion strips: prompt | samples | real", "",
-               "The prompt column shows what the model was given (grey below the red line); a red frame marks a "
-               "sample whose decode failed.", ""]
-        md += [f"**{name} - {st['setting']}**\n\n![{name} {st['setting']}]({st['path']})\n" for name, st in strips]
-    md += ["## Settings", "", *_settings_lines(results), ""]
-    atomic_write_text(out / "report.md", "\n".join(md))
+    atomic_write_text(out / "report.md", render_markdown(results, out, tables))
 
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if results.get("summary"):
@@ -283,13 +303,9 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> dict:
     parts += ["<h2>Completion strips: prompt | samples | real</h2>",
               "<p>The prompt column shows what the model was given (grey below the red line); "
               "a red frame marks a sample whose decode failed.</p>"]
-    for s in results.get("systems", []):
-        for strip in s.get("strips", []):
-            p = Path(strip["path"])
-            p = p if p.is_absolute() else out / p
-            if p.is_file():
-                parts.append(f"<h3>{html.escape(s['name'])} - {html.escape(strip['setting'])}</h3>"
-                             f"<img alt='strip' src='data:image/png;base64,{_png_b64(p)}'>")
+    for name, setting, p in strip_files(results, out):
+        parts.append(f"<h3>{html.escape(name)} - {html.escape(setting)}</h3>"
+                     f"<img alt='strip' src='data:image/png;base64,{_png_b64(p)}'>")
     parts += ["<h2>Details</h2>", _html_table(*tables["details"])]
     if results.get("floors"):
         parts += ["<h2>Reconstruction floors (encode -> decode, no model)</h2>", _html_table(*tables["floors"])]

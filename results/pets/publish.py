@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # eval/ is a top-level package of the repository
 
 
 def _params(checkpoint: Path) -> dict:
@@ -106,11 +108,9 @@ def main(argv=None) -> None:
     shutil.copyfile(ev / "config.yaml", dest / "eval-config.yaml")
     results.pop("report_files", None)
     (dest / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    md = (ev / "report.md").read_text().split("\n")
-    # drop the strip blocks ("**name - setting**", blank, "![..](strips/..)") whose picture was not copied
-    gone = {i for i, line in enumerate(md) if line.startswith("![") and "(strips/" in line
-            and not (dest / line[line.index("(strips/") + 1 : -1]).is_file()}
-    md = [line for i, line in enumerate(md) if not ({i, i + 1, i + 2} & gone)]
+    from eval.report import render_markdown  # the eval's own renderer: only the strips copied here are linked
+
+    md = render_markdown(results, dest).split("\n")
     at = md.index("## Details") if "## Details" in md else len(md)
     repro = ["## Reproduce", "", "From the repository root, with `../shared/data/pets` present (~1 h on 2 CPU cores):", "",
              "    bash results/pets/run.sh && python results/pets/publish.py", "",
