@@ -1,7 +1,7 @@
 """Decodable-frame rate of sampled H.264 clips with and without the NAL-unit grammar constraint.
 
 A tiny Llama is trained for a few steps on byte tokens of a few canonical clips (the pipeline of
-tests/test_pipeline.py: `jpeglm prep --codec avc` on written videos, then `jpeglm.train.train`),
+tests/test_pipeline.py: `jpeglm prep --codec avc` on written videos, then `jpeglm.train.loop.train`),
 then N clips are sampled from the first 3 frames of the built-in clip, three ways: unconstrained,
 constrained (NAL grammar, end steering on: missing frames become x264 all-skip slices), and
 constrained without steering. Reported: FFmpeg's decoded frames / 15 (and how many of them were
@@ -45,8 +45,8 @@ def nal_structure_ok(data: bytes, frames: int = 15) -> bool:
 def train_tiny(work: Path, steps: int) -> Path:
     from jpeglm.cli import main as cli
     from jpeglm.config import load_config
-    from jpeglm.train import train
-    from jpeglm.train_config import TrainConfig
+    from jpeglm.train.loop import train
+    from jpeglm.train.config import TrainConfig
     from jpeglm.video import builtin_clip, write_video
 
     videos = work / "videos"
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 
     from jpeglm.checkpoint import load_for_inference
     from jpeglm.codecs.avc_grammar import grammar_for
-    from jpeglm.constrain import constraint_for
+    from jpeglm.sample.constrain import constraint_for
     from jpeglm.sample import SamplerConfig, generate
     from jpeglm.video import builtin_clip
 

@@ -84,8 +84,8 @@ def bench_pixel(imgs256, palette_file: str | None, size: int, upsample: str) -> 
 
 def bench_vq_speed(config: str, overrides: list[str], batch: int, reps: int) -> dict:
     from jpeglm.config import load_config
-    from jpeglm.vq_model import VqAutoencoder
-    from jpeglm.vq_train import VqConfig
+    from jpeglm.codecs.vq_model import VqAutoencoder
+    from jpeglm.baselines.vq_train import VqConfig
 
     cfg = load_config(VqConfig, config, overrides).model
     model = VqAutoencoder(cfg).eval()

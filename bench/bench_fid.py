@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.fid import FID, frechet_distance  # noqa: E402
+from jpeglm.eval.fid import FID, frechet_distance  # noqa: E402
 
 
 def images(n: int) -> list[np.ndarray]:

@@ -28,8 +28,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data_prep.pipeline import prep  # noqa: E402
-from data_prep.sources import open_source  # noqa: E402
+from jpeglm.data_prep.pipeline import prep  # noqa: E402
+from jpeglm.data_prep.sources import open_source  # noqa: E402
 from jpeglm.codecs.jpeg import JpegCodec  # noqa: E402
 
 PETS = ROOT.parent / "shared" / "data" / "pets" / "train"

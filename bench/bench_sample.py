@@ -23,7 +23,7 @@ import time
 import torch
 
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams, header_length
-from jpeglm.constrain import constraint_for
+from jpeglm.sample.constrain import constraint_for
 from jpeglm.sample import SamplerConfig, generate
 from jpeglm.tokenizer import BpeTokenizer, ByteTokenizer
 

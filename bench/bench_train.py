@@ -43,10 +43,11 @@ def bench(model: str, seq_len: int, steps: int, micro_batch: int, precision: str
     peak_kb = usage.ru_maxrss
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     tps = statistics.median(r["tokens_per_s"] for r in log[1:])
-    from jpeglm.train_config import CONFIG_ROOT, ModelConfig
+    from jpeglm.config import config_root
+    from jpeglm.train.config import ModelConfig
     from jpeglm.config import load_config
 
-    n = load_config(ModelConfig, CONFIG_ROOT / "model" / f"{model}.yaml").num_params(276)
+    n = load_config(ModelConfig, config_root() / "model" / f"{model}.yaml").num_params(276)
     return {"model": model, "precision": precision, "params_M": n / 1e6, "seq_len": seq_len, "micro_batch": micro_batch, "steps": steps,
             "tokens_per_s": tps, "peak_rss_MiB": peak_kb / 1024, "wall_s": time.time() - t0,
             "final_loss": log[-1]["loss"]}
@@ -66,7 +67,7 @@ def mfu(run_dir: Path, peak_tflops: float) -> dict:
     """MFU of a finished run from its log.jsonl: FLOPs/token = 6*N + 6*L*H*S (the causal attention
     term: 12*L*H*S halved because half the score matrix is masked), times tokens/s, over peak."""
     from jpeglm.config import load_config
-    from jpeglm.train_config import TrainConfig, resolve_model_config
+    from jpeglm.train.config import TrainConfig, resolve_model_config
 
     cfg = load_config(TrainConfig, run_dir / "config.yaml")
     m = resolve_model_config(cfg)

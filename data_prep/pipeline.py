@@ -33,8 +33,8 @@ from typing import Callable
 
 import numpy as np
 
-from data_prep.sources import Item, Source
-from data_prep.writer import ChunkResult, PrepError, Record, claim_output, read_done, save_tokenizer, write_chunk, write_manifest
+from jpeglm.data_prep.sources import Item, Source
+from jpeglm.data_prep.writer import ChunkResult, PrepError, Record, claim_output, read_done, save_tokenizer, write_chunk, write_manifest
 from jpeglm.shards import FORMAT, SPLITS, TOKENIZER_DIR, VERSION, dtype_for_vocab, shard_name
 
 DEFAULT_RECORDS_PER_SHARD = 1000
@@ -266,7 +266,7 @@ def _mp_context():
     # start in a fraction of a second (spawn would re-import everything in every worker).
     if sys.platform == "linux":
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["data_prep.pipeline", "data_prep.sources", "jpeglm.media", "jpeglm.tokenizer"])
+        ctx.set_forkserver_preload(["jpeglm.data_prep.pipeline", "jpeglm.data_prep.sources", "jpeglm.media", "jpeglm.tokenizer"])
         return ctx
     return mp.get_context("spawn")
 

@@ -25,7 +25,7 @@ because the input is prepared here, the same way for every set:
    float values); non-square frames (ours are 256x144) are stretched, not cropped, so nothing
    of the picture is thrown away. Real and generated clips go through the same resize.
 4. Values v in 0..255 become v / 127.5 - 1, i.e. [-1, 1].
-5. The Fréchet distance of the two (N, 400) feature sets is `eval.fid.frechet_distance` (the same
+5. The Fréchet distance of the two (N, 400) feature sets is `jpeglm.eval.fid.frechet_distance` (the same
    torchmetrics computation as FID).
 
 FVD, like FID, is biased upwards at small N (the usual protocol uses 2048 clips); compare systems
@@ -44,7 +44,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from eval.fid import FidError, file_sha256, frechet_distance
+from jpeglm.eval.fid import FidError, file_sha256, frechet_distance
 
 INPUT_SIZE = 224
 FVD_FRAMES = 16  # the clip length FVD's I3D is used with (StyleGAN-V, TATS, the TF original)

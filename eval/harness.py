@@ -20,7 +20,6 @@ A system that fails to load or sample still gets its rows with the reason - neve
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -33,11 +32,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from eval.eval_config import EvalConfig
-from eval.fid import FID, bootstrap_fid_std, images_key
-from eval.fvd import fvd_or_reason
-from eval.report import UNCOND, make_strip, prompt_view, write_report
-from jpeglm.config import atomic_write_text, load_config, save_config
+from jpeglm.eval.config import EvalConfig
+from jpeglm.eval.fid import FID, bootstrap_fid_std, images_key
+from jpeglm.eval.fvd import fvd_or_reason
+from jpeglm.eval.report import UNCOND, make_strip, prompt_view, write_report
+from jpeglm.config import atomic_write_text, save_config
 
 SETTING_SEED_STRIDE = 100_000  # setting k samples with seeds seed + 100000 k + i: disjoint, equal for all systems
 
@@ -115,7 +114,7 @@ def stream_bytes(codec, symbols) -> float:
 
 def load_heldout_images(folder: str, n: int, size: int) -> tuple[list[np.ndarray], list[str], list[dict]]:
     """The first `n` readable images of `folder` (sorted), prepared at size x size."""
-    from eval.fid import list_image_files
+    from jpeglm.eval.fid import list_image_files
     from jpeglm.media import MediaError, open_image, prepare_image
 
     files = list_image_files(folder)
@@ -448,40 +447,3 @@ def _summarise(results: dict, cfg: EvalConfig) -> None:
         + results["fid"]["resize"] + ".",
         "Samples whose decode failed are left out of FID and counted in the failure rate; repaired ones are kept.",
     ]
-
-
-# ------------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="eval config YAML (see configs/eval/)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set num_samples=4 --set sampler.top_k=0 (repeatable)")
-    parser.add_argument("--out", default=None, help="output directory (overrides `out` in the config)")
-    parser.add_argument("--device", default=None, help="torch device for models and FID (default: cuda when available)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from jpeglm.config import ConfigError
-
-    overrides = list(args.set)
-    if args.out:
-        overrides.append(f"out={args.out}")
-    if args.device:
-        overrides.append(f"device={args.device}")
-    try:
-        cfg = load_config(EvalConfig, args.config, overrides)
-        results = evaluate(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"jpeglm eval: error: {e}")
-        return 2
-    print(Path(results["report_files"]["md"]).read_text().split("## Details")[0].strip())
-    print(f"\nreport: {results['report_files']['html']}")
-    for s in results["systems"]:
-        if s.get("error"):
-            print(f"system {s['name']}: {s['error']}")
-    if not any(r.get("fid") is not None for s in results["systems"] for r in s["rows"]):
-        print("jpeglm eval: no system produced a FID (see the reasons above and in the report)")
-        return 1
-    return 0

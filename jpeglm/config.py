@@ -8,6 +8,7 @@ and `a.b=value` overrides into those dataclasses and back, with no torch.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import tempfile
 import types
@@ -118,6 +119,39 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     """YAML file (optional) + dotted overrides -> dataclass `cls`, with unknown keys rejected."""
     data = load_yaml(path) if path else {}
     return from_dict(cls, apply_overrides(data, overrides))
+
+
+# --- named configs ---------------------------------------------------------------------------------
+# The configs/ folder of the repository is installed as the package `jpeglm.configs`, so a name
+# resolves the same from a checkout, an editable install and a wheel, whatever the working folder.
+CONFIG_KINDS = {"model": (".yaml", ".yml"), "train": (".yaml", ".yml"), "deepspeed": (".json",),
+                "vq": (".yaml", ".yml"), "eval": (".yaml", ".yml")}
+
+
+def config_root() -> Path:
+    """The folder of the shipped named configs (model/, train/, deepspeed/, vq/, eval/)."""
+    return Path(str(importlib.resources.files("jpeglm.configs")))
+
+
+def named_configs(kind: str) -> list[str]:
+    """The names of the shipped configs of one kind, sorted."""
+    folder = config_root() / kind
+    return sorted(f.stem for f in folder.glob("*") if f.suffix in CONFIG_KINDS[kind])
+
+
+def resolve_config(value: str | os.PathLike, kind: str, base: Path | None = None) -> Path:
+    """A config reference -> a file: an existing path (absolute, or relative to the working folder or
+    to `base`, the folder of the config that names it), else a shipped name of that kind
+    (`tiny-cpu`, `zero2`, ...). A ConfigError lists the names when nothing matches."""
+    if kind not in CONFIG_KINDS:
+        raise ValueError(f"unknown config kind {kind!r}; known: {', '.join(CONFIG_KINDS)}")
+    p = Path(value)
+    candidates = [p] + ([base / p] if base is not None and not p.is_absolute() else [])
+    candidates += [config_root() / kind / f"{value}{s}" for s in CONFIG_KINDS[kind]]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(f"{kind} config {str(value)!r} not found (a file, or one of: {', '.join(named_configs(kind))})")
 
 
 def current_umask() -> int:

@@ -10,7 +10,7 @@ import torch
 
 from jpeglm.codecs.avc import NAL_IDR, NAL_SLICE, AvcCodec, split_nals
 from jpeglm.codecs.avc_grammar import AvcNalGrammar, grammar_for
-from jpeglm.constrain import AvcTokenConstraint, constraint_for
+from jpeglm.sample.constrain import AvcTokenConstraint, constraint_for
 from jpeglm.tokenizer import BpeTokenizer, ByteTokenizer
 from jpeglm.video import builtin_clip
 

@@ -7,7 +7,10 @@ import json
 import pytest
 
 from jpeglm.config import ConfigError, load_config
-from jpeglm.train_config import CONFIG_ROOT, ModelConfig, TrainConfig, resolve_deepspeed_config, resolve_model_config
+from jpeglm.config import config_root
+from jpeglm.train.config import ModelConfig, TrainConfig, resolve_deepspeed_config, resolve_model_config
+
+CONFIG_ROOT = config_root()
 
 MODELS = sorted((CONFIG_ROOT / "model").glob("*.yaml"))
 TRAINS = sorted((CONFIG_ROOT / "train").glob("*.yaml"))
@@ -60,7 +63,7 @@ def test_train_config_validates_and_resolves(path):
 
 @pytest.mark.parametrize("path", DEEPSPEEDS, ids=lambda p: p.stem)
 def test_deepspeed_config_fills_from_the_train_config(path):
-    from jpeglm.distributed import fill_deepspeed_config
+    from jpeglm.train.distributed import fill_deepspeed_config
 
     raw = json.loads(path.read_text())
     ds = fill_deepspeed_config(raw, micro_batch=2, grad_accum=4, grad_clip=1.0, precision="bf16")
@@ -85,7 +88,7 @@ def test_overrides_and_unknown_keys():
 
 
 def test_deepspeed_config_disagreeing_with_the_train_config_is_refused(tmp_path):
-    from jpeglm.distributed import fill_deepspeed_config
+    from jpeglm.train.distributed import fill_deepspeed_config
 
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         fill_deepspeed_config({"gradient_accumulation_steps": 2}, micro_batch=1, grad_accum=4, grad_clip=1.0,
@@ -97,7 +100,7 @@ def test_deepspeed_config_disagreeing_with_the_train_config_is_refused(tmp_path)
 
 
 def test_cli_config_lookup_by_name_and_max_steps_flag():
-    from jpeglm.train import load_train_config
+    from jpeglm.cli.train import load_train_config
 
     cfg, base = load_train_config("tiny-cpu", ["optim.micro_batch=8"], 7)
     assert cfg.max_steps == 7 and cfg.optim.micro_batch == 8 and base == CONFIG_ROOT / "train"

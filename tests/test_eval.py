@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.eval_config import EvalConfig
-from eval.harness import Drawn, bits_per_byte, evaluate, run
-from eval.report import make_strip, prompt_view, write_report
+from jpeglm.eval.config import EvalConfig
+from jpeglm.cli.eval import run
+from jpeglm.eval.harness import Drawn, bits_per_byte, evaluate
+from jpeglm.eval.report import make_strip, prompt_view, write_report
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams
 from jpeglm.config import ConfigError, load_config
 from jpeglm.tokenizer import ByteTokenizer
@@ -69,7 +70,7 @@ def heldout(tmp_path_factory, photos):
 
 
 def _reals(folder):
-    from eval.harness import load_heldout_images
+    from jpeglm.eval.harness import load_heldout_images
 
     return load_heldout_images(str(folder), 6, SIZE)[0]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval import fid as F
+from jpeglm.eval import fid as F
 
 
 def _crops(photos, n: int, seed: int, size: int = 96) -> list[np.ndarray]:
@@ -232,7 +232,7 @@ def test_fid_cli_two_folders_of_different_sizes(tmp_path, sets, capsys):
 
 
 def test_bootstrap_std_is_deterministic_and_shrinks_with_n():
-    from eval.fid import bootstrap_fid_std
+    from jpeglm.eval.fid import bootstrap_fid_std
 
     rng = np.random.default_rng(0)
     small_r, small_f = rng.normal(size=(20, 8)), rng.normal(0.5, 1.0, size=(20, 8))

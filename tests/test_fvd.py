@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from eval.eval_config import EvalConfig
-from eval.fvd import FVD_FRAMES, INPUT_SIZE, FvdError, I3DFeatures, compute_fvd, fvd_or_reason, pad_frames, preprocess
-from eval.harness import Drawn, evaluate
+from jpeglm.eval.config import EvalConfig
+from jpeglm.eval.fvd import FVD_FRAMES, INPUT_SIZE, FvdError, I3DFeatures, compute_fvd, fvd_or_reason, pad_frames, preprocess
+from jpeglm.eval.harness import Drawn, evaluate
 from jpeglm.tokenizer import ByteTokenizer
 
 # torch >= 2.9 marks TorchScript deprecated; the real I3D weights exist only in that format

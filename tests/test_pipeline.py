@@ -16,8 +16,8 @@ from PIL import Image
 from jpeglm.cli import main as cli
 from jpeglm.config import load_config
 from jpeglm.shards import ShardSet
-from jpeglm.train import train
-from jpeglm.train_config import TrainConfig
+from jpeglm.train.loop import train
+from jpeglm.train.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 from jpeglm.codecs.base import codec_from_config
 from jpeglm.codecs.pixel import PaletteError, PixelCodec, PixelParams, uniform_palette
 from jpeglm.media import MediaError
-from jpeglm.pixel_fit import fit_palette, save_palette
+from jpeglm.baselines.pixel_fit import fit_palette, save_palette
 
 
 def _palette_image(palette: np.ndarray, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +157,7 @@ def test_images_too_small_are_media_errors(photos):
 
 
 def test_pixel_fit_cli(tmp_path, photo_dir):
-    from jpeglm import pixel_fit
+    from jpeglm.cli import pixel as pixel_fit
 
     outs = []
     for i in range(2):

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.pipeline import is_val, prep, reason_kind
-from data_prep.sources import open_source
+from jpeglm.data_prep.pipeline import is_val, prep, reason_kind
+from jpeglm.data_prep.sources import open_source
 from jpeglm.cli import main as cli_main
 from jpeglm.codecs.jpeg import JpegCodec
 from jpeglm.media import open_image, prepare_image
@@ -276,8 +276,8 @@ def test_vq_prep_with_workers(tmp_path, photo_dir):
     """VQ codes through the same prep; torch is loaded in the parent, workers come from the fork server."""
     pytest.importorskip("torch")
     from jpeglm.codecs.vq import VqCodec
-    from jpeglm.vq_model import VqAutoencoder, VqModelConfig
-    from jpeglm.vq_train import VqConfig, save_checkpoint
+    from jpeglm.codecs.vq_model import VqAutoencoder, VqModelConfig
+    from jpeglm.baselines.vq_train import VqConfig, save_checkpoint
 
     cfg = VqConfig(model=VqModelConfig(image_size=32, channels=8, channel_mult=(1, 2), num_res_blocks=0,
                                        codebook_bits=4, entropy_group_bits=4))
@@ -311,7 +311,7 @@ class _CodecFailingInWorkers:
 
 
 def test_worker_setup_failure_stops_the_prep(tmp_path, photo_dir):
-    from data_prep.writer import PrepError
+    from jpeglm.data_prep.writer import PrepError
 
     # multiprocessing.Pool restarts workers whose initializer raises, forever: this must not hang
     with pytest.raises(PrepError, match="worker setup failed: RuntimeError: model file vanished"):

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams, header_length
-from jpeglm.constrain import RestartGrammar, TokenConstraint, constraint_for, scan_grammar_for
+from jpeglm.sample.constrain import RestartGrammar, TokenConstraint, constraint_for, scan_grammar_for
 from jpeglm.sample import PromptTooLongError, SamplerConfig, filter_logits, generate
 from jpeglm.tokenizer import BpeTokenizer, ByteTokenizer
 
@@ -261,7 +261,7 @@ def test_prompt_longer_than_context(codec, streams, byte_tok):
 def test_vllm_backend_matches_file_contract(tmp_path, codec, streams, byte_tok):
     """GPU only, and only where vLLM is installed: the vLLM backend writes decodable samples."""
     pytest.importorskip("vllm")
-    from jpeglm.sample import generate_vllm
+    from jpeglm.sample.vllm_backend import generate_vllm
 
     d = tmp_path / "m"
     tiny_llama(byte_tok.vocab_size).save_pretrained(d)
@@ -288,7 +288,7 @@ def _args(tmp_path, **kw):
 @pytest.fixture()
 def fake_ckpt(monkeypatch, codec, byte_tok):
     """`_load` returning a tiny model (checkpoint loading has its own tests)."""
-    import jpeglm.sample_cli as cli
+    import jpeglm.cli.sample as cli
 
     loaded = SimpleNamespace(model=tiny_llama(byte_tok.vocab_size), tokenizer=byte_tok, codec=codec, meta={})
     monkeypatch.setattr(cli, "_load", lambda path, device: loaded)
@@ -296,7 +296,7 @@ def fake_ckpt(monkeypatch, codec, byte_tok):
 
 
 def test_cli_writes_files_sheets_and_manifest(tmp_path, photo_dir, fake_ckpt, codec):
-    from jpeglm.sample_cli import run
+    from jpeglm.cli.sample import run
 
     files = sorted(str(p) for p in photo_dir.iterdir())[:2]
     args = _args(tmp_path, prompt=files)
@@ -320,7 +320,7 @@ def test_cli_writes_files_sheets_and_manifest(tmp_path, photo_dir, fake_ckpt, co
 
 
 def test_cli_same_seed_same_files(tmp_path, photo_dir, fake_ckpt):
-    from jpeglm.sample_cli import run
+    from jpeglm.cli.sample import run
 
     f = [str(sorted(photo_dir.iterdir())[0])]
     assert run(_args(tmp_path, prompt=f, out=str(tmp_path / "a"))) == 0
@@ -330,7 +330,7 @@ def test_cli_same_seed_same_files(tmp_path, photo_dir, fake_ckpt):
 
 
 def test_cli_bad_prompt_leaves_nothing(tmp_path, fake_ckpt, capsys):
-    from jpeglm.sample_cli import run
+    from jpeglm.cli.sample import run
 
     bad = tmp_path / "not_an_image.jpg"
     bad.write_text("hello, I am text")
@@ -340,7 +340,7 @@ def test_cli_bad_prompt_leaves_nothing(tmp_path, fake_ckpt, capsys):
 
 
 def test_cli_prompt_too_long(tmp_path, photo_dir, monkeypatch, codec, byte_tok, capsys):
-    import jpeglm.sample_cli as cli
+    import jpeglm.cli.sample as cli
 
     loaded = SimpleNamespace(model=tiny_llama(byte_tok.vocab_size, ctx=64), tokenizer=byte_tok, codec=codec, meta={})
     monkeypatch.setattr(cli, "_load", lambda path, device: loaded)
@@ -350,7 +350,7 @@ def test_cli_prompt_too_long(tmp_path, photo_dir, monkeypatch, codec, byte_tok, 
 
 
 def test_cli_refuses_non_empty_out(tmp_path, fake_ckpt, capsys):
-    from jpeglm.sample_cli import run
+    from jpeglm.cli.sample import run
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
@@ -360,7 +360,7 @@ def test_cli_refuses_non_empty_out(tmp_path, fake_ckpt, capsys):
 
 def test_cli_not_a_checkpoint(tmp_path, capsys):
     pytest.importorskip("jpeglm.checkpoint")
-    from jpeglm.sample_cli import run
+    from jpeglm.cli.sample import run
 
     d = tmp_path / "empty_ckpt"
     d.mkdir()
@@ -372,7 +372,7 @@ def test_cli_not_a_checkpoint(tmp_path, capsys):
 
 # --- other codecs and the released JPEG-LM format ---------------------------------------------------
 def test_cli_pixel_codec_writes_pngs(tmp_path, photo_dir, monkeypatch):
-    import jpeglm.sample_cli as cli
+    import jpeglm.cli.sample as cli
     from jpeglm.codecs.pixel import PixelCodec, PixelParams
     from jpeglm.tokenizer import CodeTokenizer
 
@@ -420,7 +420,7 @@ def test_code_pictures_are_whole_even_when_the_model_prefers_eos(photos, constra
 def test_cli_video_writes_mp4(tmp_path, monkeypatch):
     import av
 
-    import jpeglm.sample_cli as cli
+    import jpeglm.cli.sample as cli
     from jpeglm.codecs.avc import AvcCodec, AvcParams
     from jpeglm.video import builtin_clip, write_video
 
@@ -466,7 +466,7 @@ def _released_checkpoint(d, streams):
 def test_released_format_samples_jpegs(tmp_path, photos, photo_dir):
     pytest.importorskip("jpeglm.checkpoint")
     from jpeglm.checkpoint import load_for_inference
-    from jpeglm.sample_cli import run
+    from jpeglm.cli.sample import run
 
     canonical = JpegCodec()
     ckpt = tmp_path / "jpeg-lm"

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams
-from jpeglm.sample import SamplerConfig, _decode_attention_on, _slab_cache, generate
+from jpeglm.sample import SamplerConfig, generate
+from jpeglm.sample.kv_cache import decode_attention_on as _decode_attention_on, slab_cache as _slab_cache
 from jpeglm.tokenizer import ByteTokenizer
 
 

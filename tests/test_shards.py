@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from data_prep.pipeline import prep
-from data_prep.sources import open_source
+from jpeglm.data_prep.pipeline import prep
+from jpeglm.data_prep.sources import open_source
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams
 from jpeglm.media import open_image, prepare_image
 from jpeglm.shards import ShardError, ShardSet, dtype_for_vocab, read_manifest

@@ -16,7 +16,7 @@ import pytest
 
 from jpeglm.config import ConfigError, load_config
 from jpeglm.shards import ShardError, ShardSet
-from jpeglm.train_config import TrainConfig
+from jpeglm.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def _child_env() -> dict:
 
 
 def _ds_free_port() -> int:
-    from jpeglm.distributed import _free_port
+    from jpeglm.train.distributed import _free_port
 
     return _free_port()
 
@@ -117,7 +117,7 @@ def _ds_free_port() -> int:
 # data: packing and order
 # ------------------------------------------------------------------------------------------
 def test_concat_chunks_are_the_concatenation(dataset):
-    from jpeglm.data import ConcatSequences
+    from jpeglm.train.data import ConcatSequences
 
     shards = ShardSet(dataset, "train")
     whole = np.concatenate([np.asarray(r, np.int64) for r in shards])
@@ -129,7 +129,7 @@ def test_concat_chunks_are_the_concatenation(dataset):
 
 
 def test_pad_packing_pads_with_ignored_labels_and_counts_long_records(tmp_path):
-    from jpeglm.data import IGNORE, PaddedSequences
+    from jpeglm.train.data import IGNORE, PaddedSequences
 
     root = make_dataset(tmp_path / "ds", n_train=30, n_val=2, lo=10, hi=60)
     shards = ShardSet(root, "train")
@@ -150,7 +150,7 @@ def test_pad_packing_pads_with_ignored_labels_and_counts_long_records(tmp_path):
 
 
 def test_batch_order_is_disjoint_across_ranks_covers_an_epoch_and_resumes():
-    from jpeglm.data import BatchOrder
+    from jpeglm.train.data import BatchOrder
 
     def order(world):
         return BatchOrder(num_sequences=24, micro_batch=2, grad_accum=3, world_size=world, seed=7)
@@ -183,7 +183,8 @@ def test_batch_order_is_disjoint_across_ranks_covers_an_epoch_and_resumes():
 def test_bad_input_is_refused_before_training(tmp_path, dataset):
     import shutil
 
-    from jpeglm.train import TrainError, main, prepare
+    from jpeglm.cli.train import main
+    from jpeglm.train.loop import TrainError, prepare
 
     cfg = tiny_cfg()
     with pytest.raises(ShardError, match="no such dataset"):
@@ -203,7 +204,7 @@ def test_bad_input_is_refused_before_training(tmp_path, dataset):
     with pytest.raises(ConfigError, match="unknown key"):
         tiny_cfg(**{"optim.learning_rate": 1})
     # a context too short for pad packing: every record is longer than seq_len
-    from jpeglm.data import build_sequences
+    from jpeglm.train.data import build_sequences
 
     with pytest.raises(ShardError, match="no record fits seq_len=8"):
         build_sequences(ShardSet(dataset, "train"), "pad", 8, 3, "skip")
@@ -235,7 +236,7 @@ def test_zero_stage_trains_and_export_gives_the_training_models_logits(tmp_path,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from jpeglm.train import train
+    from jpeglm.train.loop import train
 
     steps = 3 if stage in (1, 2) else 2  # ZeRO-3 is slow on CPU (per-parameter gathers)
     # bf16 matmuls are emulated (slow) on CPUs without bf16 units: one stage covers bf16
@@ -284,7 +285,7 @@ def test_zero_stage_trains_and_export_gives_the_training_models_logits(tmp_path,
 def test_val_records_longer_than_seq_len_are_still_validated(tmp_path):
     """Validation scores whole records up to the model's context: records of 86-126 tokens with
     64-token training chunks (like 32x32 pixel records, 1026 tokens, with seq_len 1024)."""
-    from jpeglm.train import train
+    from jpeglm.train.loop import train
 
     data = make_dataset(tmp_path / "long", n_train=16, n_val=4, lo=80, hi=120)
     assert min(ShardSet(data, "val").lengths) > 64
@@ -295,7 +296,7 @@ def test_val_records_longer_than_seq_len_are_still_validated(tmp_path):
 
 
 def test_loss_falls_on_a_fixed_batch(tmp_path):
-    from jpeglm.train import train
+    from jpeglm.train.loop import train
 
     # pad packing over 2 records with micro_batch 2: every step sees the same batch
     root = make_dataset(tmp_path / "ds", n_train=2, n_val=1)
@@ -328,7 +329,7 @@ def test_two_processes_through_the_deepspeed_launcher(tmp_path, dataset):
 
 
 def test_resume_after_kill_9_gives_the_uninterrupted_losses(tmp_path, dataset):
-    from jpeglm.train import train
+    from jpeglm.train.loop import train
 
     n = 12
     over = dict(ckpt_interval=4, deepspeed="zero2", precision="fp32", **{"eval.interval": 6})
@@ -363,10 +364,10 @@ def test_resume_after_kill_9_gives_the_uninterrupted_losses(tmp_path, dataset):
 
 def test_end_to_end_on_real_jpeg_shards_from_prep(tmp_path):
     """`jpeglm prep` (canonical JPEG bytes of real photos) -> train -> load_for_inference."""
-    pytest.importorskip("data_prep.cli")
+    pytest.importorskip("jpeglm.cli.prep")
     from jpeglm.checkpoint import load_for_inference
     from jpeglm.cli import main as cli
-    from jpeglm.train import train
+    from jpeglm.train.loop import train
 
     data = tmp_path / "prep"
     assert cli(["prep", "--codec", "jpeg", "--input", "builtin:skimage", "--out", str(data), "--size", "64",

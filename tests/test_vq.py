@@ -15,8 +15,8 @@ import torch
 from jpeglm.codecs.base import codec_from_config
 from jpeglm.codecs.vq import VqCheckpointError, VqCodec
 from jpeglm.media import MediaError
-from jpeglm.vq_model import LFQ, CosineVQ, VqAutoencoder, VqModelConfig, lfq_bits_to_indices, lfq_indices_to_bits
-from jpeglm.vq_train import VqConfig, VqTrainConfig, evaluate, train
+from jpeglm.codecs.vq_model import LFQ, CosineVQ, VqAutoencoder, VqModelConfig, lfq_bits_to_indices, lfq_indices_to_bits
+from jpeglm.baselines.vq_train import VqConfig, VqTrainConfig, evaluate, train
 
 TINY = dict(image_size=64, channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_bits=8, entropy_group_bits=4)
 
@@ -294,7 +294,7 @@ def test_vq_quantizer_trains_with_restarts(photos):
 
 
 def test_vq_train_cli(tmp_path, photo_dir):
-    from jpeglm import vq_train
+    from jpeglm.cli import vq as vq_train
 
     out = tmp_path / "run"
     args = argparse.Namespace(
@@ -312,7 +312,7 @@ def test_vq_train_cli(tmp_path, photo_dir):
 def _random_vgg_file(path):
     """A torchvision-layout vgg16 `features` state dict with random weights (the real ones cannot
     be downloaded here; the loss plumbing is what is tested)."""
-    from jpeglm.vq_model import _VGG16
+    from jpeglm.codecs.vq_model import _VGG16
 
     sd, cin, i = {}, 3, 0
     g = torch.Generator().manual_seed(0)
@@ -328,7 +328,7 @@ def _random_vgg_file(path):
 
 
 def test_adversarial_and_perceptual_terms(photos, tmp_path):
-    from jpeglm.vq_model import VggPerceptual
+    from jpeglm.codecs.vq_model import VggPerceptual
 
     images = _photos_at(photos, 64)
     vgg = _random_vgg_file(tmp_path / "vgg16.pth")

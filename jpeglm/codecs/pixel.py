@@ -8,7 +8,7 @@ at) with `upsample`: "nearest" (default: shows exactly what the model wrote, blo
 "bilinear" (Pillow, smoother; what ImageGPT-style samples are usually shown with).
 
 The palette (512 colours = 9-bit tokens, as in ImageGPT) is fitted by `jpeglm pixel fit`
-(k-means, jpeglm/pixel_fit.py) and stored *inside* the params, so a dataset or checkpoint
+(k-means, jpeglm/baselines/pixel_fit.py) and stored *inside* the params, so a dataset or checkpoint
 rebuilds the codec from its config alone. Without a fitted palette the codec uses the uniform
 8x8x8 RGB cube (also 512 colours).
 """

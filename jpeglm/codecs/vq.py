@@ -29,7 +29,7 @@ from jpeglm.codecs.base import Codec, DecodeReport
 from jpeglm.codecs.pixel import fit_code_grid
 from jpeglm.config import from_dict
 from jpeglm.media import open_image, prepare_image
-from jpeglm.vq_model import VqAutoencoder, VqModelConfig
+from jpeglm.codecs.vq_model import VqAutoencoder, VqModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "vq_config.yaml"
@@ -139,7 +139,7 @@ class VqCodec(Codec):
         """Copy the weights + config into dest_dir/subdir (atomically per file) and return a codec
         whose to_config() names that copy by the relative path `subdir`."""
         if not self.params.model_dir:
-            raise VqCheckpointError("this codec wraps an in-memory model; save it with jpeglm.vq_train.save_checkpoint first")
+            raise VqCheckpointError("this codec wraps an in-memory model; save it with jpeglm.baselines.vq_train.save_checkpoint first")
         src = Path(self.params.model_dir)
         dst = Path(dest_dir) / subdir
         dst.mkdir(parents=True, exist_ok=True)

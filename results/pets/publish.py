@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     shutil.copyfile(ev / "config.yaml", dest / "eval-config.yaml")
     results.pop("report_files", None)
     (dest / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    from eval.report import render_markdown  # the eval's own renderer: only the strips copied here are linked
+    from jpeglm.eval.report import render_markdown  # the eval's own renderer: only the strips copied here are linked
 
     md = render_markdown(results, dest).split("\n")
     at = md.index("## Details") if "## Details" in md else len(md)

@@ -1,7 +1,7 @@
 """`jpeglm train` / `python -m jpeglm.train`: pretrain an unmodified LlamaForCausalLM on token shards.
 
 Launch it plainly (one process), or with `deepspeed [--hostfile H] [--num_gpus N] --module jpeglm.train`
-or `torchrun --nproc_per_node N -m jpeglm.train`; process setup lives in jpeglm.distributed.
+or `torchrun --nproc_per_node N -m jpeglm.train`; process setup lives in jpeglm.train.distributed.
 Every check that can fail on bad input (config, shards, tokenizer vs model, context vs packing,
 an output dir holding another run) runs in `prepare()`, before any model is built.
 
@@ -11,17 +11,15 @@ OUT/ds/ (DeepSpeed state, for --resume), OUT/checkpoints/step-N + latest (HF exp
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jpeglm.config import ConfigError, atomic_write_text, load_config, load_yaml, save_config, to_dict
-from jpeglm.train_config import CONFIG_ROOT, ModelConfig, TrainConfig, resolve_deepspeed_config, resolve_model_config
+from jpeglm.config import ConfigError, atomic_write_text, load_yaml, save_config, to_dict
+from jpeglm.train.config import ModelConfig, TrainConfig, resolve_deepspeed_config, resolve_model_config
 
 # keys of config.yaml that may differ between a run and its --resume (training longer is resuming)
 RESUMABLE_CHANGES = {"max_steps"}
@@ -68,7 +66,7 @@ def prepare(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_ba
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     model_cfg = resolve_model_config(cfg, config_base)
-    from jpeglm.distributed import fill_deepspeed_config
+    from jpeglm.train.distributed import fill_deepspeed_config
 
     try:
         ds_config = fill_deepspeed_config(
@@ -192,8 +190,8 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base
     import torch
     from transformers import LlamaForCausalLM
 
-    from jpeglm import distributed
-    from jpeglm.data import BatchOrder, build_sequences, collate, val_records
+    from jpeglm.train import distributed
+    from jpeglm.train.data import BatchOrder, build_sequences, collate, val_records
 
     plan = prepare(cfg, data_dir, out_dir, resume, config_base)
     dist = distributed.init()
@@ -299,8 +297,8 @@ def validate(engine, records, batch_size: int, pad_id: int, dist) -> dict:
     get a zero-weight dummy), because under ZeRO-3 a forward pass is a collective."""
     import torch
 
-    from jpeglm import distributed
-    from jpeglm.data import pad_record
+    from jpeglm.train import distributed
+    from jpeglm.train.data import pad_record
 
     mine = records[dist.rank :: dist.world_size]
     n_batches = math.ceil(len(records) / (dist.world_size * batch_size))
@@ -333,7 +331,7 @@ def validate(engine, records, batch_size: int, pad_id: int, dist) -> dict:
 
 def save_checkpoint(engine, out: Path, step: int, order, cfg: TrainConfig, hf_cfg, tokenizer, meta: dict, dist) -> None:
     """DeepSpeed state (for --resume) then the HF export; both collective, exports on rank 0."""
-    from jpeglm import distributed
+    from jpeglm.train import distributed
     from jpeglm.checkpoint import export_hf, export_name, prune
 
     tag = export_name(step)
@@ -389,53 +387,3 @@ class _Logger:
             self.bar.close()
             self.tb.close()
             self.file.close()
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="train config: a YAML path or a name in configs/train (e.g. tiny-cpu)")
-    parser.add_argument("--data", required=True, help="dataset directory written by `jpeglm prep` (manifest.json, train/, val/, tokenizer/)")
-    parser.add_argument("--out", required=True, help="run directory: config.yaml, log.jsonl, tensorboard/, ds/, checkpoints/")
-    parser.add_argument("--max-steps", type=int, help="optimizer steps to train to (overrides max_steps in the config)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last DeepSpeed checkpoint (same config required)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. --set optim.lr=1e-3 (repeatable)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides, as positional key.path=value")
-    # the deepspeed launcher appends --local_rank=N; the rank is read from the environment instead
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-
-
-def load_train_config(config: str | None, overrides: list[str], max_steps: int | None) -> tuple[TrainConfig, Path | None]:
-    path = None
-    if config:
-        p = Path(config)
-        path = p if p.is_file() else CONFIG_ROOT / "train" / f"{config}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"train config {config!r} not found (a YAML path or a name in {CONFIG_ROOT / 'train'})")
-    overrides = list(overrides) + ([f"max_steps={max_steps}"] if max_steps is not None else [])
-    return load_config(TrainConfig, path, overrides), (path.parent if path else None)
-
-
-def run(args: argparse.Namespace) -> int:
-    from jpeglm.checkpoint import CheckpointError
-    from jpeglm.shards import ShardError
-
-    try:
-        cfg, base = load_train_config(args.config, list(args.set) + list(args.overrides), args.max_steps)
-        train(cfg, args.data, args.out, resume=args.resume, config_base=base)
-    except (ConfigError, ShardError, TrainError, CheckpointError) as e:
-        print(f"jpeglm train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jpeglm.train", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

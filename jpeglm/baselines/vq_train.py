@@ -11,7 +11,6 @@ by jpeglm.media (bad files skipped and logged) and held in memory as uint8 at th
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -24,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jpeglm.config import atomic_write_text, load_config, save_config, to_dict
-from jpeglm.vq_model import PatchDiscriminator, VggPerceptual, VqAutoencoder, VqModelConfig, hinge_d_loss
+from jpeglm.config import atomic_write_text, save_config, to_dict
+from jpeglm.codecs.vq_model import PatchDiscriminator, VggPerceptual, VqAutoencoder, VqModelConfig, hinge_d_loss
 
-log = logging.getLogger("jpeglm.vq_train")
+log = logging.getLogger("jpeglm.baselines.vq_train")
 
 
 @dataclass
@@ -89,7 +88,7 @@ def load_images(spec: str, size: int, split: str | None = None) -> tuple[list[st
     """All usable images of a source at `size` -> (keys, uint8 (N, size, size, 3), skipped)."""
     from tqdm.auto import tqdm
 
-    from data_prep.sources import open_source
+    from jpeglm.data_prep.sources import open_source
     from jpeglm.media import MediaError, open_image, prepare_image
 
     source = open_source(spec, "image", split=split)
@@ -318,45 +317,3 @@ def train(cfg: VqConfig, images: np.ndarray, keys: list[str], out_dir: str | os.
     if out:
         log_f.close()
     return {"model": model.eval(), "history": history, "metrics": metrics}
-
-
-# --- CLI ----------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="images: a folder (recursive), a file, builtin:skimage, a saved HF dataset, parquet, imagefolder:DIR or hf:NAME[:SPLIT] (as for `jpeglm prep`)")
-    parser.add_argument("--out", required=True, help="output dir: model.safetensors, vq_config.yaml, metrics.json, log.jsonl")
-    parser.add_argument("--config", default=None, help="YAML with `model:` and `train:` sections, e.g. configs/vq/tiny.yaml")
-    parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
-    parser.add_argument("--split", default=None, help="dataset split for HF inputs")
-    parser.add_argument("--device", default=None, help="override train.device ('auto', 'cpu', 'cuda')")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint (train_state.pt) with the same config")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default; 1 is often fastest on a busy shared CPU)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. model.channels=32 train.lr=3e-4")
-
-
-def run(args: argparse.Namespace) -> int:
-    from jpeglm.config import ConfigError
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
-    overrides = list(args.overrides or [])
-    if args.max_steps is not None:
-        overrides.append(f"train.max_steps={args.max_steps}")
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    try:
-        cfg = load_config(VqConfig, args.config, overrides)
-        keys, images, skipped = load_images(args.input, cfg.model.image_size, split=args.split)
-    except (ConfigError, ValueError, OSError) as e:
-        print(f"jpeglm vq train: error: {e}")
-        return 2
-    for s in skipped:
-        log.warning("skipped %s: %s", s["path"], s["reason"])
-    log.info("%d images (%d skipped); model %s", len(keys), len(skipped), to_dict(cfg.model))
-    try:
-        result = train(cfg, images, keys, out_dir=args.out, resume=getattr(args, "resume", False))
-    except ValueError as e:
-        print(f"jpeglm vq train: error: {e}")
-        return 2
-    print(json.dumps(result["metrics"]))
-    return 0

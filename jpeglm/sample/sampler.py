@@ -5,20 +5,20 @@ over a plain `transformers.LlamaForCausalLM` (no `model.generate()`):
 
 - Prefill: the batch's prompts left-padded, with an attention mask and position ids counted from
   each row's first real token, logits only for the last position (`logits_to_keep=1`).
-- Steps: one token per row against a preallocated KV cache (`_slab_cache`: one (B, H, capacity,
+- Steps: one token per row against a preallocated KV cache (`kv_cache.slab_cache`: one (B, H, capacity,
   D) slab per layer, sized for the longest row's prompt + budget, each step writes its column in
   place and attention reads a view of the filled part; `DynamicCache` re-copies the whole cache
   with `torch.cat` every step, the largest cost at batch 8 with long prompts). Rows that finish
   (EOS, or EOI for JPEG) are dropped from the batch and from the cache, so the batch only shrinks.
   When no row has padding the attention mask is left out (no mask to build or read); otherwise
   the mask is a view of one preallocated (B, capacity) tensor. On CPU the steps run a plain
-  matmul-softmax-matmul attention for their single query (`_register_decode_attention`; torch's
+  matmul-softmax-matmul attention for their single query (`kv_cache.register_decode_attention`; torch's
   fused SDPA kernel is slower there), the prefill keeps SDPA; the model's setting is restored.
 - Sampling: constraint mask -> temperature -> top-k -> top-p (the order and semantics of HF's
   logits processors and warpers), then one draw per row from that row's own `torch.Generator`
   seeded with `cfg.seed + i` for global sample index i, so a sample depends on its seed only, not
   on the batch it ran in (up to float rounding differences between batch shapes).
-- JPEG: the grammar constraint (jpeglm/constrain.py) is on by default; its state starts at the end
+- JPEG: the grammar constraint (jpeglm/sample/constrain.py) is on by default; its state starts at the end
   of the header and runs over the prompt's scan bytes first. Without a prompt the constrained
   sampler starts from the canonical header (fixed by the codec's settings). Rows near their
   token budget are steered to a complete file (see constrain.py).
@@ -28,15 +28,14 @@ Each finished sequence is decoded with `tokenizer.decode` -> symbols -> `codec.d
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from jpeglm.constrain import TokenConstraint, code_only_mask, constraint_for
+from jpeglm.sample.constrain import TokenConstraint, code_only_mask, constraint_for
+from jpeglm.sample.kv_cache import decode_attention_on, slab_cache
 
 NEG_INF = float("-inf")
 
@@ -120,101 +119,6 @@ def _context_length(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
 
 
-def _slab_cache(model, capacity: int):
-    """A `transformers` Cache whose layers write into preallocated slabs (`SlabLayer` below)."""
-    from transformers.cache_utils import Cache
-
-    layer = _slab_layer_class()
-    return Cache(layers=[layer(capacity) for _ in range(model.config.num_hidden_layers)])
-
-
-@functools.cache
-def _slab_layer_class():
-    # Defined lazily so that importing jpeglm.sample does not import transformers.
-    from transformers.cache_utils import DynamicLayer
-
-    class SlabLayer(DynamicLayer):
-        """One layer's K/V in (B, H, capacity, D) tensors allocated once: `update` copies the new
-        positions into their columns and returns views of the filled part, where `DynamicLayer`
-        concatenates (a copy of the whole cache per step and layer). Mask sizes come from
-        `DynamicLayer` via `get_seq_length`."""
-
-        is_croppable = False
-
-        def __init__(self, capacity: int):
-            super().__init__()
-            self.capacity = capacity
-            self.length = 0
-
-        def lazy_initialization(self, key_states, value_states):
-            self.dtype, self.device = key_states.dtype, key_states.device
-            b, h, _, d = key_states.shape
-            self.kslab = key_states.new_empty((b, h, self.capacity, d))
-            self.vslab = value_states.new_empty((b, value_states.shape[1], self.capacity, value_states.shape[-1]))
-            self.is_initialized = True
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            end = self.length + key_states.shape[-2]
-            if end > self.capacity:  # the sampler sizes the slab for prompt + budget: a bug if hit
-                raise RuntimeError(f"KV slab overflow: {end} positions, capacity {self.capacity}")
-            self.kslab[:, :, self.length : end] = key_states
-            self.vslab[:, :, self.length : end] = value_states
-            self.length = end
-            self.keys, self.values = self.kslab[:, :, :end], self.vslab[:, :, :end]
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.length
-
-        def batch_select_indices(self, indices):
-            # A new slab of the kept rows; only the filled columns are copied.
-            if not self.is_initialized:
-                return
-            for name in ("kslab", "vslab"):
-                old = getattr(self, name)
-                new = old.new_empty((len(indices),) + tuple(old.shape[1:]))
-                new[:, :, : self.length] = old[indices, :, : self.length]
-                setattr(self, name, new)
-            self.keys, self.values = self.kslab[:, :, : self.length], self.vslab[:, :, : self.length]
-
-    return SlabLayer
-
-
-DECODE_ATTENTION = "jpeglm_decode"
-
-
-@functools.cache
-def _register_decode_attention() -> str:
-    """Register (once) the attention the decoding steps run with: for one query token per row it is
-    plain matmul -> softmax -> matmul over the cache view, with the query heads grouped by their
-    KV head (no repeat_kv copy); anything longer (the prefill) goes to transformers' SDPA path.
-    On CPU, torch's fused SDPA kernel is built for long queries: with a single query over a
-    ~1.5k-token cache it was 1.1-2x slower than the three plain ops (head dim 16-64,
-    bench/results/sample.md). The mask is SDPA's (boolean, or none)."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        b, hq, q_len, d = query.shape
-        if q_len != 1 or dropout:
-            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-        hkv = key.shape[1]
-        q = query.reshape(b, hkv, hq // hkv, d)  # q head h reads kv head h // groups (repeat_kv's order)
-        scores = torch.matmul(q, key.transpose(-1, -2)) * (d**-0.5 if scaling is None else scaling)
-        if attention_mask is not None:  # (B, 1, 1, L): True / 0.0 where attended
-            m = attention_mask[:, :, :, : key.shape[-2]]
-            scores = scores.masked_fill(~m, NEG_INF) if m.dtype == torch.bool else scores + m
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-        return torch.matmul(probs, value).reshape(b, 1, hq, d), None
-
-    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
-    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
-    return DECODE_ATTENTION
-
-
 @dataclass
 class _Job:
     index: int  # global sample index
@@ -280,31 +184,14 @@ def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerCon
             )
     token_bytes = constraint.token_bytes if constraint is not None else None
     if token_bytes is None and getattr(codec, "name", None) == "jpeg" and getattr(tokenizer, "kind", "") != "code":
-        from jpeglm.constrain import token_bytes_table
+        from jpeglm.sample.constrain import token_bytes_table
 
         token_bytes = token_bytes_table(tokenizer, vocab)
     out: list[Sample] = []
-    with _decode_attention_on(model, device):
+    with decode_attention_on(model, device):
         for start in range(0, len(jobs), cfg.batch_size):
             out.extend(_run_batch(model, tokenizer, codec, jobs[start : start + cfg.batch_size], cfg, device, ctx, constraint, code_mask, token_bytes))
     return out
-
-
-@contextlib.contextmanager
-def _decode_attention_on(model, device):
-    """On CPU, run a model that uses SDPA with the decode attention (see
-    `_register_decode_attention`) for this call only; the model's own setting is restored after.
-    GPUs and other attention implementations are left as they are."""
-    config = model.config
-    before = getattr(config, "_attn_implementation", None)
-    if torch.device(device).type != "cpu" or before != "sdpa":
-        yield
-        return
-    config._attn_implementation = _register_decode_attention()
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
 
 
 def _run_batch(model, tokenizer, codec, jobs, cfg, device, ctx, constraint: TokenConstraint | None, code_mask, token_bytes):
@@ -345,7 +232,7 @@ def _run_batch(model, tokenizer, codec, jobs, cfg, device, ctx, constraint: Toke
     # Room for every position any row can reach: the longest prompt (left-padded to L) plus the
     # largest budget; at most the model's context.
     capacity = L + max(budgets)
-    cache = _slab_cache(model, capacity)
+    cache = slab_cache(model, capacity)
     if padded:  # the mask only ever grows by ones: preallocate it, hand the model a view
         mask_slab = torch.ones((len(prompts_u), capacity), dtype=torch.long, device=device)
         mask_slab[:, :L] = attn
@@ -447,42 +334,4 @@ def _run_batch(model, tokenizer, codec, jobs, cfg, device, ctx, constraint: Toke
     return samples
 
 
-def generate_vllm(model_dir, tokenizer, codec, prompts, num_samples: int, cfg: SamplerConfig | None = None) -> list[Sample]:
-    """The same job on vLLM (GPU, optional extra `pip install vllm`): the checkpoint is a plain
-    Llama, so vLLM serves it as is; we hand it token ids, never text. No grammar constraint (vLLM's
-    logits-processor API differs between its versions): the decode reports say what came out.
-    UNTESTED here (no GPU in the development sessions); see bench/results/sample.md."""
-    cfg = cfg or SamplerConfig()
-    try:
-        from vllm import LLM, SamplingParams
-        from vllm.inputs import TokensPrompt
-    except ImportError as e:
-        raise ImportError("--backend vllm needs vLLM on a CUDA machine: pip install vllm") from e
-    jobs = _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, None)
-    llm = LLM(model=str(model_dir), skip_tokenizer_init=True, seed=cfg.seed)
-    params = [
-        SamplingParams(
-            temperature=cfg.temperature, top_k=cfg.top_k if cfg.top_k > 0 else -1, top_p=cfg.top_p,
-            max_tokens=cfg.max_new_tokens or (_context_length_vllm(llm) - len(j.ids)), seed=j.seed,
-            stop_token_ids=[tokenizer.eos_id], detokenize=False,
-        )
-        for j in jobs
-    ]
-    t0 = time.perf_counter()
-    results = llm.generate([TokensPrompt(prompt_token_ids=j.ids) for j in jobs], params)
-    secs = time.perf_counter() - t0
-    samples = []
-    for j, res in zip(jobs, results):
-        new = [t for t in res.outputs[0].token_ids if t != tokenizer.eos_id]
-        symbols = tokenizer.decode(j.ids + new)
-        media, report = codec.decode(symbols)
-        finish = "eos" if res.outputs[0].finish_reason == "stop" else "max_new_tokens"
-        samples.append(Sample(symbols, media, report, j.prompt_index, j.seed, len(j.ids), len(new), secs, finish))
-    return samples
-
-
-def _context_length_vllm(llm) -> int:
-    return int(llm.llm_engine.model_config.max_model_len)
-
-
-__all__ = ["SamplerConfig", "Sample", "generate", "generate_vllm", "filter_logits", "PromptTooLongError"]
+__all__ = ["SamplerConfig", "Sample", "generate", "filter_logits", "PromptTooLongError"]

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.fid import FidError, fid_folders, result_json
+    from jpeglm.eval.fid import FidError, fid_folders, result_json
 
     try:
         with warnings.catch_warnings():

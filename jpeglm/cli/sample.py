@@ -152,7 +152,7 @@ def sample_to_dir(args) -> dict:
     t0 = time.perf_counter()
     try:
         if args.backend == "vllm":
-            from jpeglm.sample import generate_vllm
+            from jpeglm.sample.vllm_backend import generate_vllm
 
             samples = generate_vllm(_export_dir(loaded, args.model), tokenizer, codec, prompts, args.num, cfg)
         else:

@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jpeglm.config import ConfigError, from_dict, load_yaml
+from jpeglm.config import ConfigError, from_dict, load_yaml, resolve_config
 
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 PRECISIONS = ("bf16", "fp32")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
 
@@ -149,29 +148,16 @@ class TrainConfig:
             raise ValueError("max_steps, log_interval, ckpt_interval and keep_last must be >= 1")
 
 
-def _resolve(value: str, kind: str, suffixes: tuple[str, ...], base: Path | None) -> Path:
-    """A config reference -> a file: an existing path (absolute, or relative to the cwd or to the
-    train config's folder), else a name looked up in configs/<kind>/."""
-    p = Path(value)
-    candidates = [p] + ([base / p] if base is not None and not p.is_absolute() else [])
-    candidates += [CONFIG_ROOT / kind / f"{value}{s}" for s in suffixes]
-    for c in candidates:
-        if c.is_file():
-            return c
-    known = sorted(f.stem for f in (CONFIG_ROOT / kind).glob("*") if f.suffix in suffixes)
-    raise ConfigError(f"{kind} config {value!r} not found (a path, or one of: {', '.join(known)})")
-
-
 def resolve_model_config(cfg: TrainConfig, base: Path | None = None) -> ModelConfig:
     """The ModelConfig a train config names, with its `model_overrides` applied."""
-    data = load_yaml(_resolve(cfg.model, "model", (".yaml", ".yml"), base))
+    data = load_yaml(resolve_config(cfg.model, "model", base))
     data.update(cfg.model_overrides or {})
     return from_dict(ModelConfig, data, where="model.")
 
 
 def resolve_deepspeed_config(cfg: TrainConfig, base: Path | None = None) -> dict:
     """The DeepSpeed JSON a train config names, as a dict (its "auto" values still unfilled)."""
-    path = _resolve(cfg.deepspeed, "deepspeed", (".json",), base)
+    path = resolve_config(cfg.deepspeed, "deepspeed", base)
     try:
         ds = json.loads(path.read_text())
     except json.JSONDecodeError as e:

@@ -1,6 +1,6 @@
 """Grammar-constrained decoding: a byte-level grammar turned into a mask over token ids.
 
-The sampler (jpeglm/sample.py) keeps one grammar state per sequence. Before each step it asks
+The sampler (jpeglm/sample/sampler.py) keeps one grammar state per sequence. Before each step it asks
 `TokenConstraint.mask(state)` for the tokens allowed next and after sampling it calls
 `advance(state, token)`. A token is allowed when *every* byte it stands for keeps the stream valid
 (BPE tokens through the tokenizer's byte table); the end-of-sequence token only when the stream is

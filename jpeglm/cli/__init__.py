@@ -1,6 +1,6 @@
 """The `jpeglm` console script: one entry point, one subcommand per stage.
 
-Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`.
+Each subcommand lives in its own module here, jpeglm/cli/<command>.py, exposing `add_arguments(parser)` and `run(args) -> int`.
 Only the chosen subcommand's module is imported, so `jpeglm --help` does not pay for torch.
 """
 
@@ -12,21 +12,21 @@ import sys
 
 # name -> (module, one-line help) or name -> {subname: (module, help)} for grouped commands.
 COMMANDS: dict[str, object] = {
-    "demo": ("jpeglm.demo", "run the whole pipeline on built-in photos: prep, tokenizer, train, sample, FID"),
-    "prep": ("data_prep.cli", "encode images or videos canonically and write token shards"),
+    "demo": ("jpeglm.cli.demo", "run the whole pipeline on built-in photos: prep, tokenizer, train, sample, FID"),
+    "prep": ("jpeglm.cli.prep", "encode images or videos canonically and write token shards"),
     "tokenizer": {
-        "train": ("jpeglm.tokenizer_cli", "train a sentencepiece BPE tokenizer on prepared shards"),
+        "train": ("jpeglm.cli.tokenizer", "train a sentencepiece BPE tokenizer on prepared shards"),
     },
-    "train": ("jpeglm.train", "pretrain an unmodified Llama on token shards (DeepSpeed ZeRO)"),
-    "sample": ("jpeglm.sample_cli", "sample JPEG/PNG/MP4 files from a checkpoint, with or without prompts"),
+    "train": ("jpeglm.cli.train", "pretrain an unmodified Llama on token shards (DeepSpeed ZeRO)"),
+    "sample": ("jpeglm.cli.sample", "sample JPEG/PNG/MP4 files from a checkpoint, with or without prompts"),
     "vq": {
-        "train": ("jpeglm.vq_train", "train the VQ/LFQ image tokenizer used by the VQ baseline"),
+        "train": ("jpeglm.cli.vq", "train the VQ/LFQ image tokenizer used by the VQ baseline"),
     },
     "pixel": {
-        "fit": ("jpeglm.pixel_fit", "fit the k-means colour palette used by the pixel baseline"),
+        "fit": ("jpeglm.cli.pixel", "fit the k-means colour palette used by the pixel baseline"),
     },
-    "eval": ("eval.harness", "compare systems by FID on the same prompts and seeds; write the report"),
-    "fid": ("eval.fid_cli", "FID between two folders of images"),
+    "eval": ("jpeglm.cli.eval", "compare systems by FID on the same prompts and seeds; write the report"),
+    "fid": ("jpeglm.cli.fid", "FID between two folders of images"),
 }
 
 

@@ -43,7 +43,7 @@ def split_photos(source: str, out: Path, size: int, heldout_every: int = 4, augm
     reference and the prompts, and no model or tokenizer sees it. The built-in set is small (about
     two dozen photos), so each training photo also gives a mirror image and four corner crops.
     """
-    from data_prep.sources import open_source
+    from jpeglm.data_prep.sources import open_source
     from jpeglm.media import MediaError, open_image, prepare_image
 
     train_dir, held_dir = out / "train", out / "heldout"
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     # 3. the baselines' own tokenizers, fitted on the same photos
     if "vq" in systems:
         _step("vq train: a tiny LFQ autoencoder", ["vq", "train", "--input", photos, "--out", str(out / "vq-model"),
-                                                   "--config", "configs/vq/tiny.yaml", "--max-steps", str(args.vq_steps)])
+                                                   "--config", "tiny", "--max-steps", str(args.vq_steps)])
         _step("prep: LFQ codes", ["prep", "--codec", "vq", "--vq-model", str(out / "vq-model"), "--out", str(out / "data/vq"), *common])
     if "pixel" in systems:
         _step("pixel fit: a 512-colour palette", ["pixel", "fit", "--input", photos, "--out", str(out / "palette.npz")])

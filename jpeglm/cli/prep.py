@@ -1,6 +1,6 @@
 """`jpeglm prep`: encode images or videos canonically and write token shards.
 
-A thin layer over `data_prep.pipeline.prep`: parse flags, build the codec (`build_codec`, the one
+A thin layer over `jpeglm.data_prep.pipeline.prep`: parse flags, build the codec (`build_codec`, the one
 place that knows how each codec is constructed from flags), the tokenizer and the source, run,
 print the one-line summary. Exit codes: 0 when at least one record was written, 1 when none was
 (every item skipped), 2 for a usage problem (bad input path, output folder holding another prep).
@@ -12,7 +12,7 @@ import argparse
 import functools
 import sys
 
-from data_prep.pipeline import DEFAULT_RECORDS_PER_SHARD
+from jpeglm.data_prep.pipeline import DEFAULT_RECORDS_PER_SHARD
 
 CODEC_NAMES = ("jpeg", "avc", "vq", "pixel")
 # The flags build_codec reads; only these travel to worker processes.
@@ -115,9 +115,9 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_prep.pipeline import prep
-    from data_prep.sources import SourceError, open_source
-    from data_prep.writer import PrepError
+    from jpeglm.data_prep.pipeline import prep
+    from jpeglm.data_prep.sources import SourceError, open_source
+    from jpeglm.data_prep.writer import PrepError
 
     codec_args = argparse.Namespace(**{k: getattr(args, k) for k in _CODEC_FLAGS})
     try:

@@ -1,0 +1,5 @@
+import sys
+
+from jpeglm.cli import main
+
+sys.exit(main())
