@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -57,6 +57,53 @@ class PrepResult:
         return self.manifest["skipped"]
 
 
+def _s(default, text: str, **meta):
+    return field(default=default, metadata={"help": text, **meta})
+
+
+@dataclass(frozen=True)
+class PrepSettings:
+    """The settings of one prep, declared once: `jpeglm prep` flags, `prep(**overrides)` keywords and
+    the `settings` of the manifest. The codec's own settings are the codec's (its params)."""
+
+    workers: int = _s(1, "encoding processes; each takes whole chunks (see --records-per-shard), encodes and writes them")
+    val_fraction: float = _s(0.05, "fraction of records in the val split, decided by hashing each record's key with --seed")
+    seed: int = _s(0, "seed of the train/val hash split")
+    records_per_shard: int = _s(DEFAULT_RECORDS_PER_SHARD, "input items per chunk; chunk c becomes shard c of each split "
+                                "and is the unit of resume and of parallel work (use at least a few chunks per worker)",
+                                metavar="K")
+    limit: int | None = _s(None, "use only the first N input items (in sorted order)", metavar="N")
+    min_side: int = _s(64, "skip images (and videos) whose shorter side is below this many pixels, rather than upscale them")
+    part: str | None = _s(None, "encode only chunks c with c %% N == I (0-based), so N machines sharing --out split one "
+                          "prep; the last part to finish writes the manifest. Same bytes as one run", metavar="I/N")
+    overwrite: bool = _s(False, "delete a previous prep in --out (e.g. one made with other settings) and start over")
+    progress: bool = _s(True, "show a progress bar (the summary line is printed either way)")
+
+    def __post_init__(self):
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise PrepError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.records_per_shard < 1:
+            raise PrepError(f"--records-per-shard must be >= 1, got {self.records_per_shard}")
+        if self.workers < 1:
+            raise PrepError(f"--workers must be >= 1, got {self.workers}")
+        if self.part is not None and self.overwrite:
+            raise PrepError("--overwrite cannot be combined with --part (other parts may be writing there)")
+        self.part_index  # noqa: B018 - validates the I/N text
+
+    @property
+    def part_index(self) -> tuple[int, int] | None:
+        """(I, N) of `part`, None without one."""
+        if self.part is None:
+            return None
+        try:
+            i, n = (int(x) for x in str(self.part).split("/"))
+        except ValueError:
+            raise PrepError(f"--part must look like I/N (e.g. 0/4), got {self.part!r}") from None
+        if not 0 <= i < n:
+            raise PrepError(f"--part must be I/N with 0 <= I < N, got {self.part}")
+        return i, n
+
+
 def is_val(key: str, seed: int, val_fraction: float) -> bool:
     """Deterministic split: sha256(seed, key) as a number in [0, 1) below val_fraction -> val."""
     if val_fraction <= 0:
@@ -76,24 +123,37 @@ def reason_kind(reason: str) -> str:
 _W: dict = {}
 
 
-def _init_worker(codec_factory: Callable, tokenizer_dir: str, source: Source, dtype: str, min_side: int, clip_rule,
-                 out: str, seed: int, val_fraction: float, counter=None) -> None:
+@dataclass
+class _Setup:
+    """What every worker needs to encode and write chunks (picklable: it travels to the workers)."""
+
+    codec_factory: Callable
+    tokenizer_dir: str
+    source: Source
+    dtype: str
+    clip_rule: object
+    out: str
+    settings: PrepSettings
+
+
+def _init_worker(setup: _Setup, counter=None) -> None:
     from jpeglm.tokenizer import load_tokenizer
 
     _W.clear()
     # what _process_chunk needs to split and write a chunk; `counter` (a shared integer) counts
     # finished items for the main process's progress bar
-    _W.update(out=Path(out), seed=seed, val_fraction=val_fraction, counter=counter)
+    s = setup.settings
+    _W.update(out=Path(setup.out), seed=s.seed, val_fraction=s.val_fraction, counter=counter)
     try:
-        tok, codec = load_tokenizer(tokenizer_dir), codec_factory()
+        tok, codec = load_tokenizer(setup.tokenizer_dir), setup.codec_factory()
     except Exception as e:
         # Raising here would make multiprocessing.Pool restart the worker forever; instead every
         # task raises, which stops the prep in the main process with this message.
         _W["init_error"] = f"worker setup failed: {type(e).__name__}: {e}"
         return
     _W.update(
-        codec=codec, tokenizer=tok, source=source,
-        dtype=np.dtype(dtype), min_side=min_side, clip_rule=clip_rule, byte_table=None, checked=False,
+        codec=codec, tokenizer=tok, source=setup.source,
+        dtype=np.dtype(setup.dtype), min_side=s.min_side, clip_rule=setup.clip_rule, byte_table=None, checked=False,
     )
     if tok.kind == "byte":
         # A byte-level tokenizer maps each byte to one id: a 256-entry table taken from the
@@ -107,12 +167,13 @@ def _init_worker(codec_factory: Callable, tokenizer_dir: str, source: Source, dt
 
 
 def _skip_reason(e: Exception, src) -> str:
-    """A one-line reason for the manifest. MediaError / VideoError / OSError carry a clear message
+    """A one-line reason for the manifest. MediaError (VideoError) / CodecError / OSError carry a clear message
     (without the path they start with: the manifest has it as `path`); anything else gets its type
     named, so a bug shows up in the manifest instead of silently skipping everything."""
+    from jpeglm.codecs.base import CodecError
     from jpeglm.media import MediaError
 
-    known = isinstance(e, (MediaError, OSError)) or type(e).__name__ in ("VideoError", "VqCheckpointError")
+    known = isinstance(e, (MediaError, CodecError, OSError))
     return _strip_path(str(e) if known else f"{type(e).__name__}: {e}", src) or type(e).__name__
 
 
@@ -145,9 +206,7 @@ def _record(key: str, symbols, n_pixels: int) -> Record:
         if not _fits(ids, dtype):
             raise ValueError(f"token id out of range for {dtype}")  # cannot happen with dtype_for_vocab
         ids = ids.astype(dtype)
-    n_symbols = len(symbols)
-    n_bytes = float(n_symbols) if codec.symbol_kind == "bytes" else n_symbols * codec.bits_per_symbol() / 8.0
-    return Record(key, ids, n_symbols, n_bytes, int(n_pixels))
+    return Record(key, ids, len(symbols), codec.stream_bytes(symbols), int(n_pixels))
 
 
 def _encode_image(item: Item, src):
@@ -159,16 +218,11 @@ def _encode_image(item: Item, src):
     img = open_image(src, min_side=_W["min_side"])
     symbols = codec.encode(img)
     # bits per pixel are counted at the size a system is judged at (pixel codec: eval_size, not its grid)
-    side = getattr(codec.params, "eval_size", None) or getattr(codec.params, "size", None)
-    n_pixels = side * side if isinstance(side, int) else img.size[0] * img.size[1]
-    return [_record(item.key, symbols, n_pixels)]
+    return [_record(item.key, symbols, codec.pixels_per_item())]
 
 
 def _encode_video(item: Item, src):
-    from jpeglm.video import iter_clips
-
     codec = _W["codec"]
-    p = codec.params
     tmp = None
     if isinstance(src, (bytes, bytearray)):  # a dataset cell: PyAV wants a file it can seek in
         tmp = tempfile.NamedTemporaryFile(suffix=".mp4")
@@ -181,7 +235,7 @@ def _encode_video(item: Item, src):
         out.append((f"{item.key}#{clip_key}", _strip_path(reason, src)))
 
     try:
-        for clip_key, frames in iter_clips(src, _W["clip_rule"], p.width, p.height, on_skip=on_skip):
+        for clip_key, frames in codec.clips(src, _W["clip_rule"], on_skip=on_skip):
             key = f"{item.key}#{clip_key}"
             try:
                 symbols = codec.encode(frames)
@@ -240,13 +294,7 @@ def _versions(codec) -> dict:
     import jpeglm
 
     v = {"jpeglm": jpeglm.__version__, "python": sys.version.split()[0], "numpy": np.__version__, "pillow": PIL.__version__}
-    if codec.media_kind == "video":
-        import av
-
-        v["av"] = av.__version__
-        if hasattr(codec, "encoder_version"):
-            v["x264"] = codec.encoder_version()
-    return v
+    return {**v, **codec.versions()}
 
 
 def _stats(lengths: np.ndarray) -> dict:
@@ -271,84 +319,102 @@ def _mp_context():
     return mp.get_context("spawn")
 
 
-def prep(
-    source: Source,
-    codec_factory: Callable,
-    out: str | Path,
-    tokenizer=None,
-    workers: int = 1,
-    val_fraction: float = 0.0,
-    seed: int = 0,
-    records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
-    limit: int | None = None,
-    min_side: int = 64,
-    clip_rule=None,
-    overwrite: bool = False,
-    progress: bool = True,
-    log=print,
-    part: tuple[int, int] | None = None,
-) -> PrepResult:
+def prep(source: Source, codec_factory: Callable, out: str | Path, settings: PrepSettings | None = None, *,
+         tokenizer=None, clip_rule=None, log=print, **overrides) -> PrepResult:
     """Prepare `source` into shards under `out` (resuming a killed run with the same settings).
 
     `codec_factory` is a picklable zero-argument callable returning the codec (each worker calls
-    it once); `tokenizer` defaults to ByteTokenizer for byte codecs, CodeTokenizer for code codecs.
-    `part=(i, n)` encodes only the chunks c with c % n == i, so n machines sharing `out` (a network
-    file system) split one prep; whichever run finds every chunk done writes the manifest
-    (`result.manifest` is None until then). The bytes do not depend on how the work was split.
+    it once); `tokenizer` defaults to ByteTokenizer for byte codecs, CodeTokenizer for code codecs;
+    `clip_rule` (jpeglm.video.ClipRule) cuts videos into clips. `settings` (PrepSettings), with any
+    of its fields overridden by keyword (`prep(src, factory, out, workers=2)`). A `part` (I/N)
+    encodes only the chunks c with c % N == I, so N machines sharing `out` (a network file system)
+    split one prep; whichever run finds every chunk done writes the manifest (`result.manifest` is
+    None until then). The bytes do not depend on how the work was split.
     Raises PrepError when the output folder holds another prep, or no record could be written.
     """
+    t0 = time.time()
+    s = replace(settings or PrepSettings(), **overrides)
+    out = Path(out)
+    plan = _plan(source, codec_factory, out, s, tokenizer, clip_rule)
+    todo = [c for c in range(len(plan.chunks)) if c not in plan.done and _in_part(c, s.part_index)]
+    todo_items = sum(len(plan.chunks[c]) for c in todo)
+    _run_chunks(plan, [(c, plan.chunks[c]) for c in todo], todo_items, s)
+
+    done = plan.done
+    done.update({c: m for c in range(len(plan.chunks)) if c not in done and (m := read_done(out, c, plan.dtype)) is not None})
+    if len(done) < len(plan.chunks):  # other parts are still running (or have not started)
+        i, n = s.part_index
+        if log:
+            log(f"prep: part {i}/{n} done ({todo_items} items this run); {len(plan.chunks) - len(done)} of "
+                f"{len(plan.chunks)} chunks are left to other parts: the last one to finish (or a run without --part) "
+                f"writes {out}/manifest.json")
+        return PrepResult(out, None, time.time() - t0, todo_items)
+    manifest = _manifest(out, plan)
+    write_manifest(out, manifest)
+    result = PrepResult(out, manifest, time.time() - t0, todo_items)
+    if log:
+        log(summary_line(result))
+    return result
+
+
+@dataclass
+class _Plan:
+    """A prep after its checks: the chunks, what is done already, and what the workers get."""
+
+    codec: object
+    tokenizer: object
+    dtype: np.dtype
+    chunks: list
+    settings: dict  # the resume-relevant settings (a rerun with others is refused)
+    manifest_codec: dict  # the codec config the manifest records (its files bundled into `out`)
+    done: dict
+    setup: _Setup
+
+
+def _plan(source: Source, codec_factory: Callable, out: Path, s: PrepSettings, tokenizer, clip_rule) -> _Plan:
     from jpeglm.tokenizer import ByteTokenizer, CodeTokenizer
 
-    t0 = time.time()
-    if not 0.0 <= val_fraction < 1.0:
-        raise PrepError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    if records_per_shard < 1:
-        raise PrepError(f"--records-per-shard must be >= 1, got {records_per_shard}")
-    if workers < 1:
-        raise PrepError(f"--workers must be >= 1, got {workers}")
-    out = Path(out)
     codec = codec_factory()
     if tokenizer is None:
         tokenizer = ByteTokenizer() if codec.symbol_kind == "bytes" else CodeTokenizer(codec.num_codes)
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     items = source.items()
-    if limit is not None:
-        items = items[:limit]
+    if s.limit is not None:
+        items = items[: s.limit]
     if not items:
         raise PrepError(f"input {source.describe().get('input')}: no {source.media_kind} files found")
-    chunks = [items[i : i + records_per_shard] for i in range(0, len(items), records_per_shard)]
-
+    chunks = [items[i : i + s.records_per_shard] for i in range(0, len(items), s.records_per_shard)]
     settings = {
         "codec": codec.to_config(), "tokenizer": tokenizer_fingerprint(tokenizer), "source": source.describe(),
-        "val_fraction": val_fraction, "seed": seed, "records_per_shard": records_per_shard, "limit": limit,
-        "min_side": min_side, "clip_rule": _plain(clip_rule), "num_items": len(items), "dtype": dtype.name,
+        "val_fraction": s.val_fraction, "seed": s.seed, "records_per_shard": s.records_per_shard, "limit": s.limit,
+        "min_side": s.min_side, "clip_rule": _plain(clip_rule), "num_items": len(items), "dtype": dtype.name,
     }
-    if part is not None and not (len(part) == 2 and 0 <= part[0] < part[1]):
-        raise PrepError(f"--part must be I/N with 0 <= I < N, got {part}")
-    if part is not None and overwrite:
-        raise PrepError("--overwrite cannot be combined with --part (other parts may be writing there)")
-    claim_output(out, settings, overwrite, shared=part is not None)
+    claim_output(out, settings, s.overwrite, shared=s.part is not None)
     tok_dir = save_tokenizer(out, tokenizer)
-    manifest_codec = codec.to_config()
-    if hasattr(codec, "copy_model"):  # vq: the dataset carries its own copy of the weights
-        manifest_codec = codec.copy_model(out).to_config()
-
+    manifest_codec = codec.bundle(out).to_config()  # a codec's files (VQ weights) travel with the dataset
     done = {c: m for c in range(len(chunks)) if (m := read_done(out, c, dtype)) is not None}
-    todo = [c for c in range(len(chunks)) if c not in done and (part is None or c % part[1] == part[0])]
-    todo_items = sum(len(chunks[c]) for c in todo)
-    tasks = [(c, chunks[c]) for c in todo]
-    init_args = (codec_factory, str(tok_dir), source, dtype.name, min_side, clip_rule, str(out), seed, val_fraction)
+    setup = _Setup(codec_factory, str(tok_dir), source, dtype.name, clip_rule, str(out), s)
+    return _Plan(codec, tokenizer, dtype, chunks, settings, manifest_codec, done, setup)
 
+
+def _in_part(chunk: int, part: tuple[int, int] | None) -> bool:
+    return part is None or chunk % part[1] == part[0]
+
+
+def _run_chunks(plan: _Plan, tasks: list, todo_items: int, s: PrepSettings) -> None:
+    """Encode and write `tasks` (chunk index, items) in worker processes (or in this one), filling
+    `plan.done` with their markers, with a progress bar over items."""
     from tqdm import tqdm
 
+    part = s.part_index
     bar = tqdm(total=todo_items, unit="item", desc="prep" if part is None else f"prep part {part[0]}/{part[1]}",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+               disable=not s.progress, file=sys.stderr, dynamic_ncols=True)
     pool = None
     try:
-        if workers > 1 and len(tasks) > 1:
+        if s.workers > 1 and len(tasks) > 1:
             ctx = _mp_context()
             counter = ctx.Value("q", 0)
-            pool = ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(*init_args, counter))
+            pool = ctx.Pool(min(s.workers, len(tasks)), initializer=_init_worker, initargs=(plan.setup, counter))
             results = pool.imap_unordered(_process_chunk, tasks)  # chunks finish in any order; shard c is chunk c
             for _ in tasks:
                 while True:
@@ -357,33 +423,18 @@ def prep(
                         break
                     except mp.TimeoutError:
                         bar.update(counter.value - bar.n)
-                done[marker["chunk"]] = marker
+                plan.done[marker["chunk"]] = marker
                 bar.update(counter.value - bar.n)
         else:
-            _init_worker(*init_args)
+            _init_worker(plan.setup)
             for task in tasks:
-                done[task[0]] = _process_chunk(task)
+                plan.done[task[0]] = _process_chunk(task)
                 bar.update(len(task[1]))
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
-
-    done.update({c: m for c in range(len(chunks)) if c not in done and (m := read_done(out, c, dtype)) is not None})
-    if len(done) < len(chunks):  # other parts are still running (or have not started)
-        result = PrepResult(out, None, time.time() - t0, todo_items)
-        if log:
-            log(f"prep: part {part[0]}/{part[1]} done ({todo_items} items this run); {len(chunks) - len(done)} of "
-                f"{len(chunks)} chunks are left to other parts: the last one to finish (or a run without --part) "
-                f"writes {out}/manifest.json")
-        return result
-    manifest = _manifest(out, chunks, done, settings, manifest_codec, tokenizer, dtype, codec)
-    write_manifest(out, manifest)
-    result = PrepResult(out, manifest, time.time() - t0, todo_items)
-    if log:
-        log(summary_line(result))
-    return result
 
 
 def tokenizer_fingerprint(tokenizer) -> dict:
@@ -405,7 +456,8 @@ def _plain(obj):
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
-def _manifest(out, chunks, done, settings, codec_cfg, tokenizer, dtype, codec) -> dict:
+def _manifest(out: Path, plan: _Plan) -> dict:
+    chunks, done, settings, tokenizer = plan.chunks, plan.done, plan.settings, plan.tokenizer
     splits = {}
     all_lengths = []
     for split in SPLITS:
@@ -422,14 +474,14 @@ def _manifest(out, chunks, done, settings, codec_cfg, tokenizer, dtype, codec) -
     lengths = np.concatenate(all_lengths) if all_lengths else np.zeros(0, np.int64)
     skipped = [s for c in range(len(chunks)) for s in done[c]["skipped"]]
     return {
-        "format": FORMAT, "version": VERSION, "codec": codec_cfg,
+        "format": FORMAT, "version": VERSION, "codec": plan.manifest_codec,
         "tokenizer": {**tokenizer.to_config(), "path": TOKENIZER_DIR},
-        "dtype": dtype.name, "source": settings["source"], "splits": splits,
+        "dtype": plan.dtype.name, "source": settings["source"], "splits": splits,
         "num_records": int(lengths.size), "num_tokens": int(lengths.sum()), "num_items": settings["num_items"],
         "num_chunks": len(chunks), "tokens_per_item": _stats(lengths), "skipped": skipped,
         "skipped_by_reason": dict(sorted(Counter(reason_kind(s["reason"]) for s in skipped).items())),
         "settings": {k: settings[k] for k in ("val_fraction", "seed", "records_per_shard", "limit", "min_side", "clip_rule")},
-        "versions": _versions(codec),
+        "versions": _versions(plan.codec),
     }
 
 

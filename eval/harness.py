@@ -101,13 +101,6 @@ class ModelSystem:
         return total
 
 
-def stream_bytes(codec, symbols) -> float:
-    """Size of a symbol stream in bytes (CONTRACTS: len for byte codecs, n * bits / 8 for codes)."""
-    if getattr(codec, "symbol_kind", "bytes") == "bytes":
-        return float(len(symbols))
-    return len(symbols) * float(codec.bits_per_symbol()) / 8.0
-
-
 # ------------------------------------------------------------------------------------------------
 # held-out data
 
@@ -176,7 +169,7 @@ def run_setting(system, reals: list[np.ndarray], ratio: float | None, k: int, cf
     row: dict[str, Any] = {"setting": name, "prompt_ratio": ratio, "seed": seed, "fid": None, "fid_reason": "",
                            "n_samples": 0, "failure_rate": None, "tokens_per_image": None, "seconds_per_image": None,
                            "decoded_frame_rate": None, "samples_dir": str(out_dir)}
-    video = getattr(system.codec, "media_kind", "image") == "video"
+    video = system.codec.media_kind == "video"
     t0 = time.perf_counter()
     try:
         if ratio is None:
@@ -199,7 +192,7 @@ def run_setting(system, reals: list[np.ndarray], ratio: float | None, k: int, cf
                seconds_per_image=elapsed / n if n else None)
     if video:
         got = [d.details.get("decoded_frames", 0) for d in drawn]
-        want = [d.details.get("expected_frames", 0) or getattr(system.codec.params, "frames", 0) for d in drawn]
+        want = [d.details.get("expected_frames", 0) for d in drawn]
         row["decoded_frame_rate"] = float(sum(got) / max(1, sum(want)))
         # FVD of the decoded (not failed) clips against the real clips; a clear reason without weights
         decoded_clips = [d.media for d, f in zip(drawn, failed) if not f]
@@ -273,7 +266,7 @@ def bits_per_byte(system, reals: list[np.ndarray]) -> dict:
         ids = system.token_ids(symbols)
         ntok.append(len(ids))
         nll += system.nll(ids)
-        nbytes += stream_bytes(system.codec, symbols)
+        nbytes += system.codec.stream_bytes(symbols)
         npix += float(np.prod(np.asarray(system.codec.decode(symbols)[0]).shape[:-1]))
     bits = nll / math.log(2)
     return {"bpb": bits / nbytes if nbytes else None, "bpp": bits / npix if npix else None,
@@ -285,7 +278,7 @@ def reconstruction_floor(codec, reals: list[np.ndarray], fid: FID, real_feats: n
     recs, psnrs, failed, nbytes = [], [], 0, []
     for r in reals:
         symbols = codec.encode(as_media(r))
-        nbytes.append(stream_bytes(codec, symbols))
+        nbytes.append(codec.stream_bytes(symbols))
         media, rep = codec.decode(symbols)
         media = np.asarray(media)
         if rep.status == "failed":
@@ -359,7 +352,7 @@ def evaluate(cfg: EvalConfig, systems: dict | None = None) -> dict:
             entry["error"] = f"could not load: {type(e).__name__}: {e}"
             continue
         codec = system.codec
-        entry.update(codec=codec.to_config(), media_kind=getattr(codec, "media_kind", "image"))
+        entry.update(codec=codec.to_config(), media_kind=codec.media_kind)
         if entry["media_kind"] == "video":
             if videos is None:
                 if not cfg.videos:

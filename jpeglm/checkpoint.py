@@ -77,7 +77,7 @@ def export_hf(run_dir: str | os.PathLike, step: int, config, state_dict: dict, t
             model.config.dtype = next(iter(dtypes))
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _copy_codec_files(meta, tmp)
+        meta = _bundle_codec(meta, tmp)
         body = {"format": FORMAT, "version": 1, "step": step, **meta, "versions": _versions()}
         atomic_write_text(tmp / META_FILE, yaml.safe_dump(body, sort_keys=False))
         missing = [f for f in ("config.json", META_FILE) if not (tmp / f).is_file()]
@@ -98,15 +98,19 @@ def export_hf(run_dir: str | os.PathLike, step: int, config, state_dict: dict, t
     return final
 
 
-def _copy_codec_files(meta: dict, dest: Path) -> None:
-    """Codecs that carry files (the VQ model) name them relative to the dataset dir; the export
-    gets its own copy under the same relative name, so it decodes with nothing else at hand."""
-    rel = (meta.get("codec") or {}).get("params", {}).get("model_dir")
-    if rel and not os.path.isabs(rel) and meta.get("data"):
-        src = Path(meta["data"]) / rel
-        if not src.is_dir():
-            raise CheckpointError(f"the codec's files {src} are missing from the dataset")
-        shutil.copytree(src, dest / rel)
+def _bundle_codec(meta: dict, dest: Path) -> dict:
+    """The meta with its codec rebuilt from the dataset and bundled into the export: codecs that
+    carry files (the VQ model) get their own copy there, so the export decodes with nothing else
+    at hand."""
+    from jpeglm.codecs.base import CodecError
+
+    if not meta.get("codec"):
+        return meta
+    try:
+        codec = _codec(meta["codec"], Path(meta["data"]) if meta.get("data") else None)
+    except CodecError as e:
+        raise CheckpointError(f"the codec's files are missing from the dataset ({e})") from e
+    return {**meta, "codec": codec.bundle(dest).to_config()}
 
 
 def prune(folder: Path, keep_last: int, protect: str | None = None) -> list[str]:
@@ -157,14 +161,14 @@ def load_for_inference(path: str | os.PathLike, device: str = "cpu", dtype=None)
     else:
         if not any((path / f).is_file() for f in TOKENIZER_FILES):
             raise CheckpointError(f"{path}: config.json but no tokenizer and no {META_FILE}: not a loadable checkpoint")
-        from jpeglm.codecs.jpeg import JpegCodec
+        from jpeglm.codecs.base import RELEASED_FORMAT_CODEC, codec_from_config
 
         warnings.warn(
             f"{path} has no {META_FILE}: treating it as a released JPEG-LM checkpoint and assuming the canonical "
             "JPEG settings (256x256, quality 25, 4:2:0, restart marker every MCU, tables stripped)",
             stacklevel=2,
         )
-        meta, codec = {"format": "released-jpeg-lm"}, JpegCodec()
+        meta, codec = {"format": "released-jpeg-lm"}, codec_from_config(RELEASED_FORMAT_CODEC)
     tokenizer = load_tokenizer(path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()

@@ -32,7 +32,7 @@ import math
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
@@ -40,34 +40,38 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from jpeglm.media import MediaError
+
 DEFAULT_MIN_SIDE = 64  # as for images: upscaling thumbnails teaches blur
 DEFAULT_MAX_PIXELS = 36_000_000  # per frame (8K is 33 Mpx); larger is refused before decoding
 _EPS = 1e-6  # timestamp slack: float seconds from integer pts can land a hair off
 
 
-class VideoError(ValueError):
+class VideoError(MediaError):
     """A video that cannot give a clip (unreadable, no video stream, too small, too short), with a
     one-line reason that data prep writes into its manifest's `skipped` list."""
 
 
 @dataclass(frozen=True)
 class ClipRule:
-    """How clips are cut from a video (see the module docstring for the full rule)."""
+    """How clips are cut from a video (see the module docstring for the full rule). `frames` and
+    `fps` are the codec's (AvcParams), `min_side` is prep's: `jpeglm prep` fills them in."""
 
-    start_s: float = 0.0
-    """Start of the first clip, in seconds from the first frame."""
-    stride_s: float = 3.0
-    """Seconds between clip starts: 3 s = one 1.5 s clip every 3 s, so neighbours are not near-copies."""
-    frames: int = 15
-    """Frames per clip (AvcParams.frames)."""
-    fps: float = 10.0
-    """Sampling rate of frames within a clip (AvcParams.fps)."""
-    max_clips_per_video: int = 8
-    """At most this many clips per video (0 = no limit), so one long film cannot fill a dataset."""
-    min_frames: int | None = None
-    """Clips with fewer real frames than this are skipped; None = `frames` (never pad)."""
-    min_side: int = DEFAULT_MIN_SIDE
-    """Videos whose shorter side is below this are refused."""
+    start_s: float = field(default=0.0, metadata={"help": "start of the first clip, seconds from the first frame",
+                                                  "flag": "--clip-start"})
+    stride_s: float = field(default=3.0, metadata={
+        "help": "seconds between clip starts (3 s: one 1.5 s clip every 3 s, so neighbours are not near-copies)",
+        "flag": "--clip-stride"})
+    frames: int = field(default=15, metadata={"help": "frames per clip (the codec's)", "cli": False})
+    fps: float = field(default=10.0, metadata={"help": "frame rate within a clip (the codec's)", "cli": False})
+    max_clips_per_video: int = field(default=8, metadata={
+        "help": "at most this many clips per video (0 = no limit), so one long film cannot fill a dataset",
+        "flag": "--clips-per-video"})
+    min_frames: int | None = field(default=None, metadata={
+        "help": "keep a clip that runs past the end if it has at least this many real frames (its last frame is "
+                "repeated); default: only complete clips", "flag": "--clip-min-frames"})
+    min_side: int = field(default=DEFAULT_MIN_SIDE, metadata={"help": "videos whose shorter side is below this are refused",
+                                                              "cli": False})
 
     def __post_init__(self):
         if self.frames < 1 or self.fps <= 0 or self.stride_s <= 0 or self.start_s < 0:
@@ -327,52 +331,55 @@ def write_mp4(annexb: bytes, path, fps: float = 10) -> int:
     Generated streams can hold damaged pictures: each packet is test-decoded first and only those
     that give a picture are muxed (a concealed picture counts), so players see no broken samples.
     Written atomically. Raises `VideoError` when the stream holds no muxable picture."""
+    from jpeglm.config import atomic_write_bytes
+
+    data, n = mp4_bytes(annexb, fps)
+    atomic_write_bytes(path, data)
+    return n
+
+
+def mp4_bytes(annexb: bytes, fps: float = 10) -> tuple[bytes, int]:
+    """`write_mp4` in memory: (the .mp4 file's bytes, the number of frames muxed)."""
     import av
 
-    tmp, path = _atomic_target(path)
+    buf = io.BytesIO()
     rate = Fraction(fps).limit_denominator(1001)
     n = 0
     try:
-        try:
-            inp = av.open(io.BytesIO(bytes(annexb)), "r", format="h264")
-        except Exception as e:  # noqa: BLE001
-            raise VideoError(f"not an H.264 stream: {type(e).__name__}: {e}") from None
-        try:
-            if not inp.streams.video:
-                raise VideoError("not an H.264 stream: no video found")
-            src = inp.streams.video[0]
-            check = av.CodecContext.create("h264", "r")
-            check.thread_count = 1
-            with av.open(tmp, "w", format="mp4") as out:
-                dst = out.add_stream_from_template(src)
-                dst.time_base = 1 / rate
-                try:
-                    for pkt in inp.demux(src):
-                        if pkt.size == 0:
-                            continue
-                        try:
-                            if not check.decode(pkt):
-                                continue  # no picture in it (junk units)
-                        except av.FFmpegError:
-                            continue  # the decoder rejects it: a player would too
-                        pkt.pts = pkt.dts = n
-                        pkt.duration = 1
-                        pkt.time_base = 1 / rate
-                        pkt.stream = dst
-                        out.mux(pkt)
-                        n += 1
-                except av.FFmpegError:
-                    pass  # keep what was muxed: a damaged tail of generated bytes
-                if n == 0:
-                    raise VideoError("no picture could be muxed from the H.264 stream")
-        finally:
-            inp.close()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return n
+        inp = av.open(io.BytesIO(bytes(annexb)), "r", format="h264")
+    except Exception as e:  # noqa: BLE001
+        raise VideoError(f"not an H.264 stream: {type(e).__name__}: {e}") from None
+    try:
+        if not inp.streams.video:
+            raise VideoError("not an H.264 stream: no video found")
+        src = inp.streams.video[0]
+        check = av.CodecContext.create("h264", "r")
+        check.thread_count = 1
+        with av.open(buf, "w", format="mp4") as out:
+            dst = out.add_stream_from_template(src)
+            dst.time_base = 1 / rate
+            try:
+                for pkt in inp.demux(src):
+                    if pkt.size == 0:
+                        continue
+                    try:
+                        if not check.decode(pkt):
+                            continue  # no picture in it (junk units)
+                    except av.FFmpegError:
+                        continue  # the decoder rejects it: a player would too
+                    pkt.pts = pkt.dts = n
+                    pkt.duration = 1
+                    pkt.time_base = 1 / rate
+                    pkt.stream = dst
+                    out.mux(pkt)
+                    n += 1
+            except av.FFmpegError:
+                pass  # keep what was muxed: a damaged tail of generated bytes
+            if n == 0:
+                raise VideoError("no picture could be muxed from the H.264 stream")
+    finally:
+        inp.close()
+    return buf.getvalue(), n
 
 
 def write_video(frames: np.ndarray, path, fps: float = 10, crf: int = 12) -> None:

@@ -64,7 +64,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def _attach(parser: argparse.ArgumentParser, module_name: str) -> None:
     module = importlib.import_module(module_name)
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    from jpeglm.cli.flags import HelpFormatter
+
+    parser.formatter_class = HelpFormatter
     module.add_arguments(parser)
     parser.set_defaults(_run=module.run)
 

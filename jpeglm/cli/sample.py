@@ -30,18 +30,15 @@ class SampleError(Exception):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from jpeglm.cli import flags
+    from jpeglm.sample.config import SamplerConfig
+
     p.add_argument("--model", required=True, help="checkpoint: an HF export dir with jpeglm.yaml, a training run dir (its latest export), or a released JPEG-LM dir")
     p.add_argument("--prompt", nargs="+", action="extend", default=[], metavar="FILE", help="prompt image(s) or video(s); each is encoded canonically and its top part kept. Without: unconditional samples")
-    p.add_argument("--prompt-ratio", type=float, default=0.5, help="fraction of the picture (top MCU / code / pixel rows) kept from each prompt")
+    p.add_argument("--prompt-ratio", type=float, default=0.5, help="fraction of the picture (top MCU / code / pixel rows, first frames) kept from each prompt")
     p.add_argument("--prompt-frames", type=int, default=None, help="video only: number of leading frames kept from the prompt video (overrides --prompt-ratio)")
     p.add_argument("--num", type=int, default=4, help="samples per prompt (or unconditional samples without --prompt)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (JPEG-LM release: 1.0)")
-    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = off (JPEG-LM release: 50)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1.0 = off (JPEG-LM release: 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="sample i (counting over all prompts) uses seed + i, whatever the batch size")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences sampled together")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="token budget per sample (default: the model's context minus the prompt); constrained JPEG samples are steered to a complete file before it runs out")
-    p.add_argument("--no-constrain", dest="constrain", action="store_false", help="turn off the JPEG grammar constraint (and the code-token-only mask for vq/pixel)")
+    flags.add_fields(p.add_argument_group("sampling"), SamplerConfig)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--backend", choices=["torch", "vllm"], default="torch", help="torch: our batched KV-cache sampler; vllm: vLLM on a GPU (optional extra, no grammar constraint)")
     p.add_argument("--overwrite", action="store_true", help="replace --out when it already holds files")
@@ -78,9 +75,9 @@ def _load(model_path: str, device: str):
 
 def _encode_prompts(codec, files: list[str], ratio: float, frames: int | None):
     if frames is not None:
-        total = getattr(codec.params, "frames", None) or getattr(codec.params, "num_frames", None)
-        if codec.media_kind != "video" or not total:
+        if codec.media_kind != "video":
             raise SampleError("--prompt-frames applies to video checkpoints only")
+        total = codec.prompt_steps()  # a video codec's prompts keep whole frames
         if not 0 < frames < total:
             raise SampleError(f"--prompt-frames must be in 1..{total - 1} (the codec's clips have {total} frames)")
         ratio = frames / total
@@ -95,10 +92,7 @@ def _encode_prompts(codec, files: list[str], ratio: float, frames: int | None):
         except Exception as e:  # noqa: BLE001 - codecs raise MediaError/ValueError/OSError for bad input
             raise SampleError(f"prompt {f}: cannot be used as a {codec.media_kind} ({type(e).__name__}: {e})") from e
         try:
-            if frames is not None and hasattr(codec, "prompt_frames"):
-                cut.append(codec.prompt_frames(symbols, frames))
-            else:
-                cut.append(codec.prompt(symbols, ratio))
+            cut.append(codec.prompt(symbols, ratio))
         except ValueError as e:
             raise SampleError(f"prompt {f}: {e}") from e
         full.append(symbols)
@@ -133,11 +127,10 @@ def sample_to_dir(args) -> dict:
     from jpeglm.sample import PromptTooLongError, SamplerConfig, generate
 
     out = Path(args.out)
+    from jpeglm.cli import flags
+
     try:
-        cfg = SamplerConfig(
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-            seed=args.seed, batch_size=args.batch_size, constrain=args.constrain,
-        )
+        cfg = flags.build(SamplerConfig, args)
     except ValueError as e:
         raise SampleError(str(e)) from e
     if args.num < 1:
@@ -180,41 +173,22 @@ def _export_dir(loaded, model_arg: str) -> str:
     return str(resolve_export(model_arg))
 
 
-def _ext(codec) -> str:
-    if codec.name == "jpeg":
-        return ".jpg"
-    if codec.media_kind == "video":
-        return ".mp4"
-    return ".png"
-
-
 def _write_media(path: Path, codec, sample) -> dict:
-    """Write one sample; returns the extra manifest fields for it."""
-    from PIL import Image
-
+    """Write one sample as the codec's file; returns the extra manifest fields for it."""
     extra: dict = {}
-    if codec.name == "jpeg":
-        data = codec.to_file(sample.symbols)
+    try:
+        data = codec.to_file(sample.symbols, sample.media)
+    except Exception as e:  # noqa: BLE001 - a broken generated stream is a result, not a crash
+        extra["file_error"] = f"{type(e).__name__}: {e}"
+    else:
         path.write_bytes(data)
-        extra["strict_decodable"] = bool(codec.is_strictly_decodable(data))
-    elif codec.media_kind == "video":
+        extra.update(codec.check_file(data))
+    frames = np.asarray(sample.media)
+    if codec.media_kind == "video" and frames.ndim == 4 and len(frames):
         from jpeglm import video
 
-        fps = getattr(codec.params, "fps", 10)
-        try:
-            # the modelled bytes leave the parameter sets out (like JPEG's tables): put them back
-            stream = codec.to_stream(sample.symbols) if hasattr(codec, "to_stream") else bytes(sample.symbols)
-            video.write_mp4(stream, path, fps)
-        except Exception as e:  # noqa: BLE001 - a broken generated stream is a result, not a crash
-            extra["mp4_error"] = f"{type(e).__name__}: {e}"
-        frames = np.asarray(sample.media)
-        if frames.ndim == 4 and len(frames):
-            sheet = video.contact_sheet(frames, min(len(frames), 8))
-            sheet = sheet if isinstance(sheet, Image.Image) else Image.fromarray(np.asarray(sheet))
-            sheet.save(path.with_name(path.stem + "_frames.png"))
-            extra["frames"] = int(len(frames))
-    else:
-        Image.fromarray(np.asarray(sample.media, dtype=np.uint8)).save(path)
+        video.contact_sheet(frames, min(len(frames), 8)).save(path.with_name(path.stem + "_frames.png"))
+        extra["frames"] = int(len(frames))
     return extra
 
 
@@ -250,7 +224,7 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
         stem = "u" if s.prompt_index is None else f"p{s.prompt_index:03d}"
         k = counters.get(stem, 0)
         counters[stem] = k + 1
-        name = f"{stem}_s{k:03d}{_ext(codec)}"
+        name = f"{stem}_s{k:03d}{codec.file_suffix}"
         extra = _write_media(tmp / name, codec, s)
         per_prompt.setdefault(s.prompt_index, []).append(_still(codec, s.media))
         files.append({

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import ClassVar
 
@@ -49,40 +49,33 @@ PROFILES = ("baseline", "main", "high")
 GRAY = 128  # fill value of frames that could not be decoded at all
 
 
+def _p(default, text: str, **meta):
+    return field(default=default, metadata={"help": text, **meta})
+
+
 @dataclass(frozen=True)
 class AvcParams:
     """Canonical H.264 settings. Every field changes the bytes; none may depend on the machine."""
 
-    width: int = 256
-    """Frame width in pixels (the paper's 256x144, 16:9; both sides multiples of 16 = whole MBs)."""
-    height: int = 144
-    """Frame height in pixels."""
-    frames: int = 15
-    """Frames per clip (1.5 s at 10 fps). Shorter clips are refused, longer ones cut."""
-    fps: int = 10
-    """Frame rate the clip is resampled to: 10 fps keeps 1.5 s of motion in 15 frames, and the
-    stream's VUI timing (part of the SPS) is derived from it."""
-    profile: str = "baseline"
-    """H.264 profile. Baseline = CAVLC entropy coding (byte-aligned-ish variable-length codes the
-    LM can learn, no arithmetic-coder state), no B-frames, no 8x8 transform: the simplest stream."""
-    preset: str = "medium"
-    """x264 preset (motion search and mode decision effort). Fixed because it changes the bytes."""
-    qp: int = 30
-    """Constant quantiser (x264 --qp, I frames get x264's fixed ipratio offset). No rate control
-    loop, no lookahead: the bytes depend on the clip alone. 30 keeps most clips under 12288 bytes."""
-    gop: int = 15
-    """Keyframe interval (keyint = min-keyint): with gop >= frames every clip is one IDR frame then
-    P frames only; scenecut detection is off so content cannot insert extra I frames."""
-    bframes: int = 0
-    """B-frames: none, so decode order = display order and a prefix of the stream is a prefix
-    of the clip (what `prompt` relies on)."""
-    ref: int = 1
-    """Reference frames for P frames: 1 (each P frame predicts from the previous frame only)."""
-    slices: int = 1
-    """Slices per frame: 1, so each frame is exactly one NAL unit."""
-    thread_count: int = 1
-    """Encoder threads: 1. x264's frame threading changes the bytes with the thread count, and
-    the default (auto) follows the machine's core count."""
+    width: int = _p(256, "frame width in pixels (the paper's 256x144, 16:9; both sides multiples of 16 = whole MBs)")
+    height: int = _p(144, "frame height in pixels")
+    frames: int = _p(15, "frames per clip (1.5 s at 10 fps); shorter clips are refused, longer ones cut")
+    fps: int = _p(10, "frame rate clips are resampled to: 10 fps keeps 1.5 s of motion in 15 frames (the SPS's VUI "
+                      "timing is derived from it)")
+    profile: str = _p("baseline", "H.264 profile; baseline = CAVLC entropy coding (variable-length codes the LM can learn, "
+                                  "no arithmetic-coder state), no B-frames, no 8x8 transform: the simplest stream",
+                      choices=list(PROFILES))
+    preset: str = _p("medium", "x264 preset (motion search and mode decision effort); fixed because it changes the bytes")
+    qp: int = _p(30, "constant quantiser (x264 --qp; I frames get x264's fixed ipratio offset): no rate control loop, "
+                     "no lookahead, so the bytes depend on the clip alone; 30 keeps most clips under 12288 bytes")
+    gop: int = _p(15, "keyframe interval (keyint = min-keyint); with gop >= frames every clip is one IDR frame then P "
+                      "frames only (scenecut detection is off, so content cannot insert extra I frames)")
+    bframes: int = _p(0, "B-frames: none, so decode order = display order and a prefix of the stream is a prefix of "
+                         "the clip (what `prompt` relies on)")
+    ref: int = _p(1, "reference frames for P frames (1: each P frame predicts from the previous frame only)")
+    slices: int = _p(1, "slices per frame (1: each frame is exactly one NAL unit)")
+    thread_count: int = _p(1, "encoder threads: 1, since x264's frame threading changes the bytes with the thread "
+                              "count (and its default follows the machine's core count)", cli=False)
 
     def __post_init__(self):
         if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
@@ -220,12 +213,34 @@ class AvcCodec(Codec):
     params_class: ClassVar[type] = AvcParams
     symbol_kind: ClassVar[str] = "bytes"
     media_kind: ClassVar[str] = "video"
+    file_suffix: ClassVar[str] = ".mp4"
+    description: ClassVar[str] = "canonical H.264 bytes (AVC-LM)"
 
     # --- the stream's fixed parts ---------------------------------------------------------
     @property
     def headers(self) -> bytes:
         """The canonical SPS+PPS (Annex-B) that `to_stream` puts in front of the modelled bytes."""
         return _canonical_headers(self.params)[0]
+
+    def versions(self) -> dict:
+        import av
+
+        return {"av": av.__version__, "x264": self.encoder_version()}
+
+    def to_file(self, data: bytes, media=None) -> bytes:
+        """An .mp4 of the stream (parameter sets spliced back, no re-encoding; pictures the decoder
+        rejects are left out). Raises VideoError when not one picture can be muxed."""
+        from jpeglm.video import mp4_bytes
+
+        return mp4_bytes(self.to_stream(data), self.params.fps)[0]
+
+    def pixels_per_item(self) -> int:
+        p = self.params
+        return p.frames * p.height * p.width
+
+    def prompt_steps(self) -> int:
+        """Prompts keep whole frames."""
+        return self.params.frames
 
     def encoder_version(self) -> str:
         """x264's self-description (core number and options) from its SEI, for manifests: the
@@ -253,6 +268,19 @@ class AvcCodec(Codec):
         for _key, clip in iter_clips(video, rule, p.width, p.height):
             return clip
         raise VideoError(f"{video}: no complete clip of {p.frames} frames at {p.fps} fps")  # pragma: no cover
+
+    def clip_rule(self, **fields):
+        """A jpeglm.video.ClipRule at this codec's frame count and rate (`fields`: the rest)."""
+        from jpeglm.video import ClipRule
+
+        return ClipRule(frames=self.params.frames, fps=float(self.params.fps), **fields)
+
+    def clips(self, video, rule, on_skip=None):
+        """Yield (clip key, canonical clip) for every clip `rule` (jpeglm.video.ClipRule) cuts from
+        the video file `video`, at this codec's frame size (what data prep encodes)."""
+        from jpeglm.video import iter_clips
+
+        yield from iter_clips(video, rule, self.params.width, self.params.height, on_skip=on_skip)
 
     def encode(self, video) -> bytes:
         """A clip (path or uint8 TxHxWx3) -> the modelled bytes: slice NALs only (see module doc)."""

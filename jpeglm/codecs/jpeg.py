@@ -37,7 +37,7 @@ class JpegParams:
 
     size: int = field(default=256, metadata={"help": "side of the square image in pixels (a multiple of 16)"})
     quality: int = field(default=25, metadata={"help": "Pillow JPEG quality 1..100 (JPEG-LM: 25)"})
-    subsampling: str = field(default="4:2:0", metadata={"help": "chroma subsampling: 4:4:4, 4:2:2 or 4:2:0"})
+    subsampling: str = field(default="4:2:0", metadata={"help": "chroma subsampling", "choices": list(SUBSAMPLINGS)})
     restart_marker_blocks: int = field(
         default=1, metadata={"help": "MCUs per restart interval; must divide the MCUs of one row (JPEG-LM: 1)"}
     )
@@ -106,6 +106,9 @@ class JpegCodec(Codec):
     params_class = JpegParams
     symbol_kind = "bytes"
     media_kind = "image"
+    file_suffix = ".jpg"
+    stream_end = EOI
+    description = "canonical JPEG bytes (JPEG-LM)"
 
     # --- layout ----------------------------------------------------------------------------
     def mcu_layout(self) -> tuple[int, int, dict[str, tuple[int, int]]]:
@@ -160,12 +163,32 @@ class JpegCodec(Codec):
         """encode(prepare_image(open_image(src))): the convenience data prep uses."""
         return self.encode(src)
 
-    def to_file(self, data: bytes) -> bytes:
+    def to_file(self, data: bytes, media=None) -> bytes:
         """A complete JPEG file: the tables spliced in right after SOI."""
         data = bytes(data)
         if data[:2] == SOI:
             return SOI + self.tables() + data[2:]
         return SOI + self.tables() + data  # a headless stream stays headless; decode repairs it
+
+    def check_file(self, file_bytes: bytes) -> dict:
+        """Whether Pillow opens the written file strictly (no LOAD_TRUNCATED_IMAGES)."""
+        return {"strict_decodable": bool(self.is_strictly_decodable(file_bytes))}
+
+    def start_symbols(self) -> bytes:
+        """The canonical header (SOI .. SOS): fixed by the settings, the same in every file."""
+        return self.header()
+
+    def pixels_per_item(self) -> int:
+        return self.params.size * self.params.size
+
+    def prompt_steps(self) -> int:
+        """Prompts keep whole MCU rows (see `prompt`)."""
+        return self.mcu_layout()[1]
+
+    def versions(self) -> dict:
+        from PIL import __version__ as pillow, features
+
+        return {"pillow": pillow, "libjpeg": features.version("jpg") or "unknown"}
 
     def is_strictly_decodable(self, file_bytes: bytes) -> bool:
         """True when Pillow opens and fully loads the complete file without LOAD_TRUNCATED_IMAGES

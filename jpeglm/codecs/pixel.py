@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from jpeglm.codecs.base import Codec, DecodeReport
+from jpeglm.codecs.base import Codec, CodecError, DecodeReport
 from jpeglm.config import from_dict
 from jpeglm.media import open_image, prepare_image
 
 UPSAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
 
 
-class PaletteError(ValueError):
+class PaletteError(CodecError):
     """A palette file or value that is not a (K, 3) table of 0..255 colours."""
 
 
@@ -90,12 +90,21 @@ class PixelParams:
             object.__setattr__(self, "palette", rows)  # hashable and JSON/YAML friendly
 
 
+@dataclass(frozen=True)
+class PixelOptions:
+    """What `jpeglm prep --codec pixel` builds the codec from."""
+
+    palette: str = field(default="", metadata={"help": "pixel: palette file written by `jpeglm pixel fit`", "metavar": "FILE"})
+
+
 class PixelCodec(Codec):
     """Images <-> (size*size,) int64 palette indices, row-major."""
 
     name = "pixel"
     params_class = PixelParams
     symbol_kind = "codes"
+    description = "palette pixels, ImageGPT-style (the pixel-LM baseline; needs --palette)"
+    options_class = PixelOptions
 
     def __init__(self, params: PixelParams | None = None):
         super().__init__(params)
@@ -128,6 +137,12 @@ class PixelCodec(Codec):
         return cls(PixelParams(size=size, eval_size=eval_size, upsample=upsample, palette=tuple(map(tuple, palette.tolist()))))
 
     @classmethod
+    def from_options(cls, options: PixelOptions) -> "PixelCodec":
+        if not options.palette:
+            raise PaletteError("--codec pixel needs --palette FILE (from `jpeglm pixel fit`)")
+        return cls.from_palette(options.palette)
+
+    @classmethod
     def from_config(cls, cfg: dict, base_dir=None) -> "PixelCodec":
         """Rebuild from to_config() output; the palette is inside, so base_dir is not needed."""
         return cls(from_dict(PixelParams, cfg.get("params", {})))
@@ -148,6 +163,17 @@ class PixelCodec(Codec):
 
     def bits_per_symbol(self) -> float:
         return float(np.log2(self.num_codes))
+
+    def symbols_per_item(self) -> int:
+        return self.params.size**2
+
+    def prompt_steps(self) -> int:
+        """Prompts keep whole rows of pixels."""
+        return self.params.size
+
+    def pixels_per_item(self) -> int:
+        """Judged at `eval_size`, not at the pixel grid the model writes."""
+        return self.params.eval_size**2
 
     def prepare(self, media) -> np.ndarray:
         """Any image media -> uint8 (size, size, 3) at the codec's pixel size. Unusable images raise

@@ -25,7 +25,7 @@ import torch
 import yaml
 from PIL import Image
 
-from jpeglm.codecs.base import Codec, DecodeReport
+from jpeglm.codecs.base import Codec, CodecError, DecodeReport
 from jpeglm.codecs.pixel import fit_code_grid
 from jpeglm.config import from_dict
 from jpeglm.media import open_image, prepare_image
@@ -36,7 +36,7 @@ CONFIG_NAME = "vq_config.yaml"
 MODEL_SUBDIR = "vq_model"
 
 
-class VqCheckpointError(ValueError):
+class VqCheckpointError(CodecError):
     """A VQ checkpoint directory that is missing, incomplete, or whose weights do not fit its config."""
 
 
@@ -50,6 +50,13 @@ class VqParams:
     grid: int = field(default=16, metadata={"help": "codes per side (size / downsampling)"})
     codes: int = field(default=16384, metadata={"help": "codebook size (number of distinct codes)"})
     quantizer: str = field(default="lfq", metadata={"help": "'lfq' or 'vq' (informative)"})
+
+
+@dataclass(frozen=True)
+class VqOptions:
+    """What `jpeglm prep --codec vq` builds the codec from."""
+
+    vq_model: str = field(default="", metadata={"help": "vq: checkpoint folder written by `jpeglm vq train`", "metavar": "DIR"})
 
 
 def _sha256(path: Path) -> str:
@@ -97,6 +104,8 @@ class VqCodec(Codec):
     name = "vq"
     params_class = VqParams
     symbol_kind = "codes"
+    description = "codes of a learned VQ/LFQ image tokenizer (the VQ-LM baseline; needs --vq-model)"
+    options_class = VqOptions
 
     def __init__(self, params: VqParams | None = None, model: VqAutoencoder | None = None, device: str = "cpu"):
         """Normally built with `from_pretrained` / `from_config`; `model` lets tests and the trainer
@@ -119,6 +128,12 @@ class VqCodec(Codec):
         d = Path(model_dir).resolve()
         model, _ = load_vq_model(d)
         return cls(VqParams(model_dir=str(d), sha256=_sha256(d / WEIGHTS_NAME)), model=model, device=device)
+
+    @classmethod
+    def from_options(cls, options: VqOptions) -> "VqCodec":
+        if not options.vq_model:
+            raise VqCheckpointError("--codec vq needs --vq-model DIR (a checkpoint from `jpeglm vq train`)")
+        return cls.from_pretrained(options.vq_model)
 
     @classmethod
     def from_config(cls, cfg: dict, base_dir: str | os.PathLike | None = None, device: str = "cpu") -> "VqCodec":
@@ -151,7 +166,29 @@ class VqCodec(Codec):
         out = VqCodec(replace(self.params, model_dir=subdir), model=self.model, device=str(self.device))
         return out
 
+    def bundle(self, dest_dir) -> "VqCodec":
+        """The dataset or checkpoint carries its own copy of the weights (`copy_model`)."""
+        return self.copy_model(dest_dir)
+
     # --- the contract --------------------------------------------------------------------------
+    def symbols_per_item(self) -> int:
+        return self.params.grid**2
+
+    def prompt_steps(self) -> int:
+        """Prompts keep whole rows of codes."""
+        return self.params.grid
+
+    def pixels_per_item(self) -> int:
+        return self.params.size**2
+
+    def prepare(self, media) -> np.ndarray:
+        """Any image media -> uint8 (size, size, 3), the tokenizer's input."""
+        if isinstance(media, np.ndarray):
+            if media.ndim != 3 or media.shape[2] != 3 or media.dtype != np.uint8:
+                raise ValueError(f"expected a uint8 HxWx3 array, got {media.dtype} {media.shape}")
+            media = Image.fromarray(media, "RGB")
+        return np.asarray(prepare_image(open_image(media), self.params.size))
+
     @property
     def image_size(self) -> int:
         """Side of decoded images (the tokenizer's training size)."""
@@ -165,12 +202,7 @@ class VqCodec(Codec):
         return float(np.log2(self.params.codes))
 
     def _to_tensor(self, media) -> torch.Tensor:
-        if isinstance(media, np.ndarray):
-            if media.ndim != 3 or media.shape[2] != 3 or media.dtype != np.uint8:
-                raise ValueError(f"expected a uint8 HxWx3 array, got {media.dtype} {media.shape}")
-            media = Image.fromarray(media, "RGB")
-        img = prepare_image(open_image(media), self.params.size)
-        a = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+        a = self.prepare(media).astype(np.float32) / 127.5 - 1.0
         return torch.from_numpy(a).permute(2, 0, 1)
 
     def encode(self, media) -> np.ndarray:

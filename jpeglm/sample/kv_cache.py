@@ -18,6 +18,11 @@ import torch
 NEG_INF = float("-inf")
 
 
+def model_inputs(model, cache) -> dict:
+    """The keyword that hands `cache` to the model's forward."""
+    return {"past_key_values": cache}
+
+
 def slab_cache(model, capacity: int):
     """A `transformers` Cache whose layers write into preallocated slabs (`SlabLayer` below)."""
     from transformers.cache_utils import Cache
@@ -131,4 +136,4 @@ def decode_attention_on(model, device):
         config._attn_implementation = before
 
 
-__all__ = ["DECODE_ATTENTION", "decode_attention_on", "register_decode_attention", "slab_cache"]
+__all__ = ["DECODE_ATTENTION", "decode_attention_on", "model_inputs", "register_decode_attention", "slab_cache"]

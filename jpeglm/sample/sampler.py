@@ -28,46 +28,20 @@ Each finished sequence is decoded with `tokenizer.decode` -> symbols -> `codec.d
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from jpeglm.sample.constrain import TokenConstraint, code_only_mask, constraint_for
-from jpeglm.sample.kv_cache import decode_attention_on, slab_cache
+from jpeglm.sample.batch import Batch, filter_logits
+from jpeglm.sample.config import SamplerConfig
+from jpeglm.sample.constrain import code_only_mask, constraint_for, token_bytes_table
+from jpeglm.sample.kv_cache import decode_attention_on
 
-NEG_INF = float("-inf")
 
 
 class PromptTooLongError(ValueError):
     """A prompt that leaves no room to generate within the model's context."""
-
-
-@dataclass
-class SamplerConfig:
-    """Sampling settings. Defaults are those of the JPEG-LM release."""
-
-    temperature: float = 1.0  # 0 means greedy
-    top_k: int = 50  # 0 disables top-k
-    top_p: float = 1.0  # 1.0 disables nucleus sampling
-    max_new_tokens: int | None = None  # None: the model's context minus the prompt
-    seed: int = 0  # sample i uses seed + i
-    batch_size: int = 8
-    constrain: bool = True  # JPEG grammar constraint (code-token-only mask for vq/pixel)
-    steer: bool = True  # steer rows near max_new_tokens to a complete file (constrained JPEG only)
-
-    def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -83,36 +57,6 @@ class Sample:
     finish: str = ""  # "eos", "eoi" (JPEG), "complete" (all codes of a vq/pixel picture), "max_new_tokens", "context"
     steered: bool = False  # end steering forced its last bytes
     new_token_ids: list[int] | None = None  # the sampled ids (EOS not included)
-
-
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Temperature, top-k and top-p on float logits (B, V), as HF's warpers do them: removed
-    entries become -inf. temperature 0 is handled by the caller (argmax)."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, NEG_INF)
-    if top_p < 1.0:
-        # Same as transformers' TopPLogitsWarper: drop the low tail whose mass is <= 1 - top_p,
-        # always keeping the most likely token.
-        sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove_sorted = cum <= (1 - top_p)
-        remove_sorted[..., -1:] = False
-        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
-        logits = logits.masked_fill(remove, NEG_INF)
-    return logits
-
-
-def _codes_per_item(codec) -> int:
-    """Codes in one whole picture of a code codec (vq, pixel): sampling stops there, the rows
-    of a picture being fixed. Measured once on a gray canonical image, so no codec needs to
-    expose it."""
-    import numpy as np
-
-    size = max(256, getattr(codec.params, "eval_size", 0) or 0, getattr(codec.params, "size", 0) or 0)
-    return int(len(codec.encode(np.full((size, size, 3), 128, np.uint8))))
 
 
 def _context_length(model) -> int:
@@ -131,14 +75,14 @@ class _Job:
 
 def _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint) -> list[_Job]:
     jobs: list[_Job] = []
-    total_codes = _codes_per_item(codec) if getattr(codec, "symbol_kind", "") == "codes" else None
+    total_codes = codec.symbols_per_item()  # code codecs: a picture ends after its last code
     sources = [(None, None)] if prompts is None else list(enumerate(prompts))
     i = 0
     for pi, symbols in sources:
         if symbols is None and constraint is not None:
-            # the JPEG grammar starts after the header, which the model would otherwise have to write;
-            # an H.264 stream has no header in the modelled bytes (SPS/PPS are spliced at decode)
-            symbols = codec.header() if hasattr(codec, "header") else b""
+            # constrained unconditional samples start from what every stream starts with (a JPEG
+            # header), which the model would otherwise have to write
+            symbols = codec.start_symbols()
         ids = tokenizer.encode(symbols, bos=True, eos=False) if symbols is not None else [tokenizer.bos_id]
         state = None
         if constraint is not None:
@@ -182,156 +126,15 @@ def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerCon
             raise PromptTooLongError(
                 f"prompt {j.prompt_index} is {len(j.ids)} tokens; the model's context is {ctx}: nothing left to generate"
             )
-    token_bytes = constraint.token_bytes if constraint is not None else None
-    if token_bytes is None and getattr(codec, "name", None) == "jpeg" and getattr(tokenizer, "kind", "") != "code":
-        from jpeglm.sample.constrain import token_bytes_table
-
-        token_bytes = token_bytes_table(tokenizer, vocab)
+    stream_end = None  # unconstrained byte streams still stop at the codec's end marker (JPEG's EOI)
+    if constraint is None and codec.stream_end:
+        stream_end = (codec.stream_end, token_bytes_table(tokenizer, vocab))
     out: list[Sample] = []
     with decode_attention_on(model, device):
         for start in range(0, len(jobs), cfg.batch_size):
-            out.extend(_run_batch(model, tokenizer, codec, jobs[start : start + cfg.batch_size], cfg, device, ctx, constraint, code_mask, token_bytes))
+            batch = jobs[start : start + cfg.batch_size]
+            out.extend(Batch(model, tokenizer, codec, batch, cfg, device, ctx, constraint, code_mask, stream_end).run())
     return out
-
-
-def _run_batch(model, tokenizer, codec, jobs, cfg, device, ctx, constraint: TokenConstraint | None, code_mask, token_bytes):
-    t0 = time.perf_counter()
-    B = len(jobs)
-    lens = [len(j.ids) for j in jobs]
-    # Samples of the same prompt share one prefill: the unique prompts are prefilled, then the
-    # cache rows are repeated (num_samples x less prefill work, the bulk of it for long prompts).
-    uniq: dict[tuple, int] = {}
-    row_of = [uniq.setdefault(tuple(j.ids), len(uniq)) for j in jobs]
-    prompts_u = list(uniq)
-    L = max(lens)
-    pad = tokenizer.pad_id
-    input_ids = torch.full((len(prompts_u), L), pad, dtype=torch.long)
-    attn = torch.zeros((len(prompts_u), L), dtype=torch.long)
-    for r, ids in enumerate(prompts_u):
-        input_ids[r, L - len(ids) :] = torch.tensor(ids)
-        attn[r, L - len(ids) :] = 1
-    positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    padded = bool((attn == 0).any())
-    input_ids, attn, positions = input_ids.to(device), attn.to(device), positions.to(device)
-
-    gens = [torch.Generator(device="cpu").manual_seed(j.seed) for j in jobs]
-    budgets = [min(cfg.max_new_tokens or ctx, ctx - n) for n in lens]
-    if cfg.constrain:  # code codecs: a picture has a fixed number of codes
-        budgets = [b if j.max_new is None else min(b, j.max_new) for b, j in zip(budgets, jobs)]
-    states = [j.state for j in jobs]
-    new_ids: list[list[int]] = [[] for _ in jobs]
-    last_byte = [b"" for _ in jobs]  # last byte emitted (prompts end after a marker), for the EOI check
-    steered = [False] * B
-    finished: dict[int, tuple[str, float]] = {}
-    alive = list(range(B))  # batch row -> job index
-    eos = tokenizer.eos_id
-    is_jpeg = token_bytes is not None
-    if code_mask is not None:
-        code_mask = code_mask.to(device)
-
-    # Room for every position any row can reach: the longest prompt (left-padded to L) plus the
-    # largest budget; at most the model's context.
-    capacity = L + max(budgets)
-    cache = slab_cache(model, capacity)
-    if padded:  # the mask only ever grows by ones: preallocate it, hand the model a view
-        mask_slab = torch.ones((len(prompts_u), capacity), dtype=torch.long, device=device)
-        mask_slab[:, :L] = attn
-        attn = mask_slab
-    n_pos = L  # columns filled in the cache (and the mask)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attn[:, :n_pos] if padded else None,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    expand = torch.tensor(row_of, device=device)
-    if len(prompts_u) < B or row_of != list(range(B)):
-        cache.batch_select_indices(expand)
-        out.logits = out.logits[expand]
-    attn, positions = attn[expand], positions[expand]
-    next_pos = positions[:, -1:] + 1
-    while alive:
-        logits = out.logits[:, -1, :].float()
-        if code_mask is not None:
-            logits = logits.masked_fill(~code_mask, NEG_INF)
-        forced: dict[int, int] = {}
-        if constraint is not None:
-            masks = []
-            for r, ji in enumerate(alive):
-                masks.append(constraint.mask(states[ji]))
-                if cfg.steer:
-                    left = budgets[ji] - len(new_ids[ji])
-                    need = constraint.completion_length(states[ji])
-                    if need is not None and left <= need:
-                        tok = constraint.forced_token(states[ji])
-                        if tok is not None:
-                            forced[r] = tok
-            logits = logits.masked_fill(~torch.stack(masks).to(logits.device), NEG_INF)
-        if cfg.temperature == 0 or cfg.top_k == 1:
-            picks = logits.argmax(dim=-1).cpu().tolist()
-        else:
-            probs = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1).cpu()
-            picks = [int(torch.multinomial(probs[r], 1, generator=gens[ji])) for r, ji in enumerate(alive)]
-        keep = []
-        now = time.perf_counter() - t0
-        for r, ji in enumerate(alive):
-            tok = forced.get(r, picks[r])
-            steered[ji] |= r in forced
-            reason = None
-            if tok == eos:
-                reason = "eos"
-            else:
-                new_ids[ji].append(tok)
-                if constraint is not None:
-                    states[ji] = constraint.advance(states[ji], tok)
-                    if constraint.is_complete(states[ji]):
-                        reason = "eoi"
-                elif is_jpeg:
-                    bs = token_bytes[tok] or b""
-                    if b"\xff\xd9" in last_byte[ji] + bs:
-                        reason = "eoi"
-                    last_byte[ji] = bs[-1:] if bs else last_byte[ji]
-                if reason is None and len(new_ids[ji]) >= budgets[ji]:
-                    if jobs[ji].max_new is not None and len(new_ids[ji]) >= jobs[ji].max_new:
-                        reason = "complete"
-                    else:
-                        reason = "max_new_tokens" if budgets[ji] < ctx - lens[ji] else "context"
-            if reason is None:
-                keep.append(r)
-            else:
-                finished[ji] = (reason, now)
-        if not keep:
-            break
-        next_tokens = torch.tensor([new_ids[alive[r]][-1] for r in keep], dtype=torch.long, device=device)[:, None]
-        if len(keep) < len(alive):
-            # Drop finished rows from everything the next step touches, the KV cache included.
-            idx = torch.tensor(keep, device=device)
-            cache.batch_select_indices(idx)
-            attn, next_pos = attn[idx], next_pos[idx]
-            if padded:
-                padded = bool((attn[:, :n_pos] == 0).any())
-            alive = [alive[r] for r in keep]
-        n_pos += 1
-        out = model(
-            input_ids=next_tokens,
-            attention_mask=attn[:, :n_pos] if padded else None,
-            position_ids=next_pos,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        next_pos = next_pos + 1
-
-    samples = []
-    for ji, j in enumerate(jobs):
-        symbols = tokenizer.decode(j.ids + new_ids[ji])
-        media, report = codec.decode(symbols)
-        reason, secs = finished[ji]
-        samples.append(
-            Sample(symbols, media, report, j.prompt_index, j.seed, len(j.ids), len(new_ids[ji]), secs, reason, steered[ji], new_ids[ji])
-        )
-    return samples
 
 
 __all__ = ["SamplerConfig", "Sample", "generate", "filter_logits", "PromptTooLongError"]

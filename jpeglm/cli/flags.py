@@ -1,0 +1,137 @@
+"""Command-line flags generated from config dataclasses, so that a setting is declared once.
+
+Every setting is a dataclass field with `metadata={"help": ...}` (as in HF's `HfArgumentParser`):
+the field's name, type, default and help become the flag, the YAML key and the documentation at
+once, and they cannot drift apart. `add_fields(parser, cls)` adds one flag per field;
+`build(cls, args)` makes the dataclass back from the parsed namespace.
+
+Field metadata read here:
+- `help` (required: a flag without help is a defect),
+- `flag`: the flag's name when it is not `--field-name` (e.g. `--clip-start` for `start_s`),
+- `cli`: False to keep a field out of the command line (YAML / Python only),
+- `choices`, `metavar`.
+Types: int, float, str (and `X | None`), bool (`--x` / `--no-x`), tuples and lists (`nargs`), and
+`Literal[...]` (choices). No torch here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+UNSET = None  # a flag left at None by the user: the dataclass default applies
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after every help text, except where there is no default to show."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, "") or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def cli_fields(cls) -> list[dataclasses.Field]:
+    """The fields of `cls` that have a flag."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _base_type(tp):
+    """(the scalar type, nargs, choices) of a field annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _base_type(args[0])
+    if origin is Literal:
+        values = typing.get_args(tp)
+        return type(values[0]), None, list(values)
+    if origin in (tuple, list) or tp in (tuple, list):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return (args[0] if args else str), "+", None
+    return tp, None, None
+
+
+def add_fields(parser, cls, *, optional: bool = False, skip: tuple[str, ...] = (), help_suffix: str = "") -> list[str]:
+    """Add a flag for every CLI field of dataclass `cls` to `parser` (a parser or an argument group).
+
+    optional=True: a flag not given leaves no attribute in the namespace, and `build(...,
+    only_given=True)` leaves the dataclass's own default in place (for options that apply to one choice only, such as one
+    codec's settings); the field's default is still shown in the help. A flag the parser already
+    has (the same setting shared by two dataclasses, e.g. `--frames` of the clip rule and of the
+    H.264 codec) is not added twice. Returns the dests of the fields handled.
+    """
+    hints = typing.get_type_hints(cls)
+    dests = []
+    for f in cli_fields(cls):
+        if f.name in skip:
+            continue
+        dests.append(f.name)
+        if _parser_has(parser, f.name):
+            continue
+        text = f.metadata.get("help")
+        if not text:
+            raise TypeError(f"{cls.__name__}.{f.name} has no help text (metadata={{'help': ...}})")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        tp, nargs, choices = _base_type(hints[f.name])
+        choices = f.metadata.get("choices", choices)
+        kwargs: dict[str, Any] = {"dest": f.name, "help": text + help_suffix}
+        if optional:  # absent from the namespace unless given: the dataclass's own default applies
+            kwargs["help"] += f" (default: {default})" if default not in (None, "") else ""
+            kwargs["default"] = argparse.SUPPRESS
+        else:
+            kwargs["default"] = default
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = tp if tp in (int, float, str) else str
+            if nargs:
+                kwargs["nargs"] = nargs
+            if choices:
+                kwargs["choices"] = choices
+            if not choices:
+                kwargs["metavar"] = f.metadata.get("metavar", flag_of(f).lstrip("-").upper().replace("-", "_"))
+        parser.add_argument(flag_of(f), **kwargs)
+    return dests
+
+
+def _parser_has(parser, dest: str) -> bool:
+    container = getattr(parser, "_container", None)  # an argument group: look at its parser
+    actions = (container or parser)._actions
+    return any(a.dest == dest for a in actions)
+
+
+def build(cls: type[T], args: argparse.Namespace, only_given: bool = False, **extra) -> T:
+    """The dataclass `cls` from parsed flags (+ `extra` fields). only_given=True skips flags left
+    at None (see `add_fields(optional=True)`), so the dataclass defaults apply to them."""
+    kwargs = {}
+    for f in cli_fields(cls):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            if only_given and value is UNSET:
+                continue
+            kwargs[f.name] = tuple(value) if isinstance(value, list) and _is_tuple(cls, f.name) else value
+    kwargs.update(extra)
+    return cls(**kwargs)
+
+
+def given(cls, args: argparse.Namespace) -> list[str]:
+    """The flags of `cls`'s fields that were given (not None) on the command line."""
+    return [flag_of(f) for f in cli_fields(cls) if getattr(args, f.name, UNSET) is not UNSET]
+
+
+def _is_tuple(cls, name: str) -> bool:
+    tp = typing.get_type_hints(cls)[name]
+    return tp is tuple or typing.get_origin(tp) is tuple
+
+
+__all__ = ["add_fields", "build", "cli_fields", "flag_of", "given"]

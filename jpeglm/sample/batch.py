@@ -1,0 +1,208 @@
+"""One batch of sampling jobs through prefill and decode steps (the loop behind `generate`).
+
+`Batch(...).run()` does, in order (see jpeglm/sample/sampler.py for the whole story):
+- `_prefill`: the unique prompts left-padded and run once, their cache rows then repeated for the
+  samples that share a prompt (num_samples x less prefill work);
+- per step, `_choose`: the constraint mask (and end steering) -> temperature / top-k / top-p -> one
+  draw per row from that row's own generator; `_advance`: append, move the grammar state on, end
+  rows (EOS, a complete stream, a whole picture, the budget); `_forward`: drop finished rows from
+  the batch and the KV cache, run the next step;
+- `_samples`: decode every job's ids with the tokenizer and the codec.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from jpeglm.sample.kv_cache import model_inputs, slab_cache
+
+NEG_INF = float("-inf")
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, top-k and top-p on float logits (B, V), as HF's warpers do them: removed
+    entries become -inf. temperature 0 is handled by the caller (argmax)."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if top_p < 1.0:
+        # Same as transformers' TopPLogitsWarper: drop the low tail whose mass is <= 1 - top_p,
+        # always keeping the most likely token.
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cum <= (1 - top_p)
+        remove_sorted[..., -1:] = False
+        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, NEG_INF)
+    return logits
+
+
+class Batch:
+    """The state of one batch: `alive` maps batch rows to job indices, and only shrinks."""
+
+    def __init__(self, model, tokenizer, codec, jobs, cfg, device, ctx: int, constraint, code_mask, stream_end):
+        self.model, self.tokenizer, self.codec, self.jobs = model, tokenizer, codec, jobs
+        self.cfg, self.device, self.ctx = cfg, device, ctx
+        self.constraint = constraint  # TokenConstraint or None
+        self.code_mask = code_mask.to(device) if code_mask is not None else None
+        # unconstrained byte streams: (the bytes that end a stream, e.g. JPEG's EOI; token -> bytes)
+        self.stream_end = stream_end
+        self.t0 = time.perf_counter()
+        self.lens = [len(j.ids) for j in jobs]
+        self.budgets = [min(cfg.max_new_tokens or ctx, ctx - n) for n in self.lens]
+        if cfg.constrain:  # code codecs: a picture has a fixed number of codes
+            self.budgets = [b if j.max_new is None else min(b, j.max_new) for b, j in zip(self.budgets, jobs)]
+        self.gens = [torch.Generator(device="cpu").manual_seed(j.seed) for j in jobs]
+        self.states = [j.state for j in jobs]
+        self.new_ids: list[list[int]] = [[] for _ in jobs]
+        self.tail = [b"" for _ in jobs]  # last bytes emitted, for a stream end split across tokens
+        self.steered = [False] * len(jobs)
+        self.finished: dict[int, tuple[str, float]] = {}
+        self.alive = list(range(len(jobs)))
+
+    def run(self) -> list:
+        out = self._prefill()
+        while self.alive:
+            tokens, forced = self._choose(out.logits[:, -1, :].float())
+            if not self._advance(tokens, forced):
+                break
+            out = self._forward()
+        return self._samples()
+
+    # --- prefill --------------------------------------------------------------------------------
+    def _prefill(self):
+        uniq: dict[tuple, int] = {}
+        row_of = [uniq.setdefault(tuple(j.ids), len(uniq)) for j in self.jobs]
+        prompts = list(uniq)
+        L = max(self.lens)
+        input_ids = torch.full((len(prompts), L), self.tokenizer.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(prompts), L), dtype=torch.long)
+        for r, ids in enumerate(prompts):
+            input_ids[r, L - len(ids) :] = torch.tensor(ids)
+            attn[r, L - len(ids) :] = 1
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        self.padded = bool((attn == 0).any())
+        input_ids, attn, positions = input_ids.to(self.device), attn.to(self.device), positions.to(self.device)
+        # Room for every position any row can reach: the longest prompt (left-padded to L) plus the
+        # largest budget; at most the model's context.
+        capacity = L + max(self.budgets)
+        self.cache = slab_cache(self.model, capacity)
+        if self.padded:  # the mask only ever grows by ones: preallocate it, hand the model a view
+            mask_slab = torch.ones((len(prompts), capacity), dtype=torch.long, device=self.device)
+            mask_slab[:, :L] = attn
+            attn = mask_slab
+        self.n_pos = L  # columns filled in the cache (and the mask)
+        out = self.model(
+            input_ids=input_ids, attention_mask=attn[:, : self.n_pos] if self.padded else None,
+            position_ids=positions, use_cache=True, logits_to_keep=1, **model_inputs(self.model, self.cache),
+        )
+        expand = torch.tensor(row_of, device=self.device)
+        if len(prompts) < len(self.jobs) or row_of != list(range(len(self.jobs))):
+            self.cache.batch_select_indices(expand)
+            out.logits = out.logits[expand]
+        self.attn, positions = attn[expand], positions[expand]
+        self.next_pos = positions[:, -1:] + 1
+        return out
+
+    # --- one step ---------------------------------------------------------------------------------
+    def _choose(self, logits: torch.Tensor) -> tuple[list[int], set[int]]:
+        """The next token of every alive row, and the rows whose token end steering forced."""
+        cfg, c = self.cfg, self.constraint
+        if self.code_mask is not None:
+            logits = logits.masked_fill(~self.code_mask, NEG_INF)
+        forced: dict[int, int] = {}
+        if c is not None:
+            masks = []
+            for r, ji in enumerate(self.alive):
+                masks.append(c.mask(self.states[ji]))
+                if cfg.steer:
+                    left = self.budgets[ji] - len(self.new_ids[ji])
+                    need = c.completion_length(self.states[ji])
+                    if need is not None and left <= need:
+                        tok = c.forced_token(self.states[ji])
+                        if tok is not None:
+                            forced[r] = tok
+            logits = logits.masked_fill(~torch.stack(masks).to(logits.device), NEG_INF)
+        if cfg.temperature == 0 or cfg.top_k == 1:
+            picks = logits.argmax(dim=-1).cpu().tolist()
+        else:
+            probs = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1).cpu()
+            picks = [int(torch.multinomial(probs[r], 1, generator=self.gens[ji])) for r, ji in enumerate(self.alive)]
+        return [forced.get(r, p) for r, p in enumerate(picks)], set(forced)
+
+    def _advance(self, tokens: list[int], forced: set[int]) -> bool:
+        """Append each row's token and end the rows that are done; False when none is left."""
+        keep = []
+        now = time.perf_counter() - self.t0
+        for r, ji in enumerate(self.alive):
+            self.steered[ji] |= r in forced
+            reason = self._append(ji, tokens[r])
+            if reason is None:
+                keep.append(r)
+            else:
+                self.finished[ji] = (reason, now)
+        if not keep:
+            return False
+        self._next = torch.tensor([self.new_ids[self.alive[r]][-1] for r in keep], dtype=torch.long, device=self.device)[:, None]
+        if len(keep) < len(self.alive):
+            # Drop finished rows from everything the next step touches, the KV cache included.
+            idx = torch.tensor(keep, device=self.device)
+            self.cache.batch_select_indices(idx)
+            self.attn, self.next_pos = self.attn[idx], self.next_pos[idx]
+            if self.padded:
+                self.padded = bool((self.attn[:, : self.n_pos] == 0).any())
+            self.alive = [self.alive[r] for r in keep]
+        return True
+
+    def _append(self, ji: int, tok: int) -> str | None:
+        """Add `tok` to job `ji`; the reason the job ends now, or None."""
+        if tok == self.tokenizer.eos_id:
+            return "eos"
+        self.new_ids[ji].append(tok)
+        reason = None
+        if self.constraint is not None:
+            self.states[ji] = self.constraint.advance(self.states[ji], tok)
+            if self.constraint.is_complete(self.states[ji]):
+                reason = "eoi"
+        elif self.stream_end is not None:
+            end, token_bytes = self.stream_end
+            bs = token_bytes[tok] or b""
+            if end in self.tail[ji] + bs:
+                reason = "eoi"
+            self.tail[ji] = (self.tail[ji] + bs)[-(len(end) - 1) :] if bs else self.tail[ji]
+        if reason is None and len(self.new_ids[ji]) >= self.budgets[ji]:
+            job = self.jobs[ji]
+            if job.max_new is not None and len(self.new_ids[ji]) >= job.max_new:
+                reason = "complete"
+            else:
+                reason = "max_new_tokens" if self.budgets[ji] < self.ctx - self.lens[ji] else "context"
+        return reason
+
+    def _forward(self):
+        self.n_pos += 1
+        out = self.model(
+            input_ids=self._next, attention_mask=self.attn[:, : self.n_pos] if self.padded else None,
+            position_ids=self.next_pos, use_cache=True, **model_inputs(self.model, self.cache),
+        )
+        self.next_pos = self.next_pos + 1
+        return out
+
+    # --- results ------------------------------------------------------------------------------------
+    def _samples(self) -> list:
+        from jpeglm.sample.sampler import Sample
+
+        samples = []
+        for ji, j in enumerate(self.jobs):
+            symbols = self.tokenizer.decode(j.ids + self.new_ids[ji])
+            media, report = self.codec.decode(symbols)
+            reason, secs = self.finished[ji]
+            samples.append(Sample(symbols, media, report, j.prompt_index, j.seed, len(j.ids), len(self.new_ids[ji]),
+                                  secs, reason, self.steered[ji], self.new_ids[ji]))
+        return samples
+
+
+__all__ = ["Batch", "filter_logits"]
