@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,16 +43,32 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return logits
 
 
+@dataclass
+class Run:
+    """What every batch of one `generate` call shares."""
+
+    model: Any
+    tokenizer: Any
+    codec: Any
+    cfg: Any  # SamplerConfig
+    device: Any
+    ctx: int  # the model's context
+    constraint: Any = None  # TokenConstraint, or None
+    code_mask: torch.Tensor | None = None  # code codecs: the code tokens only
+    # unconstrained byte streams: (the bytes that end a stream, e.g. JPEG's EOI; token id -> bytes)
+    stream_end: tuple | None = None
+
+
 class Batch:
     """The state of one batch: `alive` maps batch rows to job indices, and only shrinks."""
 
-    def __init__(self, model, tokenizer, codec, jobs, cfg, device, ctx: int, constraint, code_mask, stream_end):
-        self.model, self.tokenizer, self.codec, self.jobs = model, tokenizer, codec, jobs
-        self.cfg, self.device, self.ctx = cfg, device, ctx
-        self.constraint = constraint  # TokenConstraint or None
-        self.code_mask = code_mask.to(device) if code_mask is not None else None
-        # unconstrained byte streams: (the bytes that end a stream, e.g. JPEG's EOI; token -> bytes)
-        self.stream_end = stream_end
+    def __init__(self, run: Run, jobs: list):
+        self.model, self.tokenizer, self.codec, self.jobs = run.model, run.tokenizer, run.codec, jobs
+        self.cfg, self.device, self.ctx = run.cfg, run.device, run.ctx
+        self.constraint = run.constraint
+        self.code_mask = run.code_mask.to(self.device) if run.code_mask is not None else None
+        self.stream_end = run.stream_end
+        cfg, ctx = self.cfg, self.ctx
         self.t0 = time.perf_counter()
         self.lens = [len(j.ids) for j in jobs]
         self.budgets = [min(cfg.max_new_tokens or ctx, ctx - n) for n in self.lens]
@@ -205,4 +223,4 @@ class Batch:
         return samples
 
 
-__all__ = ["Batch", "filter_logits"]
+__all__ = ["Batch", "Run", "filter_logits"]

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from jpeglm.sample.batch import Batch, filter_logits
+from jpeglm.sample.batch import Batch, Run, filter_logits
 from jpeglm.sample.config import SamplerConfig
 from jpeglm.sample.constrain import code_only_mask, constraint_for, token_bytes_table
 from jpeglm.sample.kv_cache import decode_attention_on
@@ -129,11 +129,11 @@ def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerCon
     stream_end = None  # unconstrained byte streams still stop at the codec's end marker (JPEG's EOI)
     if constraint is None and codec.stream_end:
         stream_end = (codec.stream_end, token_bytes_table(tokenizer, vocab))
+    run = Run(model, tokenizer, codec, cfg, device, ctx, constraint, code_mask, stream_end)
     out: list[Sample] = []
     with decode_attention_on(model, device):
         for start in range(0, len(jobs), cfg.batch_size):
-            batch = jobs[start : start + cfg.batch_size]
-            out.extend(Batch(model, tokenizer, codec, batch, cfg, device, ctx, constraint, code_mask, stream_end).run())
+            out.extend(Batch(run, jobs[start : start + cfg.batch_size]).run())
     return out
 
 
