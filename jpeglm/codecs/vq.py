@@ -119,6 +119,8 @@ class VqCodec(Codec):
         self.model = model.to(self.device).eval()
         cfg = model.cfg
         self.params = replace(self.params, size=cfg.image_size, grid=cfg.grid, codes=cfg.num_codes, quantizer=cfg.quantizer)
+        # where the weights are (params.model_dir may be relative to a dataset or checkpoint dir)
+        self.source_dir = Path(self.params.model_dir).resolve() if self.params.model_dir else None
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -148,6 +150,7 @@ class VqCodec(Codec):
             raise VqCheckpointError(f"{d / WEIGHTS_NAME} is not the model this config was made with (sha256 differs)")
         codec = cls.from_pretrained(d, device=device)
         codec.params = replace(codec.params, model_dir=params.model_dir)  # keep the stored (relative) path
+        codec.source_dir = d.resolve()  # where the weights really are, for copy_model
         return codec
 
     def copy_model(self, dest_dir: str | os.PathLike, subdir: str = MODEL_SUBDIR) -> "VqCodec":
@@ -155,7 +158,7 @@ class VqCodec(Codec):
         whose to_config() names that copy by the relative path `subdir`."""
         if not self.params.model_dir:
             raise VqCheckpointError("this codec wraps an in-memory model; save it with jpeglm.baselines.vq_train.save_checkpoint first")
-        src = Path(self.params.model_dir)
+        src = self.source_dir
         dst = Path(dest_dir) / subdir
         dst.mkdir(parents=True, exist_ok=True)
         if src.resolve() != dst.resolve():
@@ -164,6 +167,7 @@ class VqCodec(Codec):
                 shutil.copyfile(src / name, tmp)
                 os.replace(tmp, dst / name)
         out = VqCodec(replace(self.params, model_dir=subdir), model=self.model, device=str(self.device))
+        out.source_dir = dst.resolve()
         return out
 
     def bundle(self, dest_dir) -> "VqCodec":
