@@ -137,8 +137,10 @@ def test_constraint_on_bpe_uses_multibyte_tokens(codec, bpe_tok):
     assert multi, "no multi-byte BPE token allowed at a scan start"
     # after a lone FF only tokens starting with 00 or the next RST are allowed
     s = c.advance_bytes(start, b"\x10\xff")
-    for t in torch.nonzero(c.mask(s)).flatten().tolist():
-        assert c.token_bytes[t][0] in (0x00, 0xD0)
+    after_ff = [c.token_bytes[t] for t in torch.nonzero(c.mask(s)).flatten().tolist()]
+    assert b"\x00" in after_ff  # the stuffing byte itself is always allowed (an empty list passed before)
+    for tb in after_ff:
+        assert tb[0] in (0x00, 0xD0)
 
 
 def test_end_steering_completions_decode_strictly(codec, streams, byte_tok):
@@ -185,7 +187,9 @@ def test_constrained_samples_all_decode_strictly(codec, streams, tok):
 def test_unconditional_constrained_samples_decode(codec, byte_tok):
     model = tiny_llama(byte_tok.vocab_size)
     samples = generate(model, byte_tok, codec, None, 2, SamplerConfig(max_new_tokens=120, seed=1))
+    assert len(samples) == 2  # `all()` of an empty list passed before
     assert all(_strict(codec, s) and s.prompt_index is None for s in samples)
+    assert all(s.report.status == "ok" and s.finish == "eoi" and s.media.shape == (SIZE, SIZE, 3) for s in samples)
 
 
 def test_prompt_region_is_kept(codec, streams, byte_tok):
@@ -193,7 +197,9 @@ def test_prompt_region_is_kept(codec, streams, byte_tok):
     prompt = codec.prompt(streams[3], 0.5)
     prompt_pixels, _ = codec.decode(prompt)
     rows = SIZE // 2
-    for s in generate(model, byte_tok, codec, [prompt], 3, SamplerConfig(max_new_tokens=120, batch_size=3)):
+    samples = generate(model, byte_tok, codec, [prompt], 3, SamplerConfig(max_new_tokens=120, batch_size=3))
+    assert len(samples) == 3  # the loop below checked nothing when no sample came back
+    for s in samples:
         # the last pixel row of the region blends with the next chroma row (libjpeg's fancy
         # upsampling), so it is left out
         np.testing.assert_array_equal(s.media[: rows - 1], prompt_pixels[: rows - 1])
@@ -225,6 +231,7 @@ def test_greedy_matches_hf_generate_with_left_padding(codec, streams, byte_tok):
     model = tiny_llama(byte_tok.vocab_size, seed=2)
     prompts = [codec.prompt(streams[0], 0.25), codec.prompt(streams[4], 0.5)]
     batched = generate(model, byte_tok, codec, prompts, 1, SamplerConfig(top_k=1, max_new_tokens=30, constrain=False, batch_size=2))
+    assert len(batched) == len(prompts)  # zip() over fewer samples checked fewer prompts
     for p, s in zip(prompts, batched):
         ids = torch.tensor([byte_tok.encode(p, bos=True, eos=False)])
         ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=30,
@@ -246,9 +253,15 @@ def test_filter_logits_matches_hf_warpers():
 def test_unconstrained_runs_and_reports(codec, streams, byte_tok):
     model = tiny_llama(byte_tok.vocab_size)
     samples = generate(model, byte_tok, codec, [codec.prompt(streams[0], 0.5)], 2, SamplerConfig(max_new_tokens=50, constrain=False))
+    assert len(samples) == 2
+    prompt_pixels, _ = codec.decode(codec.prompt(streams[0], 0.5))
     for s in samples:
-        assert s.finish in ("max_new_tokens", "eos", "eoi")
-        assert s.report.status in ("ok", "repaired", "failed") and s.media.shape == (SIZE, SIZE, 3)
+        # 50 free bytes cannot finish the 8 MCUs after the prompt: the budget ends the sample
+        # (or EOS, before it), and decode reports the cut stream it repaired
+        assert (s.finish, s.n_new_tokens) == ("max_new_tokens", 50) or (s.finish == "eos" and s.n_new_tokens < 50)
+        assert s.report.status == "repaired" and "truncated" in s.report.reason, s.report
+        assert s.media.shape == (SIZE, SIZE, 3)
+        np.testing.assert_array_equal(s.media[: SIZE // 2 - 1], prompt_pixels[: SIZE // 2 - 1])  # the prompt's rows
 
 
 def test_prompt_longer_than_context(codec, streams, byte_tok):
@@ -270,9 +283,9 @@ def test_vllm_backend_matches_file_contract(tmp_path, codec, streams, byte_tok):
 
 
 def test_bad_sampler_settings():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="top_p"):
         SamplerConfig(top_p=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="temperature"):
         SamplerConfig(temperature=-1)
 
 
@@ -355,6 +368,7 @@ def test_cli_refuses_non_empty_out(tmp_path, fake_ckpt, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     assert run(_args(tmp_path)) == 2
+    assert "not an empty directory" in capsys.readouterr().err  # refused for that reason, not another
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
@@ -410,7 +424,9 @@ def test_code_pictures_are_whole_even_when_the_model_prefers_eos(photos, constra
     model.lm_head.register_forward_hook(eos_first)
     prompt = codec.prompt(codec.encode(photos[0]), 0.5)
     cfg = SamplerConfig(constrain=constrain, max_new_tokens=None if constrain else 64)
-    for s in generate(model, tok, codec, [prompt], 2, cfg):
+    samples = generate(model, tok, codec, [prompt], 2, cfg)
+    assert len(samples) == 2
+    for s in samples:
         if constrain:
             assert s.finish == "complete" and s.n_new_tokens == 64 - len(prompt) and len(s.symbols) == 64
         else:
@@ -437,8 +453,9 @@ def test_cli_video_writes_mp4(tmp_path, monkeypatch):
     [x] = m["files"]
     assert x["file"] == "p000_s000.mp4" and m["prompt_frames"] == 2
     assert (out / "p000_s000_frames.png").is_file() and (out / "sheet_p000.png").is_file()
-    with av.open(str(out / "p000_s000.mp4")) as c:  # the prompt's pictures play
-        assert sum(1 for _ in c.decode(video=0)) >= 2
+    with av.open(str(out / "p000_s000.mp4")) as c:  # the prompt's pictures play, and only pictures that decode
+        played = sum(1 for _ in c.decode(video=0))
+    assert played == x["report"]["details"]["decoded_frames"] >= 2
 
 
 def _released_checkpoint(d, streams):
@@ -477,6 +494,7 @@ def test_released_format_samples_jpegs(tmp_path, photos, photo_dir):
     # 15 of 16 MCU rows as the prompt: the random model writes the last row, end steering closes it
     prompt = canonical.prompt(canonical.encode(photos[0]), 15 / 16)
     samples = generate(loaded.model, loaded.tokenizer, loaded.codec, [prompt], 2, SamplerConfig(max_new_tokens=200))
+    assert len(samples) == 2
     for s in samples:
         assert canonical.is_strictly_decodable(canonical.to_file(s.symbols)) and s.media.shape == (256, 256, 3)
         assert bytes(s.symbols).startswith(prompt)
