@@ -67,7 +67,8 @@ def test_params_defaults_and_checks():
     )
     assert "scenecut=0" in p.x264_params() and "threads=1" in p.x264_params()
     for bad in [dict(width=255), dict(frames=0), dict(profile="x"), dict(qp=60), dict(bframes=2), dict(thread_count=0)]:
-        with pytest.raises(ValueError):
+        key = next(iter(bad))
+        with pytest.raises(ValueError, match="width/height" if key == "width" else key):  # refused for its own field
             AvcParams(**bad)
 
 
@@ -168,11 +169,11 @@ def test_encode_from_file_and_resizing(codec, tmp_path):
 def test_encode_rejects_short_or_bad_input(codec, tmp_path):
     with pytest.raises(VideoError, match="frames"):
         codec.encode(moving_squares(t=5))
-    with pytest.raises(VideoError):
+    with pytest.raises(VideoError, match="TxHxWx3"):
         codec.encode(np.zeros((15, 144, 256), np.uint8))
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video at all" * 10)
-    with pytest.raises(VideoError):
+    with pytest.raises(VideoError, match="not a readable video"):
         codec.encode(junk)
 
 
@@ -196,10 +197,10 @@ def test_decode_never_raises(codec, data):
     for case in cases:
         video, report = codec.decode(case)
         assert video.shape == (15, 144, 256, 3) and video.dtype == np.uint8
-        assert report.status in ("repaired", "failed")
-        assert 0 <= report.details["decoded_frames"]
-        if report.status == "failed":
-            assert report.details["decoded_frames"] == 0 and (video == 128).all()
+        # none of these holds a decodable IDR picture: no frame, a gray placeholder, and why
+        assert report.status == "failed", (case[:8], report)
+        assert report.details["decoded_frames"] == 0 and (video == 128).all()
+        assert report.reason.startswith("no frame decoded")
 
 
 def test_truncated_streams_decode_a_counted_prefix(codec, data):
@@ -227,8 +228,10 @@ def test_corrupted_streams_never_raise(codec, data):
             bad[pos] = int(rng.integers(0, 256))
         video, report = codec.decode(bytes(bad))
         assert video.shape == (15, 144, 256, 3)
-        assert report.status in ("ok", "repaired", "failed")
-        assert report.details["decoded_frames"] >= 0
+        # 5 bytes replaced in the slices: the decoder notices, conceals, and the report says so
+        assert report.status == "repaired", report
+        d = report.details
+        assert d["corrupt_frames"] > 0 or d["decoded_frames"] < 15 or "rejected" in report.reason, report
     # stitched streams: more pictures than a clip -> extra frames dropped
     video, report = codec.decode(data + data)
     assert report.status == "repaired" and "extra" in report.reason and video.shape[0] == 15
@@ -251,5 +254,5 @@ def test_prompt_ratio(codec, data):
     assert len(frame_spans(codec.prompt(data, 0.5))) == 8  # round half up: 7.5 -> 8
     assert len(frame_spans(codec.prompt(data, 0.2))) == 3
     assert codec.prompt(data, 0.5) + data[len(codec.prompt(data, 0.5)) :] == data
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ratio"):
         codec.prompt(data, 1.5)

@@ -152,15 +152,25 @@ def test_random_walks_have_valid_nal_structure(grammar, codec):
         assert check_structure(data) == [], data[:64].hex()
         reached.append(len(split_nals(free)))
         _video, report = codec.decode(data)  # never raises; counts what decodes
-        assert 0 <= report.details["decoded_frames"]
+        n = report.details["decoded_frames"]
+        assert 0 <= n <= 15 and (report.status == "failed") == (n == 0), report  # the status says what decoded
+        assert report.status != "ok" or (n == 15 and report.details["corrupt_frames"] == 0), report
     assert max(reached) >= 5  # the walks open new units themselves, not only by completion
 
 
-def test_constraint_gate_and_jpeg_untouched(codec):
+def test_constraint_gate_and_jpeg_untouched(codec, photos):
+    from jpeglm.codecs.jpeg import JpegCodec, JpegParams, header_length
+
     tok = ByteTokenizer()
     assert constraint_for(codec, tok, avc=False) is None  # the H.264 grammar alone can be turned off
     c = constraint_for(codec, tok)  # on by default, like the JPEG grammar
     assert isinstance(c, AvcTokenConstraint) and c.prompt_offset(b"\x00\x00\x01\x65") == 0
+    # ... and the gate leaves JPEG alone: with avc=False a JPEG codec still gets its scan grammar,
+    # which a real scan completes (the name promised this; the body never looked at JPEG)
+    jpeg = JpegCodec(JpegParams(size=64))
+    jc = constraint_for(jpeg, tok, avc=False)
+    scan = jpeg.encode(photos[0])
+    assert jc is not None and jc.is_complete(jc.advance_bytes(jc.start_state(), scan[header_length(scan):]))
 
 
 def _token_walk(c, rng, steps):
