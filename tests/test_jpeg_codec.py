@@ -166,7 +166,10 @@ def test_decode_wrong_size_is_resized(codec, squares):
     d128 = small.encode(squares[0])
     arr, rep = codec.decode(small.to_file(d128)[:2] + d128[2:])  # a valid 128x128 stream
     assert arr.shape == (256, 256, 3)
-    assert rep.status == "repaired"
+    assert rep.status == "repaired" and "resized" in rep.reason, rep
+    # the picture the stream shows, resized (not its scan re-read behind the 256x256 header)
+    pic, _ = small.decode(d128)
+    np.testing.assert_array_equal(arr, np.asarray(Image.fromarray(pic).resize((256, 256), Image.BILINEAR)))
 
 
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])

@@ -229,6 +229,15 @@ class JpegCodec(Codec):
             scan = data[hl:]
         except ValueError:
             hl, scan = -1, None
+        foreign = data[:2] == SOI and hl >= 0 and data[:hl] != self.header()
+        if foreign and len(restart_marker_ends(data, hl)) != self.num_restart_markers:
+            # A whole JPEG of another geometry (size, subsampling, restart interval): its own header
+            # describes its scan, so the picture it shows, resized, is the best one; its scan behind
+            # our header would be re-read as other MCUs. (A scan with our number of restart markers
+            # is ours under a broken header: the header is replaced below.)
+            arr = _loose_decode(self.to_file(data), size)
+            if arr is not None:
+                return arr, DecodeReport("repaired", "wrong size or mode, resized (as written)", {"error": first_error})
         if data[:2] == SOI and (hl < 0 or data[:hl] != self.header()):
             # A JPEG stream whose header is broken or foreign: keep what follows it (or everything
             # after SOI) as scan data behind the canonical header. Streams without SOI are not
