@@ -39,10 +39,10 @@ def _train(data: Path, out: Path, steps: int = 4) -> None:
     assert len(losses) == steps and all(np.isfinite(losses))
 
 
-def _prep(codec: str, src: Path, out: Path, *extra: str) -> None:
+def _prep(codec: str, src: Path, out: Path, *extra: str, records: int) -> None:
     assert cli(["prep", "--codec", codec, "--input", str(src), "--out", str(out), "--val-fraction", "0",
                 "--no-progress", *extra]) == 0
-    assert len(ShardSet(out, "train")) > 0
+    assert len(ShardSet(out, "train")) == records  # every input item, none dropped (val fraction 0)
 
 
 def _sample(run: Path, out: Path, prompt: Path, *extra: str) -> dict:
@@ -64,18 +64,26 @@ def test_image_codecs_share_one_pipeline(tmp_path, photo_dir, codec):
         assert cli(["pixel", "fit", "--input", str(photo_dir), "--out", str(tmp_path / "palette.npz"),
                     "--colors", "16", "--size", "16"]) == 0
         extra = ["--palette", str(tmp_path / "palette.npz")]
-    _prep(codec, photo_dir, tmp_path / "data", *extra)
+    _prep(codec, photo_dir, tmp_path / "data", *extra, records=len(list(photo_dir.iterdir())))
     _train(tmp_path / "data", tmp_path / "run")
     budget = ["--max-new-tokens", "700"] if codec == "jpeg" else []
     manifest = _sample(tmp_path / "run", tmp_path / "samples", photo_dir / "photo_00.png", "--prompt-ratio", "0.5", *budget)
 
     files = sorted(p for p in (tmp_path / "samples").iterdir() if p.suffix in (".jpg", ".png") and "sheet" not in p.name)
-    assert len(files) >= 2, [p.name for p in (tmp_path / "samples").iterdir()]
-    for f in files[:2]:
+    suffix = ".jpg" if codec == "jpeg" else ".png"
+    assert [p.name for p in files] == [f"p000_s000{suffix}", f"p000_s001{suffix}"], [p.name for p in (tmp_path / "samples").iterdir()]
+    # the size the codec decodes a training record to (64 JPEG, 64 VQ, 256 pixel at eval size)
+    shards = ShardSet(tmp_path / "data", "train")
+    side = shards.codec().decode(shards.tokenizer().decode(shards[0].tolist()))[0].shape[0]
+    for f in files:
         with Image.open(f) as im:
             im.load()  # strict: no LOAD_TRUNCATED_IMAGES anywhere in the process
-            assert im.size[0] == im.size[1] > 0
-    assert json.dumps(manifest)  # written and valid JSON
+            assert im.size == (side, side)
+    # the manifest describes those files: constrained samples are whole pictures that decode as written
+    assert [x["file"] for x in manifest["files"]] == [p.name for p in files]
+    assert manifest["decode_status"] == {"ok": 2, "repaired": 0, "failed": 0}, manifest["files"]
+    assert all(x["report"]["status"] == "ok" and x["n_new_tokens"] > 0 for x in manifest["files"])
+    assert manifest["codec"]["name"] == codec and manifest["sampler"]["seed"] == 3
 
 
 def test_video_pipeline_writes_playable_mp4_with_the_prompt_frames(tmp_path):
@@ -89,7 +97,7 @@ def test_video_pipeline_writes_playable_mp4_with_the_prompt_frames(tmp_path):
     clip = builtin_clip(frames=30)
     write_video(clip, videos / "a.mp4", fps=10)
     write_video(clip[::-1].copy(), videos / "b.mp4", fps=10)
-    _prep("avc", videos, tmp_path / "data")
+    _prep("avc", videos, tmp_path / "data", records=2)  # 3 s at 10 fps: one 15-frame clip per video
     _train(tmp_path / "data", tmp_path / "run", steps=3)
     manifest = _sample(tmp_path / "run", tmp_path / "samples", videos / "a.mp4", "--prompt-frames", "3",
                        "--max-new-tokens", "64")
@@ -98,9 +106,11 @@ def test_video_pipeline_writes_playable_mp4_with_the_prompt_frames(tmp_path):
     prompt_frames, _ = codec.decode(codec.prompt_frames(codec.encode(videos / "a.mp4"), 3))
     mp4s = sorted((tmp_path / "samples").glob("*.mp4"))
     assert len(mp4s) == 2, manifest
+    decoded = {x["file"]: x["report"]["details"]["decoded_frames"] for x in manifest["files"]}
+    assert sorted(decoded) == [f.name for f in mp4s]
     for f in mp4s:
         with av.open(str(f)) as c:
             assert c.streams.video[0].codec_context.name == "h264"
         frames = read_frames(f)
-        assert len(frames) >= 3  # only frames that decode are muxed; the prompt frames always do
+        assert len(frames) == decoded[f.name] >= 3  # only frames that decode are muxed; the prompt frames always do
         np.testing.assert_array_equal(frames[:3], prompt_frames[:3])  # the prompt frames are intact
