@@ -191,9 +191,9 @@ def test_bpe_training_is_deterministic_and_bounded(jpegs):
     c = BpeTokenizer.train(iter(jpegs[0]), vocab_size=300, max_sentences=5, seed=3)
     d = BpeTokenizer.train(iter(jpegs[0]), vocab_size=300, max_sentences=5, seed=3)
     assert c.train_info["items_used"] == 5 and c.model_proto == d.model_proto
-    with pytest.raises(TokenizerError):
+    with pytest.raises(TokenizerError, match="no non-empty training data"):
         BpeTokenizer.train([b"", b""], vocab_size=320)
-    with pytest.raises(TokenizerError):
+    with pytest.raises(TokenizerError, match="vocab_size must be > 260"):
         BpeTokenizer.train(jpegs[0], vocab_size=200)
     with pytest.raises(TokenizerError, match="training failed"):  # more merges than the corpus has
         BpeTokenizer.train([b"abc" * 20], vocab_size=4096)
@@ -312,7 +312,7 @@ def test_load_tokenizer_bad_input_gives_clear_errors(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "tokenizer.model").write_bytes(b"this is not a sentencepiece model")
-    with pytest.raises(TokenizerError):
+    with pytest.raises(TokenizerError, match="not a sentencepiece model"):
         load_tokenizer(bad)
     ByteTokenizer().save_pretrained(tmp_path / "k")
     (tmp_path / "k" / "jpeglm_tokenizer.json").write_text(json.dumps({"kind": "morse"}))
@@ -327,7 +327,7 @@ def test_config_round_trip(bpe, tmp_path):
     bpe.save_pretrained(tmp_path / "tokenizer")
     again = tokenizer_from_config({**bpe.to_config(), "path": "tokenizer"}, base_dir=tmp_path)
     assert again.model_proto == bpe.model_proto
-    with pytest.raises(TokenizerError):
+    with pytest.raises(TokenizerError, match="needs a 'path'"):
         tokenizer_from_config(bpe.to_config())
 
 
@@ -370,4 +370,4 @@ def test_tokenizer_train_cli_on_shards(tmp_path, jpegs, capsys):
     assert "bytes/token" in capsys.readouterr().out
     # a directory that is not a dataset: a clear message and a non-zero exit code, no output
     rc = main(["tokenizer", "train", "--data", str(tmp_path / "nothing"), "--vocab-size", "320", "--out", str(tmp_path / "x")])
-    assert rc != 0 and "manifest" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert rc == 2 and "manifest" in capsys.readouterr().err and not (tmp_path / "x").exists()  # the CLI's user-error code
