@@ -72,7 +72,7 @@ def test_dtype_for_vocab():
     assert dtype_for_vocab(320) == np.uint16
     assert dtype_for_vocab(65536) == np.uint16  # ids 0..65535
     assert dtype_for_vocab(65537) == np.uint32
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="positive"):
         dtype_for_vocab(0)
 
 
@@ -95,7 +95,7 @@ def test_missing_and_mismatched_index(dataset, tmp_path):
     offsets = np.load(idx)
     with open(idx, "wb") as f:  # (np.save on a path would append .npy)
         np.save(f, offsets[:-1])  # one record fewer than the manifest says (and the .bin is too long)
-    with pytest.raises(ShardError):
+    with pytest.raises(ShardError, match="shard-00000.idx: .* records, the manifest says"):
         ShardSet(out2, "train")
 
 
