@@ -110,7 +110,7 @@ def test_palette_file_problems(tmp_path):
     with pytest.raises(PaletteError, match="no 'palette'"):
         PixelCodec.from_palette(tmp_path / "nokey.npz")
     (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
-    with pytest.raises(PaletteError):
+    with pytest.raises(PaletteError, match="not a .npy/.npz palette"):
         PixelCodec.from_palette(tmp_path / "junk.npy")
     np.save(tmp_path / "ok.npy", uniform_palette())
     assert PixelCodec.from_palette(tmp_path / "ok.npy", size=64).params.size == 64
@@ -124,7 +124,8 @@ def test_decode_never_raises_on_garbage():
     img, report = codec.decode(np.arange(100))
     assert report.status == "repaired" and "100 codes" in report.reason and img.shape == (256, 256, 3)
     img, report = codec.decode(np.full(1024 + 7, 3))
-    assert report.status == "repaired"
+    assert report.status == "repaired" and "1031 codes" in report.reason
+    np.testing.assert_array_equal(img, codec.decode(np.full(1024, 3))[0])  # the 7 extra codes are dropped
     img, report = codec.decode(np.array([-5, 9999] * 512))
     assert report.status == "repaired" and "clamped" in report.reason
     np.testing.assert_array_equal(img[0, 0], codec.palette[0])
@@ -143,7 +144,7 @@ def test_prompt_keeps_top_rows():
     assert report.status == "repaired"
     np.testing.assert_array_equal(out[:16], img[:16])
     np.testing.assert_array_equal(out[16:], np.repeat(img[15:16], 16, 0))  # padded with the row above
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ratio"):
         codec.prompt(codes, 1.5)
 
 
@@ -152,7 +153,7 @@ def test_images_too_small_are_media_errors(photos):
     with pytest.raises(MediaError, match="smaller than the minimum"):
         codec.encode(photos[0].resize((40, 40)))
     assert codec.encode(photos[0]).shape == (1024,)  # any real photo is cropped and resized
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="HxWx3"):
         codec.encode(np.zeros((10, 10), np.uint8))
 
 

@@ -230,7 +230,8 @@ def test_codec_decode_never_raises_and_prompt_keeps_rows(trained):
     img, report = codec.decode(codes[:40])
     assert report.status == "repaired" and "40 codes" in report.reason
     img, report = codec.decode(np.concatenate([codes, codes]))
-    assert report.status == "repaired"
+    assert report.status == "repaired" and "512 codes" in report.reason
+    np.testing.assert_array_equal(img, codec.decode(codes)[0])  # the extra codes are dropped, the picture kept
     img, report = codec.decode(np.where(np.arange(256) % 2, -3, 10**9))
     assert report.status == "repaired" and "clamped" in report.reason and img.shape == (64, 64, 3)
     p = codec.prompt(codes, 0.25)
@@ -277,7 +278,7 @@ def test_checkpoint_that_does_not_match_its_config_is_a_clear_error(trained, tmp
         VqCodec.from_pretrained(bad)
     with pytest.raises(VqCheckpointError, match="not a VQ checkpoint"):
         VqCodec.from_pretrained(tmp_path / "nowhere")
-    with pytest.raises(VqCheckpointError):
+    with pytest.raises(VqCheckpointError, match="from_pretrained"):
         VqCodec()
 
 
