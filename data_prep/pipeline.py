@@ -6,13 +6,17 @@
 - train/val is decided per input item by hashing its key with the seed (not by position), so
   adding, removing or skipping an item never moves the others, and all clips of one video share
   a split;
-- one task is one chunk: a worker (multiprocessing; each builds its codec and tokenizer once)
-  encodes the chunk's items and writes the chunk itself with `writer.write_chunk` (files
-  atomically, the done marker last), and sends back only the marker. The main process does no
-  per-item work, so two workers on two cores run at 1.6-1.9x the speed of one (sending every
-  record's tokens back to one writer process had cost ~0.5 ms per image: 1.06x; BENCHMARKS.md).
-  Parallelism is over chunks: `records_per_shard` sets the granularity.
-  A killed run redoes only the chunks without a marker and ends byte-identical.
+- a task is a unit of consecutive items of one chunk (units.py), a few per worker whatever the
+  input size; a worker (each builds its codec and tokenizer once) encodes the unit's items and
+  writes them itself: a whole chunk with `writer.write_chunk` (files atomically, the done marker
+  last), a smaller unit as a piece that the driver merges into its chunk once the chunk's pieces
+  are all there. Only markers travel back, the driver does no per-item work (sending every
+  record's tokens back to one writer process had cost ~0.5 ms per image: 1.06x; BENCHMARKS.md),
+  and the bytes are the same for any number of workers and any unit size;
+- the units run on an engine (engines.py): this process, a local process pool, or a Ray cluster;
+  the output folder may be a local or shared path or an fsspec URL (store.py).
+  A killed run redoes only the chunks without a marker (keeping finished pieces) and ends
+  byte-identical; a dead worker stops the prep with a clear error instead of a hang.
 Bad items (empty, truncated, not an image, bombs, too small, unreadable videos) are skipped with
 a reason; nothing but a bug in this code can stop a prep half way.
 """
@@ -20,30 +24,35 @@ a reason; nothing but a bug in this code can stop a prep half way.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
+import io
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
+from jpeglm.data_prep import units as unitlib
+from jpeglm.data_prep.engines import make_engine
 from jpeglm.data_prep.sources import Item, Source
-from jpeglm.data_prep.writer import ChunkResult, PrepError, Record, claim_output, read_done, save_tokenizer, write_chunk, write_manifest
-from jpeglm.shards import FORMAT, SPLITS, TOKENIZER_DIR, VERSION, dtype_for_vocab, shard_name
+from jpeglm.data_prep.store import Store
+from jpeglm.data_prep.writer import (ChunkResult, PrepError, Record, claim_output, marker_name, read_done, save_tokenizer,
+                                     write_chunk, write_manifest)
+from jpeglm.shards import FORMAT, PARTS_DIR, SPLITS, TOKENIZER_DIR, VERSION, dtype_for_vocab, shard_name
 
 DEFAULT_RECORDS_PER_SHARD = 1000
-_PROGRESS_POLL_S = 0.5  # how often the main process refreshes the bar from the workers' counter
 
 
 @dataclass
 class PrepResult:
-    out: Path
+    out: Path | str  # a URL when the output went to one
     manifest: dict | None  # None: a --part run that left chunks to other parts
     seconds: float
     items_done_now: int
@@ -66,12 +75,18 @@ class PrepSettings:
     """The settings of one prep, declared once: `jpeglm prep` flags, `prep(**overrides)` keywords and
     the `settings` of the manifest. The codec's own settings are the codec's (its params)."""
 
-    workers: int = _s(1, "encoding processes; each takes whole chunks (see --records-per-shard), encodes and writes them")
+    workers: int = _s(1, "encoding processes (--engine local), or the CPUs of the local Ray instance that --engine ray "
+                      "starts when no --address is given")
+    engine: Literal["local", "ray"] = _s("local", "where the work runs: local (processes on this machine) or ray (tasks on "
+                                        "a Ray cluster: pip install 'jpeglm[ray]'); the same bytes either way")
+    address: str | None = _s(None, "--engine ray: the cluster to join (auto: the one this machine is part of; "
+                             "ray://HOST:10001 a remote one); default: start a local Ray", metavar="ADDR")
+    items_per_task: int | None = _s(None, "input items per task (default: a few tasks per worker, at most a chunk); "
+                                    "the shards are the same for any value", metavar="N")
     val_fraction: float = _s(0.05, "fraction of records in the val split, decided by hashing each record's key with --seed")
     seed: int = _s(0, "seed of the train/val hash split")
     records_per_shard: int = _s(DEFAULT_RECORDS_PER_SHARD, "input items per chunk; chunk c becomes shard c of each split "
-                                "and is the unit of resume and of parallel work (use at least a few chunks per worker)",
-                                metavar="K")
+                                "and is the unit of resume (workers share a chunk when there are few)", metavar="K")
     limit: int | None = _s(None, "use only the first N input items (in sorted order)", metavar="N")
     min_side: int = _s(64, "skip images (and videos) whose shorter side is below this many pixels, rather than upscale them")
     part: str | None = _s(None, "encode only chunks c with c %% N == I (0-based), so N machines sharing --out split one "
@@ -86,6 +101,10 @@ class PrepSettings:
             raise PrepError(f"--records-per-shard must be >= 1, got {self.records_per_shard}")
         if self.workers < 1:
             raise PrepError(f"--workers must be >= 1, got {self.workers}")
+        if self.items_per_task is not None and self.items_per_task < 1:
+            raise PrepError(f"--items-per-task must be >= 1, got {self.items_per_task}")
+        if self.address and self.engine != "ray":
+            raise PrepError("--address is for --engine ray")
         if self.part is not None and self.overwrite:
             raise PrepError("--overwrite cannot be combined with --part (other parts may be writing there)")
         self.part_index  # noqa: B018 - validates the I/N text
@@ -128,24 +147,39 @@ class _Setup:
     """What every worker needs to encode and write chunks (picklable: it travels to the workers)."""
 
     codec_factory: Callable
-    tokenizer_dir: str
+    tokenizer_files: dict  # the saved tokenizer's files (name -> bytes): workers on any machine load it
     source: Source
     dtype: str
     clip_rule: object
-    out: str
+    out: str  # the output folder (a path or a URL)
     settings: PrepSettings
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells a reused Ray worker a new prep from an old one
+
+
+def _load_tokenizer_files(files: dict):
+    from jpeglm.tokenizer import load_tokenizer
+
+    d = tempfile.mkdtemp(prefix="jpeglm-tokenizer.")
+    try:
+        for name, data in files.items():
+            path = Path(d, name)
+            if Path(d).resolve() not in path.resolve().parents:
+                raise ValueError(f"tokenizer file name {name!r} leaves its folder")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return load_tokenizer(d)  # reads its files into memory
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _init_worker(setup: _Setup, counter=None) -> None:
-    from jpeglm.tokenizer import load_tokenizer
-
     _W.clear()
-    # what _process_chunk needs to split and write a chunk; `counter` (a shared integer) counts
+    # what _process_unit needs to split and write a unit; `counter` (a shared integer) counts
     # finished items for the main process's progress bar
     s = setup.settings
-    _W.update(out=Path(setup.out), seed=s.seed, val_fraction=s.val_fraction, counter=counter)
+    _W.update(out=Store(setup.out), seed=s.seed, val_fraction=s.val_fraction, counter=counter)
     try:
-        tok, codec = load_tokenizer(setup.tokenizer_dir), setup.codec_factory()
+        tok, codec = _load_tokenizer_files(setup.tokenizer_files), setup.codec_factory()
     except Exception as e:
         # Raising here would make multiprocessing.Pool restart the worker forever; instead every
         # task raises, which stops the prep in the main process with this message.
@@ -268,12 +302,12 @@ def _process(item: Item) -> list:
         return [(item.key, _skip_reason(e, src))]
 
 
-def _process_chunk(task: tuple[int, list[Item]]) -> dict:
-    """Encode one chunk's items in order, write the chunk, return its done marker."""
-    index, items = task
-    chunk = ChunkResult(index, len(items))
+def _process_unit(unit: unitlib.Unit) -> dict:
+    """Encode one unit's items in order and write them: a whole chunk ({"marker": its done marker}),
+    or a piece of one ({"piece": (chunk, start, end)})."""
+    chunk = ChunkResult(unit.chunk, len(unit.items))
     counter = _W.get("counter")
-    for item in items:
+    for item in unit.items:
         for res in _process(item):
             if isinstance(res, Record):
                 # by the item's key: all clips of one video land in the same split (no leak)
@@ -284,7 +318,9 @@ def _process_chunk(task: tuple[int, list[Item]]) -> dict:
         if counter is not None:
             with counter.get_lock():
                 counter.value += 1
-    return write_chunk(_W["out"], chunk, _W["dtype"])
+    if unit.whole:
+        return {"marker": write_chunk(_W["out"], chunk, _W["dtype"])}
+    return {"piece": (unit.chunk, *unitlib.write_piece(_W["out"], unit, chunk, _W["dtype"]))}
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -306,19 +342,6 @@ def _stats(lengths: np.ndarray) -> dict:
     }
 
 
-def _mp_context():
-    # Not fork: by the time workers start, the parent has threads (the HF tokenizers pool used to
-    # save the tokenizer, torch's pools for vq, BLAS), and a fork can copy a lock another thread
-    # holds -> a worker that never starts. A fork server is a clean single-threaded process that
-    # forks the workers; it is started once per parent and has our modules preloaded, so workers
-    # start in a fraction of a second (spawn would re-import everything in every worker).
-    if sys.platform == "linux":
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["jpeglm.data_prep.pipeline", "jpeglm.data_prep.sources", "jpeglm.media", "jpeglm.tokenizer"])
-        return ctx
-    return mp.get_context("spawn")
-
-
 def prep(source: Source, codec_factory: Callable, out: str | Path, settings: PrepSettings | None = None, *,
          tokenizer=None, clip_rule=None, log=print, **overrides) -> PrepResult:
     """Prepare `source` into shards under `out` (resuming a killed run with the same settings).
@@ -326,32 +349,39 @@ def prep(source: Source, codec_factory: Callable, out: str | Path, settings: Pre
     `codec_factory` is a picklable zero-argument callable returning the codec (each worker calls
     it once); `tokenizer` defaults to ByteTokenizer for byte codecs, CodeTokenizer for code codecs;
     `clip_rule` (jpeglm.video.ClipRule) cuts videos into clips. `settings` (PrepSettings), with any
-    of its fields overridden by keyword (`prep(src, factory, out, workers=2)`). A `part` (I/N)
-    encodes only the chunks c with c % N == I, so N machines sharing `out` (a network file system)
-    split one prep; whichever run finds every chunk done writes the manifest (`result.manifest` is
-    None until then). The bytes do not depend on how the work was split.
-    Raises PrepError when the output folder holds another prep, or no record could be written.
+    of its fields overridden by keyword (`prep(src, factory, out, workers=2)`). `out` is a folder,
+    or an fsspec URL (s3://bucket/prefix). A `part` (I/N) encodes only the chunks c with
+    c % N == I, so N machines sharing `out` split one prep; whichever run finds every chunk done
+    writes the manifest (`result.manifest` is None until then). The bytes do not depend on how
+    the work was split, on the engine, or on the number of workers.
+    Raises PrepError when the output folder holds another prep, a worker died, or no record could
+    be written.
     """
     t0 = time.time()
     s = replace(settings or PrepSettings(), **overrides)
-    out = Path(out)
-    plan = _plan(source, codec_factory, out, s, tokenizer, clip_rule)
+    store = Store(out)
+    plan = _plan(source, codec_factory, store, s, tokenizer, clip_rule)
     todo = [c for c in range(len(plan.chunks)) if c not in plan.done and _in_part(c, s.part_index)]
     todo_items = sum(len(plan.chunks[c]) for c in todo)
-    _run_chunks(plan, [(c, plan.chunks[c]) for c in todo], todo_items, s)
+    if todo:
+        with make_engine(s.engine, s.address, s.workers, _init_worker, plan.setup, _process_unit) as engine:
+            _run_units(plan, store, engine, todo, todo_items, s)
 
     done = plan.done
-    done.update({c: m for c in range(len(plan.chunks)) if c not in done and (m := read_done(out, c, plan.dtype)) is not None})
+    listed = set(store.listdir(PARTS_DIR))  # one listing: chunks other parts finished meanwhile
+    done.update({c: m for c in range(len(plan.chunks)) if c not in done and Path(marker_name(c)).name in listed
+                 and (m := read_done(store, c, plan.dtype)) is not None})
+    shown = store.local if store.local is not None else str(store)
     if len(done) < len(plan.chunks):  # other parts are still running (or have not started)
         i, n = s.part_index
         if log:
             log(f"prep: part {i}/{n} done ({todo_items} items this run); {len(plan.chunks) - len(done)} of "
                 f"{len(plan.chunks)} chunks are left to other parts: the last one to finish (or a run without --part) "
-                f"writes {out}/manifest.json")
-        return PrepResult(out, None, time.time() - t0, todo_items)
-    manifest = _manifest(out, plan)
-    write_manifest(out, manifest)
-    result = PrepResult(out, manifest, time.time() - t0, todo_items)
+                f"writes {store.path('manifest.json')}")
+        return PrepResult(shown, None, time.time() - t0, todo_items)
+    manifest = _manifest(store, plan)
+    write_manifest(store, manifest)
+    result = PrepResult(shown, manifest, time.time() - t0, todo_items)
     if log:
         log(summary_line(result))
     return result
@@ -371,7 +401,7 @@ class _Plan:
     setup: _Setup
 
 
-def _plan(source: Source, codec_factory: Callable, out: Path, s: PrepSettings, tokenizer, clip_rule) -> _Plan:
+def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings, tokenizer, clip_rule) -> _Plan:
     from jpeglm.tokenizer import ByteTokenizer, CodeTokenizer
 
     codec = codec_factory()
@@ -389,52 +419,66 @@ def _plan(source: Source, codec_factory: Callable, out: Path, s: PrepSettings, t
         "val_fraction": s.val_fraction, "seed": s.seed, "records_per_shard": s.records_per_shard, "limit": s.limit,
         "min_side": s.min_side, "clip_rule": _plain(clip_rule), "num_items": len(items), "dtype": dtype.name,
     }
-    claim_output(out, settings, s.overwrite, shared=s.part is not None)
-    tok_dir = save_tokenizer(out, tokenizer)
-    manifest_codec = codec.bundle(out).to_config()  # a codec's files (VQ weights) travel with the dataset
-    done = {c: m for c in range(len(chunks)) if (m := read_done(out, c, dtype)) is not None}
-    setup = _Setup(codec_factory, str(tok_dir), source, dtype.name, clip_rule, str(out), s)
+    claim_output(store, settings, s.overwrite, shared=s.part is not None)
+    save_tokenizer(store, tokenizer)
+    manifest_codec = _bundle(codec, store)
+    listed = set(store.listdir(PARTS_DIR))  # one listing, then only the markers that are there are read
+    done = {c: m for c in range(len(chunks))
+            if Path(marker_name(c)).name in listed and (m := read_done(store, c, dtype)) is not None}
+    setup = _Setup(codec_factory, store.read_dir(TOKENIZER_DIR), source, dtype.name, clip_rule, str(store), s)
     return _Plan(codec, tokenizer, dtype, chunks, settings, manifest_codec, done, setup)
+
+
+def _bundle(codec, store: Store) -> dict:
+    """The codec's files (VQ weights) copied into the output; returns the config naming the copies."""
+    if store.local is not None:
+        return codec.bundle(store.local).to_config()
+    with tempfile.TemporaryDirectory() as d:  # a URL: bundled here, then put beside the shards
+        config = codec.bundle(d).to_config()
+        for f in sorted(Path(d).rglob("*")):
+            rel = f.relative_to(d).as_posix()
+            if f.is_file() and store.size(rel) != f.stat().st_size:
+                store.write_bytes(rel, f.read_bytes())
+    return config
 
 
 def _in_part(chunk: int, part: tuple[int, int] | None) -> bool:
     return part is None or chunk % part[1] == part[0]
 
 
-def _run_chunks(plan: _Plan, tasks: list, todo_items: int, s: PrepSettings) -> None:
-    """Encode and write `tasks` (chunk index, items) in worker processes (or in this one), filling
-    `plan.done` with their markers, with a progress bar over items."""
+def _run_units(plan: _Plan, store: Store, engine, todo: list[int], todo_items: int, s: PrepSettings) -> None:
+    """Encode and write chunks `todo` as units on `engine`, merging split chunks as their pieces
+    come in, filling `plan.done` with their markers, with a progress bar over items."""
     from tqdm import tqdm
 
+    dtype = plan.dtype
+    size = unitlib.unit_size(s.records_per_shard, engine.slots, todo_items, s.items_per_task)
+    units, have = unitlib.plan_units(plan.chunks, todo, size, unitlib.list_pieces(store),
+                                     valid=lambda c, a, b: unitlib.read_piece(store, c, a, b, dtype) is not None)
+    reused = sum(b - a for ranges in have.values() for a, b in ranges)
     part = s.part_index
-    bar = tqdm(total=todo_items, unit="item", desc="prep" if part is None else f"prep part {part[0]}/{part[1]}",
-               disable=not s.progress, file=sys.stderr, dynamic_ncols=True)
-    pool = None
+    bar = tqdm(total=todo_items, initial=reused, unit="item", file=sys.stderr, dynamic_ncols=True, disable=not s.progress,
+               desc="prep" if part is None else f"prep part {part[0]}/{part[1]}")
+    missing = {c: len(plan.chunks[c]) - sum(b - a for a, b in have[c]) for c in todo}
+
+    def on_result(result: dict) -> None:
+        if "marker" in result:
+            plan.done[result["marker"]["chunk"]] = result["marker"]
+            return
+        c, a, b = result["piece"]
+        have[c].append((a, b))
+        missing[c] -= b - a
+        if missing[c] == 0:  # the chunk's last piece: write the chunk (the same bytes as one unit would)
+            plan.done[c] = unitlib.merge_chunk(store, c, len(plan.chunks[c]), have[c], dtype)
+
+    for c in todo:  # chunks whose pieces were all there already (a run killed before its merge)
+        if missing[c] == 0:
+            plan.done[c] = unitlib.merge_chunk(store, c, len(plan.chunks[c]), have[c], dtype)
     try:
-        if s.workers > 1 and len(tasks) > 1:
-            ctx = _mp_context()
-            counter = ctx.Value("q", 0)
-            pool = ctx.Pool(min(s.workers, len(tasks)), initializer=_init_worker, initargs=(plan.setup, counter))
-            results = pool.imap_unordered(_process_chunk, tasks)  # chunks finish in any order; shard c is chunk c
-            for _ in tasks:
-                while True:
-                    try:
-                        marker = results.next(timeout=_PROGRESS_POLL_S)
-                        break
-                    except mp.TimeoutError:
-                        bar.update(counter.value - bar.n)
-                plan.done[marker["chunk"]] = marker
-                bar.update(counter.value - bar.n)
-        else:
-            _init_worker(plan.setup)
-            for task in tasks:
-                plan.done[task[0]] = _process_chunk(task)
-                bar.update(len(task[1]))
+        engine.run(units, on_result, lambda n: bar.update(reused + n - bar.n))
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+
 
 
 def tokenizer_fingerprint(tokenizer) -> dict:
@@ -456,7 +500,7 @@ def _plain(obj):
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
-def _manifest(out: Path, plan: _Plan) -> dict:
+def _manifest(store: Store, plan: _Plan) -> dict:
     chunks, done, settings, tokenizer = plan.chunks, plan.done, plan.settings, plan.tokenizer
     splits = {}
     all_lengths = []
@@ -468,7 +512,8 @@ def _manifest(out: Path, plan: _Plan) -> dict:
             for k in ("num_records", "num_tokens", "num_symbols", "num_bytes", "num_pixels"):
                 totals[k] += s[k]
             if s["num_records"]:
-                all_lengths.append(np.diff(np.load(out / split / f"{shard_name(c)}.idx")))
+                idx = store.read_bytes(f"{split}/{shard_name(c)}.idx")
+                all_lengths.append(np.diff(np.load(io.BytesIO(idx), allow_pickle=False)))
         splits[split] = {**{k: totals[k] for k in ("num_records", "num_tokens", "num_symbols", "num_bytes", "num_pixels")},
                          "shards": shards}
     lengths = np.concatenate(all_lengths) if all_lengths else np.zeros(0, np.int64)

@@ -10,6 +10,7 @@ ends with the same bytes as a run that was never interrupted.
 
 `parts/settings.json` holds everything that decides the bytes (codec, tokenizer, source, split
 settings); a directory started with other settings is refused instead of being mixed.
+The folder may be an fsspec URL (store.py says what "atomic" means on an object store).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jpeglm.config import current_umask, atomic_write_bytes
-from jpeglm.shards import MANIFEST, PARTS_DIR, SPLITS, TOKENIZER_DIR, shard_paths
+from jpeglm.config import current_umask
+from jpeglm.data_prep.store import Store
+from jpeglm.shards import MANIFEST, PARTS_DIR, SPLITS, TOKENIZER_DIR, shard_name
 
 SETTINGS = "settings.json"
 
@@ -64,26 +66,32 @@ def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
 
 
-def marker_path(root: Path, index: int) -> Path:
-    return Path(root) / PARTS_DIR / f"part-{index:05d}.json"
+def marker_name(index: int) -> str:
+    return f"{PARTS_DIR}/part-{index:05d}.json"
 
 
-def write_chunk(root: Path, chunk: ChunkResult, dtype: np.dtype) -> dict:
+def shard_files(split: str, index: int) -> tuple[str, str, str]:
+    """(.bin, .idx, .jsonl) names of one shard, relative to the output folder."""
+    base = f"{split}/{shard_name(index)}"
+    return f"{base}.bin", f"{base}.idx", f"{base}.jsonl"
+
+
+def write_chunk(root, chunk: ChunkResult, dtype: np.dtype) -> dict:
     """Write both splits' shard files of one chunk, then its done marker; return the marker."""
-    root = Path(root)
+    store = Store.of(root)
     marker = {"chunk": chunk.index, "num_items": chunk.num_items, "splits": {}, "skipped": chunk.skipped}
     for split in SPLITS:
         records = chunk.records[split]
-        bin_path, idx_path, jsonl_path = shard_paths(root, split, chunk.index)
+        bin_path, idx_path, jsonl_path = shard_files(split, chunk.index)
         lengths = np.array([len(r.tokens) for r in records], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         data = b"".join(np.asarray(r.tokens, dtype=dtype).tobytes() for r in records)
         idx = io.BytesIO()
         np.save(idx, offsets, allow_pickle=False)
         meta = "".join(json.dumps(r.meta(), sort_keys=True) + "\n" for r in records)
-        atomic_write_bytes(bin_path, data)
-        atomic_write_bytes(idx_path, idx.getvalue())
-        atomic_write_bytes(jsonl_path, meta.encode())
+        store.write_bytes(bin_path, data)
+        store.write_bytes(idx_path, idx.getvalue())
+        store.write_bytes(jsonl_path, meta.encode())
         marker["splits"][split] = {
             "num_records": len(records),
             "num_tokens": int(offsets[-1]),
@@ -91,26 +99,24 @@ def write_chunk(root: Path, chunk: ChunkResult, dtype: np.dtype) -> dict:
             "num_bytes": float(sum(r.n_bytes for r in records)),
             "num_pixels": int(sum(r.n_pixels for r in records)),
         }
-    atomic_write_bytes(marker_path(root, chunk.index), _json_bytes(marker))  # last: the chunk is done
+    store.write_bytes(marker_name(chunk.index), _json_bytes(marker))  # last: the chunk is done
     return marker
 
 
-def read_done(root: Path, index: int, dtype: np.dtype) -> dict | None:
+def read_done(root, index: int, dtype: np.dtype) -> dict | None:
     """The marker of chunk `index` if the chunk is complete on disk, else None (redo it).
 
     A marker whose shard files are missing or of the wrong size (someone deleted or truncated
     them) does not count: the chunk is simply written again."""
-    path = marker_path(root, index)
-    if not path.is_file():
-        return None
+    store = Store.of(root)
     try:
-        marker = json.loads(path.read_text())
+        marker = json.loads(store.read_bytes(marker_name(index)))
         for split in SPLITS:
-            bin_path, idx_path, jsonl_path = shard_paths(root, split, index)
+            bin_path, idx_path, jsonl_path = shard_files(split, index)
             n_tok = marker["splits"][split]["num_tokens"]
-            if not (idx_path.is_file() and jsonl_path.is_file()) or bin_path.stat().st_size != n_tok * dtype.itemsize:
+            if not store.is_file(jsonl_path) or store.size(bin_path) != n_tok * dtype.itemsize:
                 return None
-            offsets = np.load(idx_path, allow_pickle=False)
+            offsets = np.load(io.BytesIO(store.read_bytes(idx_path)), allow_pickle=False)
             if len(offsets) != marker["splits"][split]["num_records"] + 1 or int(offsets[-1]) != n_tok:
                 return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -118,18 +124,16 @@ def read_done(root: Path, index: int, dtype: np.dtype) -> dict | None:
     return marker
 
 
-def remove_stale_temporaries(root: Path) -> None:
+def remove_stale_temporaries(root) -> None:
     """Temporary files of a killed run are never renamed into place; delete them."""
-    root = Path(root)
-    if root.is_dir():
-        for p in root.iterdir():
-            if _is_our_temporary(p.name):
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    for sub in (*SPLITS, PARTS_DIR):
-        d = Path(root) / sub
-        if d.is_dir():
-            for tmp in d.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+    store = Store.of(root)
+    for name in store.listdir():
+        if _is_our_temporary(name):
+            store.remove(name)
+    for sub in (*SPLITS, PARTS_DIR, PIECES_DIR):
+        for name in store.listdir(sub):
+            if name.startswith(".") and name.endswith(".tmp"):
+                store.remove(f"{sub}/{name}")
 
 
 def _is_our_temporary(name: str) -> bool:
@@ -138,46 +142,43 @@ def _is_our_temporary(name: str) -> bool:
 
 # Copies of files a codec needs, made beside the shards (VqCodec.copy_model writes vq_model/).
 CODEC_FILE_DIRS = ("vq_model",)
+PIECES_DIR = f"{PARTS_DIR}/pieces"  # pieces of chunks split over several workers (units.py)
 
 
 def _our_entries() -> set[str]:
     return {MANIFEST, TOKENIZER_DIR, PARTS_DIR, *SPLITS, *CODEC_FILE_DIRS}
 
 
-def clear_output(root: Path) -> None:
+def clear_output(root) -> None:
     """--overwrite: delete what a previous prep wrote here (and nothing else)."""
-    root = Path(root)
-    for name in _our_entries():
-        p = root / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    store = Store.of(root)
+    for name in sorted(_our_entries()):
+        store.remove(name)
 
 
-def claim_output(root: Path, settings: dict, overwrite: bool, shared: bool = False) -> None:
+def claim_output(root, settings: dict, overwrite: bool, shared: bool = False) -> None:
     """Make `root` ours for a prep with `settings`: new, resumable, or refused.
 
     Refuses (PrepError) a folder holding other files, or a prep made with other settings, unless
     `overwrite`, which deletes the previous prep's files first. `shared`: other processes (parts
     of the same prep on other machines) may be writing here now, so their temporaries stay."""
-    root = Path(root)
-    settings_path = root / PARTS_DIR / SETTINGS
+    root = Store.of(root)
+    settings_path = f"{PARTS_DIR}/{SETTINGS}"
     if root.exists() and not root.is_dir():
         raise PrepError(f"--out {root} is a file, not a folder")
     if root.is_dir():
-        foreign = sorted(p.name for p in root.iterdir() if p.name not in _our_entries() and not _is_our_temporary(p.name))
+        foreign = [n for n in root.listdir() if n not in _our_entries() and not _is_our_temporary(n)]
         if foreign:
             raise PrepError(
                 f"--out {root} holds files that are not a jpeglm prep ({', '.join(foreign[:5])}); choose an empty or new folder"
             )
         previous = None
-        if settings_path.is_file():
+        if root.is_file(settings_path):
             try:
-                previous = json.loads(settings_path.read_text())
+                previous = json.loads(root.read_bytes(settings_path))
             except (OSError, ValueError):
                 previous = {"unreadable": True}
-        elif any((root / n).exists() for n in (MANIFEST, *SPLITS)):
+        elif any(root.exists(n) for n in (MANIFEST, *SPLITS)):
             previous = {"unknown": True}  # shards without our bookkeeping: not resumable
         if previous is not None and previous != settings:
             if not overwrite:
@@ -189,16 +190,26 @@ def claim_output(root: Path, settings: dict, overwrite: bool, shared: bool = Fal
             clear_output(root)
         elif overwrite:
             clear_output(root)
-    root.mkdir(parents=True, exist_ok=True)
+    root.makedirs()
     if not shared:
         remove_stale_temporaries(root)
-    if not settings_path.is_file():
-        atomic_write_bytes(settings_path, _json_bytes(settings))
+    if not root.is_file(settings_path):
+        root.write_bytes(settings_path, _json_bytes(settings))
 
 
-def save_tokenizer(root: Path, tokenizer) -> Path:
+def save_tokenizer(root, tokenizer) -> Path | str:
     """Save the tokenizer beside the shards (once; via a temporary folder renamed into place)."""
-    target = Path(root) / TOKENIZER_DIR
+    store = Store.of(root)
+    if store.local is None:  # a URL: saved locally, then each file put that is not there whole already
+        with tempfile.TemporaryDirectory() as d:
+            tokenizer.save_pretrained(d)
+            for f in sorted(Path(d).rglob("*")):
+                rel = f"{TOKENIZER_DIR}/{f.relative_to(d).as_posix()}"
+                if f.is_file() and store.size(rel) != f.stat().st_size:
+                    store.write_bytes(rel, f.read_bytes())
+        return store.path(TOKENIZER_DIR)
+    root = store.local
+    target = root / TOKENIZER_DIR
     if target.is_dir():
         return target
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tokenizer."))
@@ -216,5 +227,5 @@ def save_tokenizer(root: Path, tokenizer) -> Path:
     return target
 
 
-def write_manifest(root: Path, manifest: dict) -> None:
-    atomic_write_bytes(Path(root) / MANIFEST, _json_bytes(manifest))
+def write_manifest(root, manifest: dict) -> None:
+    Store.of(root).write_bytes(MANIFEST, _json_bytes(manifest))

@@ -1,0 +1,163 @@
+"""The output folder of a prep: a local (or network-mounted) path, or any fsspec URL (s3://, gs://, ...).
+
+The writer asks this for a handful of operations (write a file atomically, read one, its size,
+list a folder, delete) and each maps onto what the file system can guarantee:
+- a local path: a temporary file in the same folder, fsync'd, then `os.replace`d over the name
+  (atomic on POSIX, also on NFS for one writer); folders are renamed into place the same way;
+- an object store (s3, gs, az, memory, hf): one PUT per file, and a PUT is atomic per object
+  (readers see the whole object or none; S3 and GCS give read-after-write consistency). There is
+  no rename, so nothing is atomic across objects: the writer puts a chunk's data objects first and
+  its done marker last, so a marker still means its chunk is complete, and a killed run can leave
+  data objects of unfinished chunks, which the resumed run overwrites;
+- any other fsspec file system (sftp, smb, ...): a temporary name, then `fs.mv` (as atomic as that
+  file system's rename).
+fsspec is the library for reaching object stores; this file only decides which of its calls give
+an atomic write on each.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from jpeglm.config import atomic_write_bytes
+
+# file systems whose single-object writes are atomic (and which have no real rename)
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "hf", "oss", "r2"})
+
+
+def is_url(spec) -> bool:
+    return isinstance(spec, str) and "://" in spec and not spec.startswith("file://")
+
+
+def url_fs(url: str):
+    """(fsspec file system, path) of a URL, with a one-line error when its fsspec backend is missing."""
+    import fsspec.core
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:  # fsspec names the package: "Install s3fs to access S3"
+        raise OSError(f"{url}: {e}") from None
+    except ValueError as e:  # an unknown protocol
+        raise OSError(f"{url}: {e}") from None
+
+
+class Store:
+    """A folder to write a prep into; file names are POSIX paths relative to it."""
+
+    def __init__(self, root: str | os.PathLike):
+        spec = os.fspath(root)
+        if isinstance(spec, str) and spec.startswith("file://"):
+            spec = spec[len("file://") :]
+        self.spec = spec
+        if is_url(spec):
+            self.fs, self.root = url_fs(spec)
+            self.root = self.root.rstrip("/")
+            protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else set(self.fs.protocol)
+            self.object_store = bool(protocols & _OBJECT_STORES)
+            self.local = None
+        else:
+            self.fs, self.root, self.object_store = None, spec, False
+            self.local = Path(spec)
+
+    @classmethod
+    def of(cls, root) -> "Store":
+        return root if isinstance(root, Store) else cls(root)
+
+    def __str__(self) -> str:
+        return self.spec
+
+    def __reduce__(self):  # workers rebuild it from the spelling (credentials come from their environment)
+        return (Store, (self.spec,))
+
+    def path(self, rel: str = "") -> str:
+        if self.local is not None:
+            return str(self.local / rel) if rel else str(self.local)
+        return f"{self.root}/{rel}" if rel else self.root
+
+    # --- files ----------------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Readers see the old file or the new one, never half of one (see the module docstring)."""
+        if self.local is not None:
+            atomic_write_bytes(self.local / rel, data)
+        elif self.object_store:
+            self.fs.pipe_file(self.path(rel), data)
+        else:
+            parent, _, name = rel.rpartition("/")
+            tmp = f"{parent + '/' if parent else ''}.{name}.{uuid.uuid4().hex[:8]}.tmp"
+            self.fs.makedirs(self.path(parent), exist_ok=True)
+            self.fs.pipe_file(self.path(tmp), data)
+            self.fs.mv(self.path(tmp), self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        if self.local is not None:
+            return (self.local / rel).read_bytes()
+        return self.fs.cat_file(self.path(rel))
+
+    def size(self, rel: str) -> int | None:
+        """Size in bytes, None when there is no such file."""
+        try:
+            if self.local is not None:
+                p = self.local / rel
+                return p.stat().st_size if p.is_file() else None
+            return int(self.fs.size(self.path(rel)))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def is_file(self, rel: str) -> bool:
+        if self.local is not None:
+            return (self.local / rel).is_file()
+        return self.fs.isfile(self.path(rel))
+
+    def is_dir(self, rel: str = "") -> bool:
+        if self.local is not None:
+            return (self.local / rel).is_dir()
+        return self.fs.isdir(self.path(rel))
+
+    def exists(self, rel: str = "") -> bool:
+        if self.local is not None:
+            return (self.local / rel).exists()
+        return self.fs.exists(self.path(rel))
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names in folder `rel` (empty when it does not exist)."""
+        if self.local is not None:
+            d = self.local / rel
+            return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        try:
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel), detail=False))
+        except FileNotFoundError:
+            return []
+
+    def remove(self, rel: str) -> None:
+        """Delete a file or a folder tree; nothing happens when it is not there."""
+        if self.local is not None:
+            p = self.local / rel
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+        elif self.fs.exists(self.path(rel)):
+            self.fs.rm(self.path(rel), recursive=True)
+
+    def makedirs(self, rel: str = "") -> None:
+        if self.local is not None:
+            (self.local / rel).mkdir(parents=True, exist_ok=True)
+        else:
+            self.fs.makedirs(self.path(rel), exist_ok=True)
+
+    def put_dir(self, local_dir: str | os.PathLike, rel: str) -> None:
+        """Upload the files of a local folder as folder `rel` (a remote store; local ones rename)."""
+        for f in sorted(Path(local_dir).rglob("*")):
+            if f.is_file():
+                self.write_bytes(f"{rel}/{f.relative_to(local_dir).as_posix()}", f.read_bytes())
+
+    def read_dir(self, rel: str) -> dict[str, bytes]:
+        """Every file under folder `rel` (relative name -> bytes), e.g. to ship a tokenizer to workers."""
+        if self.local is not None:
+            d = self.local / rel
+            return {f.relative_to(d).as_posix(): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
+        base = self.path(rel)
+        return {p[len(base) + 1 :]: self.fs.cat_file(p) for p in sorted(self.fs.find(base))}

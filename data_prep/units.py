@@ -1,0 +1,153 @@
+"""Work units: parallelism that does not depend on the shard size.
+
+A chunk (`records_per_shard` items, which becomes shard c) is the unit of the output; a unit of
+work is a run of consecutive items of one chunk, sized so that every worker gets several whatever
+the input size (`unit_size`). A unit that is a whole chunk is written as the chunk itself; a
+smaller one is written as a *piece* (parts/pieces/chunk-C.START-END.piece), and once the pieces
+of a chunk cover it, `merge_chunk` concatenates them in item order and writes the chunk with the
+very same `write_chunk`: so the shard files are the same bytes for any worker count and any unit
+size. Pieces are resume points too: a rerun keeps the pieces a killed run finished (even of
+another unit size) and encodes only the gaps.
+
+A piece file is one atomic write: 8 magic bytes, the header length (8 bytes, little-endian), a
+JSON header (chunk, item range, skipped items, the records' metadata per split), then the token
+ids of the train records and of the val records in the shard dtype. JSON and raw arrays only:
+loading a piece runs no code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from jpeglm.data_prep.store import Store
+from jpeglm.data_prep.writer import PIECES_DIR, ChunkResult, PrepError, Record, write_chunk
+from jpeglm.shards import SPLITS
+
+UNITS_PER_SLOT = 8  # units per worker when a chunk is split: the last ones to finish are small, so
+# the workers finish within ~1/16 of the run of each other (4 per worker left 2 workers at 1.7x)
+_MAGIC = b"JPLMPC1\n"
+_NAME = re.compile(r"chunk-(\d+)\.(\d+)-(\d+)\.piece")
+
+
+@dataclass
+class Unit:
+    """Items [start, end) of chunk `chunk` (which has `chunk_items` items)."""
+
+    chunk: int
+    start: int
+    end: int
+    chunk_items: int
+    items: list
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.end == self.chunk_items
+
+
+def unit_size(records_per_shard: int, slots: int, todo_items: int, fixed: int | None = None) -> int:
+    """Items per unit: `fixed` if given, whole chunks for one worker, else a few units per worker."""
+    if fixed is not None:
+        return max(1, min(fixed, records_per_shard))
+    if slots <= 1:
+        return records_per_shard
+    return max(1, min(records_per_shard, math.ceil(todo_items / (slots * UNITS_PER_SLOT))))
+
+
+def piece_name(chunk: int, start: int, end: int) -> str:
+    return f"{PIECES_DIR}/chunk-{chunk:05d}.{start:06d}-{end:06d}.piece"
+
+
+def list_pieces(store: Store) -> dict[int, list[tuple[int, int]]]:
+    """The pieces on disk, chunk -> [(start, end)] sorted (one listing of the folder)."""
+    found: dict[int, list[tuple[int, int]]] = {}
+    for name in store.listdir(PIECES_DIR):
+        m = _NAME.fullmatch(name)
+        if m:
+            found.setdefault(int(m[1]), []).append((int(m[2]), int(m[3])))
+    return {c: sorted(v) for c, v in found.items()}
+
+
+def plan_units(chunks: list[list], todo: list[int], size: int, pieces: dict[int, list[tuple[int, int]]],
+               valid=lambda c, a, b: True) -> tuple[list[Unit], dict[int, list[tuple[int, int]]]]:
+    """The units that encode chunks `todo`, reusing the `pieces` a previous run left (those `valid`
+    says are whole). Returns (units in chunk order, the pieces kept per chunk)."""
+    units, kept = [], {}
+    for c in todo:
+        n = len(chunks[c])
+        pos, mine = 0, []
+        for a, b in pieces.get(c, []):
+            if a < pos or b > n or a >= b or not valid(c, a, b):
+                continue  # overlaps one already kept, or from another layout: redone, deleted at merge
+            units += _split(c, pos, a, size, chunks[c])
+            mine.append((a, b))
+            pos = b
+        units += _split(c, pos, n, size, chunks[c])
+        kept[c] = mine
+    return units, kept
+
+
+def _split(c: int, start: int, end: int, size: int, items: list) -> list[Unit]:
+    return [Unit(c, a, min(a + size, end), len(items), items[a : min(a + size, end)]) for a in range(start, end, size)]
+
+
+def write_piece(store: Store, unit: Unit, part: ChunkResult, dtype: np.dtype) -> tuple[int, int]:
+    """Write the encoded items of a unit that is not a whole chunk as one piece file."""
+    header = {"chunk": unit.chunk, "start": unit.start, "end": unit.end, "skipped": part.skipped,
+              "records": {s: [r.meta() for r in part.records[s]] for s in SPLITS}}
+    head = json.dumps(header, sort_keys=True).encode()
+    body = b"".join(np.asarray(r.tokens, dtype=dtype).tobytes() for s in SPLITS for r in part.records[s])
+    store.write_bytes(piece_name(unit.chunk, unit.start, unit.end), _MAGIC + struct.pack("<Q", len(head)) + head + body)
+    return unit.start, unit.end
+
+
+def read_piece(store: Store, chunk: int, start: int, end: int, dtype: np.dtype) -> dict | None:
+    """A piece's header with its records rebuilt ({"skipped", "records"}), None if not whole."""
+    try:
+        data = store.read_bytes(piece_name(chunk, start, end))
+        if data[:8] != _MAGIC:
+            return None
+        (n,) = struct.unpack("<Q", data[8:16])
+        header = json.loads(data[16 : 16 + n])
+        tokens = np.frombuffer(data, dtype=dtype, offset=16 + n)
+        if (header["chunk"], header["start"], header["end"]) != (chunk, start, end):
+            return None
+        records, pos = {}, 0
+        for split in SPLITS:
+            records[split] = []
+            for meta in header["records"][split]:
+                k = int(meta["n_tokens"])
+                records[split].append(Record(meta["key"], tokens[pos : pos + k], meta["n_symbols"], meta["n_bytes"],
+                                             meta["n_pixels"]))
+                pos += k
+        if pos != tokens.size:
+            return None
+        return {"skipped": header["skipped"], "records": records}
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+
+
+def merge_chunk(store: Store, chunk: int, num_items: int, ranges: list[tuple[int, int]], dtype: np.dtype) -> dict:
+    """Write chunk `chunk` from its pieces (which cover it, in order) and delete its pieces."""
+    whole = ChunkResult(chunk, num_items)
+    pos = 0
+    for a, b in sorted(ranges):
+        piece = read_piece(store, chunk, a, b, dtype) if a == pos else None
+        if piece is None:
+            raise PrepError(f"piece {piece_name(chunk, a, b)} of chunk {chunk} is missing or damaged "
+                            "(was the output folder changed during the prep?); rerun to redo it")
+        for split in SPLITS:
+            whole.records[split].extend(piece["records"][split])
+        whole.skipped.extend(piece["skipped"])
+        pos = b
+    if pos != num_items:
+        raise PrepError(f"the pieces of chunk {chunk} cover {pos} of its {num_items} items")
+    marker = write_chunk(store, whole, dtype)
+    for a, b in list_pieces(store).get(chunk, []):  # also those of another layout that were not used
+        store.remove(piece_name(chunk, a, b))
+    return marker
