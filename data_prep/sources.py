@@ -11,7 +11,9 @@ Spellings of `--input`:
 - a file, or a folder (searched recursively for image or video extensions, by codec);
 - `builtin:skimage`: the photos that ship inside scikit-image (the offline default);
 - a folder written by `datasets.Dataset.save_to_disk` (or a DatasetDict: pick `--split`);
-- a `.parquet` file, or a folder holding only parquet files (`datasets.load_dataset("parquet")`);
+- WebDataset `.tar` shards and `.parquet` files (img2dataset's layouts), local or as fsspec URLs
+  (s3://, gs://, hf://, https://, ...), one file, a brace pattern `{00000..00127}`, a glob, or a
+  folder holding only such files: streamed, see webdata.py;
 - `imagefolder:DIR` (`datasets.load_dataset("imagefolder")`, e.g. to keep its label column);
 - `hf:NAME[:SPLIT]`: a dataset on the Hugging Face hub (needs the network or a warm HF cache).
 """
@@ -19,7 +21,7 @@ Spellings of `--input`:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE_EXTS = frozenset(
@@ -33,6 +35,18 @@ _MEDIA_COLUMNS = ("image", "img", "video", "frames", "picture", "photo")
 
 class SourceError(ValueError):
     """An --input that cannot be listed at all (missing path, offline hub, no media column)."""
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to read an --input that is a dataset or parquet files (the `jpeglm prep` flags)."""
+
+    split: str | None = field(default=None, metadata={"help": "dataset split to read (default: the one in hf:NAME:SPLIT, "
+                                                               "else train)"})
+    column: str | None = field(default=None, metadata={
+        "help": "dataset or parquet column holding the images/videos (default: the first Image/Video feature, else a "
+                "column named image/img/video; parquet: jpg/jpeg/png/webp/image/img, else the first column of bytes)",
+        "aliases": ("--image-column",)})
 
 
 @dataclass(frozen=True)
@@ -129,10 +143,6 @@ class HFSource(Source):
         try:
             if self.kind == "disk":
                 ds = datasets.load_from_disk(self.where)
-            elif self.kind == "parquet":
-                p = Path(self.where)
-                files = [str(p)] if p.is_file() else sorted(str(f) for f in p.rglob("*.parquet"))
-                ds = datasets.load_dataset("parquet", data_files=files)
             elif self.kind == "imagefolder":
                 ds = datasets.load_dataset("imagefolder", data_dir=self.where)
             else:
@@ -204,12 +214,18 @@ def open_source(spec: str, media_kind: str = "image", split: str | None = None, 
     """Turn an --input string into a Source (see the module docstring for the spellings)."""
     if media_kind not in ("image", "video"):
         raise ValueError(f"media_kind must be image or video, got {media_kind!r}")
+    if spec.startswith("file://"):
+        spec = spec[len("file://") :]
     if spec == BUILTIN_SKIMAGE:
         if media_kind != "image":
             raise SourceError("builtin:skimage holds photos; pass a video file or folder for --codec avc")
         return FileSource(skimage_dir(), "image", label=spec, exts=_SKIMAGE_EXTS)
     if spec.startswith("builtin:"):
         raise SourceError(f"unknown built-in source {spec!r}; known: {BUILTIN_SKIMAGE}")
+    from jpeglm.data_prep import webdata
+
+    if "://" in spec:  # fsspec URLs (hf://... is a file on the hub; hf:NAME a hub dataset)
+        return webdata.open_webdata(spec, media_kind, column)
     if spec.startswith("hf:"):
         name, _, hub_split = spec[3:].partition(":")
         if not name:
@@ -223,10 +239,8 @@ def open_source(spec: str, media_kind: str = "image", split: str | None = None, 
     p = Path(spec)
     if p.is_dir() and _is_saved_dataset(p):
         return HFSource("disk", spec, split, column, media_kind, spec)
-    if (p.is_file() and p.suffix == ".parquet") or (
-        p.is_dir() and any(p.rglob("*.parquet")) and not FileSource(p, media_kind).items()
-    ):
-        return HFSource("parquet", spec, split, column, media_kind, spec)
+    if webdata.claims(spec):
+        return webdata.open_webdata(spec, media_kind, column)
     if not p.exists():
         raise SourceError(f"input {spec}: no such file or folder (or use builtin:skimage, hf:NAME)")
     return FileSource(p, media_kind, label=spec)

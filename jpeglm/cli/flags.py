@@ -9,7 +9,7 @@ Field metadata read here:
 - `help` (required: a flag without help is a defect),
 - `flag`: the flag's name when it is not `--field-name` (e.g. `--clip-start` for `start_s`),
 - `cli`: False to keep a field out of the command line (YAML / Python only),
-- `choices`, `metavar`.
+- `choices`, `metavar`, `aliases` (more spellings of the flag).
 Types: int, float, str (and `X | None`), bool (`--x` / `--no-x`), tuples and lists (`nargs`), and
 `Literal[...]` (choices). No torch here.
 """
@@ -100,7 +100,7 @@ def add_fields(parser, cls, *, optional: bool = False, skip: tuple[str, ...] = (
                 kwargs["choices"] = choices
             if not choices:
                 kwargs["metavar"] = f.metadata.get("metavar", flag_of(f).lstrip("-").upper().replace("-", "_"))
-        parser.add_argument(flag_of(f), **kwargs)
+        parser.add_argument(flag_of(f), *f.metadata.get("aliases", ()), **kwargs)
     return dests
 
 

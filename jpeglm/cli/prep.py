@@ -16,6 +16,7 @@ import sys
 from jpeglm.cli import flags
 from jpeglm.codecs.base import codec_class, codec_names
 from jpeglm.data_prep.pipeline import PrepSettings
+from jpeglm.data_prep.sources import SourceOptions
 from jpeglm.video import ClipRule
 
 
@@ -24,20 +25,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codec", required=True, choices=names,
                         help="representation: " + "; ".join(f"{n} ({codec_class(n).description})" for n in names))
     parser.add_argument("--input", default="builtin:skimage",
-                        help="image/video file or folder (recursive), a datasets.save_to_disk folder, a .parquet file "
-                             "or folder, imagefolder:DIR, hf:NAME[:SPLIT] (hub, needs the network), or builtin:skimage "
+                        help="image/video file or folder (recursive), a datasets.save_to_disk folder, WebDataset .tar "
+                             "shards or .parquet files (a file, a folder of them, a brace pattern shards/{00000..00127}.tar "
+                             "or a glob; local or an fsspec URL: s3://, gs://, hf://, https://; streamed), "
+                             "imagefolder:DIR, hf:NAME[:SPLIT] (hub, needs the network), or builtin:skimage "
                              "(the photos shipped in scikit-image)")
     parser.add_argument("--out", required=True, help="output folder for shards + manifest.json (resumed if it holds "
-                        "an unfinished prep with the same settings)")
+                        "an unfinished prep with the same settings); a local or shared path, or an fsspec URL")
     parser.add_argument("--tokenizer", default=None, metavar="DIR",
                         help="tokenizer folder (jpeglm tokenizer train, or a released JPEG-LM tokenizer); default: "
                              "byte-level for byte codecs, one id per code for code codecs")
     flags.add_fields(parser, PrepSettings)
 
-    ds = parser.add_argument_group("datasets")
-    ds.add_argument("--split", default=None, help="dataset split to read (default: the one in hf:NAME:SPLIT, else train)")
-    ds.add_argument("--column", default=None, help="dataset column holding the images/videos (default: the first "
-                    "Image/Video feature, else a column named image/img/video)")
+    flags.add_fields(parser.add_argument_group("datasets and parquet"), SourceOptions)
 
     for name in names:  # each codec's own settings, in a group of their own
         cls = codec_class(name)
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         if cls.media_kind == "video":  # the clips are cut at the codec's frame count and rate
             clip_rule = codec_factory().clip_rule(**{f.name: getattr(args, f.name) for f in flags.cli_fields(ClipRule)},
                                         min_side=settings.min_side)
-        source = open_source(args.input, cls.media_kind, split=args.split, column=args.column)
+        so = flags.build(SourceOptions, args)
+        source = open_source(args.input, cls.media_kind, split=so.split, column=so.column)
         result = prep(source, codec_factory, args.out, settings, tokenizer=tokenizer, clip_rule=clip_rule)
     except (SourceError, PrepError, ValueError, OSError) as e:
         print(f"jpeglm prep: error: {e}", file=sys.stderr)
