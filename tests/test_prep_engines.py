@@ -1,0 +1,165 @@
+"""Where prep runs: units of any size, a worker killed mid-run (local: a clear error, then resume; Ray: retried),
+and `--engine ray` byte-identical to `--engine local`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jpeglm.codecs.jpeg import JpegCodec
+from jpeglm.data_prep import units as unitlib
+from jpeglm.data_prep.pipeline import prep
+from jpeglm.data_prep.sources import open_source
+from jpeglm.data_prep.writer import PrepError
+
+HERE = Path(__file__).resolve().parent
+
+
+def tree(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def make_images(d: Path, n: int, side=(120, 90)) -> Path:
+    rng = np.random.default_rng(0)
+    d.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0 : side[1], 0 : side[0]]
+    for i in range(n):
+        base = np.stack([(xx * (i + 1) + yy) % 256, (yy * 3 + i * 17) % 256, (xx + yy * (i % 5)) % 256], -1)
+        Image.fromarray(np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)).save(d / f"i{i:02d}.png")
+    return d
+
+
+def run(src: Path, out: Path, **kw):
+    kw = {"val_fraction": 0.3, "records_per_shard": 4, "min_side": 32, "progress": False, "log": None, **kw}
+    return prep(open_source(str(src)), kw.pop("codec", JpegCodec), out, **kw)
+
+
+class KillOnce(JpegCodec):
+    """A JPEG codec whose first encode anywhere SIGKILLs its own process (as the OOM killer would);
+    `flag` records that it happened, so the next process to try encodes normally."""
+
+    def __init__(self, flag: str):
+        super().__init__()
+        self.flag = flag
+
+    def encode(self, media):
+        try:
+            os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return super().encode(media)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CountingFactory:
+    """JPEG codecs that append a line to `log` for every picture they encode."""
+
+    def __init__(self, log):
+        self.log = str(log)
+
+    def __call__(self):
+        log = self.log
+
+        class Counting(JpegCodec):
+            def encode(self, media):
+                with open(log, "a") as f:
+                    f.write("x\n")
+                return super().encode(media)
+
+        return Counting()
+
+
+class KillOnceFactory:
+    def __init__(self, flag):
+        self.flag = str(flag)
+
+    def __call__(self):
+        return KillOnce(self.flag)
+
+
+def test_units_of_any_size_give_the_same_shards(tmp_path):
+    src = make_images(tmp_path / "src", 11)  # 3 chunks of 4, 4, 3 items
+    ref = tmp_path / "ref"
+    run(src, ref)  # one worker: whole chunks, no pieces
+    for i, kw in enumerate([{"workers": 2}, {"workers": 2, "items_per_task": 1}, {"workers": 2, "items_per_task": 3}]):
+        out = tmp_path / f"o{i}"
+        run(src, out, **kw)
+        assert tree(out) == tree(ref), kw  # no piece left behind either
+    assert unitlib.unit_size(1000, 2, 500) == 32 and unitlib.unit_size(1000, 1, 500) == 1000
+    assert unitlib.unit_size(1000, 16, 23_000_000) == 1000  # at scale a unit is a chunk: no pieces to merge
+
+
+def test_resume_reuses_pieces_of_another_unit_size(tmp_path):
+    src = make_images(tmp_path / "src", 9)
+    ref = tmp_path / "ref"
+    run(src, ref, records_per_shard=9)
+    out = tmp_path / "out"
+    # pieces a killed run left: items 0-2 and 5-6 of the one chunk (units of another size than the rerun's)
+    gaps, _ = unitlib.plan_units([list(range(9))], [0], 2, {0: [(0, 3), (5, 7)]})
+    assert [(u.start, u.end) for u in gaps] == [(3, 5), (7, 9)]  # only the gaps are encoded
+    # make those pieces for real by running units by hand, then let prep finish the chunk
+    from jpeglm.data_prep import pipeline
+    from jpeglm.data_prep.store import Store
+
+    plan = pipeline._plan(open_source(str(src)), JpegCodec, Store(out), pipeline.PrepSettings(
+        val_fraction=0.3, records_per_shard=9, min_side=32), None, None)
+    pipeline._init_worker(plan.setup)
+    for a, b in [(0, 3), (5, 7), (4, 6)]:  # (4, 6) overlaps: not used, deleted at the merge
+        assert "piece" in pipeline._process_unit(unitlib.Unit(0, a, b, 9, plan.chunks[0][a:b]))
+    log = tmp_path / "encoded"
+    run(src, out, records_per_shard=9, workers=1, items_per_task=2, codec=CountingFactory(log))
+    assert len(log.read_text().splitlines()) == 4  # items 3, 4, 7, 8: the pieces' items were not encoded again
+    assert tree(out) == tree(ref)
+
+
+@pytest.mark.timeout(180)
+def test_killed_worker_stops_the_prep_and_the_rerun_resumes(tmp_path):
+    """A pool worker SIGKILLed mid-run: multiprocessing.Pool would wait forever; this stops with a clear error."""
+    src = make_images(tmp_path / "src", 10)
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    t0 = time.time()
+    with pytest.raises(PrepError, match="worker process died.*run the same command again to resume"):
+        run(src, out, workers=2, items_per_task=1, codec=KillOnceFactory(tmp_path / "killed"))
+    assert (tmp_path / "killed").exists() and time.time() - t0 < 60
+    assert not (out / "manifest.json").exists()
+    run(src, out, workers=2, items_per_task=3, codec=KillOnceFactory(tmp_path / "killed"))  # the flag is set: no kill
+    run(src, ref)
+    assert tree(out) == tree(ref)
+
+
+def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(PrepError, match=r"pip install 'jpeglm\[ray\]'"):
+        run(make_images(tmp_path / "src", 2), tmp_path / "out", engine="ray")
+    with pytest.raises(PrepError, match="--address is for --engine ray"):
+        run(tmp_path / "src", tmp_path / "out2", address="auto")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'jpeglm[ray]')")
+    # the test module's codecs must import in Ray's workers
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 2**20,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.timeout(300)
+def test_ray_engine_is_byte_identical_and_retries_a_killed_task(tmp_path, local_ray):
+    src = make_images(tmp_path / "src", 7)
+    ref = tmp_path / "ref"
+    run(src, ref)
+    out = tmp_path / "ray"
+    res = run(src, out, engine="ray")  # 2 CPUs: chunks split into units, merged by the driver
+    assert tree(out) == tree(ref) and res.num_records == 7
+    # a Ray worker killed by SIGKILL: Ray runs the task again elsewhere, the prep finishes, same bytes
+    killed = tmp_path / "ray_killed"
+    run(src, killed, engine="ray", items_per_task=1, codec=KillOnceFactory(tmp_path / "flag"))
+    assert (tmp_path / "flag").exists() and tree(killed) == tree(ref)
