@@ -15,7 +15,11 @@ OSError, e.g. a storage hiccup) up to `RAY_RETRIES` times, then fails the same w
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import sys
+import threading
+import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
@@ -23,6 +27,8 @@ from typing import Callable
 from jpeglm.data_prep.writer import PrepError
 
 POLL_S = 0.5  # how often the driver refreshes the progress bar while it waits
+_TICK_S = 0.01  # how often the local engine's driver looks at its workers (a ready one waits at most this for work)
+_KEEP_ALIVE: list = []
 RAY_RETRIES = 3
 _RESUME = "the chunks finished so far are kept: run the same command again to resume"
 
@@ -44,6 +50,8 @@ class LocalEngine:
     """`workers` processes on this machine (this process itself when there is one, or one unit)."""
 
     def __init__(self, workers: int, init: Callable, setup, task: Callable):
+        """`init(setup, counter=None)` sets a worker up and returns None, or a one-line error (it does not
+        raise: the task then fails with it); `task(unit)` does a unit."""
         self.slots, self.init, self.setup, self.task = workers, init, setup, task
 
     def __enter__(self):
@@ -65,31 +73,100 @@ class LocalEngine:
             return
         ctx = mp_context()
         counter = ctx.Value("q", 0)  # items finished, counted by the workers (progress between units)
-        pool = ProcessPoolExecutor(min(self.slots, len(units)), mp_context=ctx, initializer=self.init,
-                                   initargs=(self.setup, counter))
+        ready = ctx.Value("i", 0)  # workers that have started and built their codec
+        # A worker still starting when run() returns (it is not waited for) unpickles these
+        # then; kept alive until the next run, else their semaphores are gone and it crashes.
+        _KEEP_ALIVE[:] = [counter, ready]
+        # This process is one of the workers: a thread here encodes units while the other workers
+        # start (a worker takes 50-100 ms to start on 2 loaded cores, a third of a 500-photo prep),
+        # so --workers N starts N - 1 processes. Pillow, PyAV and torch release the GIL while they
+        # code, so this thread keeps the pool fed meanwhile. A worker is handed units only once it
+        # is ready: a unit queued for a worker still starting is one the others may end up waiting for.
+        pool = ProcessPoolExecutor(min(self.slots, len(units)) - 1, mp_context=ctx, initializer=_pool_init,
+                                   initargs=(self.init, self.setup, counter, ready))
+        todo = deque(units)
+        pending: set = set()
+        here: queue.SimpleQueue = queue.SimpleQueue()  # results of the units encoded in this process
+        stop = threading.Event()
         ok = False
         try:
-            pending = {pool.submit(self.task, u) for u in units}
-            while pending:
-                finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
-                on_progress(counter.value)
-                for fut in finished:
+            # the first task starts the workers; it answers once one has set up (with its error, if any)
+            probe = pool.submit(_setup_error)
+            self.init(self.setup, counter)
+            local = threading.Thread(target=self._encode_here, args=(todo, here, stop), daemon=True)
+            local.start()
+            local_done = False
+            while not local_done or pending:
+                while todo and len(pending) < 2 * ready.value:  # one running and one queued per ready worker
                     try:
-                        result = fut.result()
-                    except BrokenProcessPool:
-                        raise PrepError("a prep worker process died (killed by a signal: the out-of-memory killer? "
-                                        f"fewer --workers need less memory); {_RESUME}") from None
-                    on_result(result)
+                        pending.add(pool.submit(self.task, todo.popleft()))
+                    except IndexError:  # the thread here took the last one
+                        break
+                if pending:
+                    finished, pending = wait(pending, timeout=_TICK_S, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        on_result(_result(fut))
+                else:
+                    time.sleep(_TICK_S)
+                if probe.done() and _result(probe) is not None:
+                    raise PrepError(_result(probe))
+                while not here.empty():
+                    kind, value = here.get()
+                    if kind == "error":
+                        raise value
+                    if kind == "end":
+                        local_done = True
+                    else:
+                        on_result(value)
+                on_progress(counter.value)
+            if _result(probe) is not None:  # a worker that cannot set up stops the prep, whoever did the work
+                raise PrepError(_result(probe))
             ok = True
         finally:
+            stop.set()  # the thread here ends after its unit
             # No public way to stop running workers before Python 3.14's terminate_workers().
             procs = list((getattr(pool, "_processes", None) or {}).values()) if not ok else []
-            pool.shutdown(wait=ok, cancel_futures=True)
+            # on success every result is in: idle workers exit on their own (waiting for them took ~10 ms)
+            pool.shutdown(wait=False, cancel_futures=True)
             for p in procs:
                 if p.is_alive():
                     p.terminate()
             for p in procs:
                 p.join(5)
+
+
+    def _encode_here(self, todo: deque, out: queue.SimpleQueue, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    unit = todo.popleft()
+                except IndexError:
+                    break
+                out.put(("result", self.task(unit)))
+        except BaseException as e:  # handed to the driver, which stops the prep with it
+            out.put(("error", e))
+        out.put(("end", None))
+
+
+_SETUP_ERROR: list = [None]  # in a pool worker: what its `init` returned (an error message, or None)
+
+
+def _pool_init(init: Callable, setup, counter, ready) -> None:
+    _SETUP_ERROR[0] = init(setup, counter)
+    with ready.get_lock():
+        ready.value += 1
+
+
+def _setup_error() -> str | None:
+    return _SETUP_ERROR[0]
+
+
+def _result(fut):
+    try:
+        return fut.result()
+    except BrokenProcessPool:
+        raise PrepError("a prep worker process died unexpectedly (killed by a signal? the out-of-memory killer? "
+                        f"fewer --workers need less memory); {_RESUME}") from None
 
 
 def _ray_module():

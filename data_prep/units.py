@@ -2,7 +2,8 @@
 
 A chunk (`records_per_shard` items, which becomes shard c) is the unit of the output; a unit of
 work is a run of consecutive items of one chunk, sized so that every worker gets several whatever
-the input size (`unit_size`). A unit that is a whole chunk is written as the chunk itself; a
+the input size, and smaller towards the end ("guided" scheduling, `UnitSizes`), so the workers
+run out of work within a few items of each other. A unit that is a whole chunk is written as the chunk itself; a
 smaller one is written as a *piece* (parts/pieces/chunk-C.START-END.piece), and once the pieces
 of a chunk cover it, `merge_chunk` concatenates them in item order and writes the chunk with the
 very same `write_chunk`: so the shard files are the same bytes for any worker count and any unit
@@ -10,9 +11,11 @@ size. Pieces are resume points too: a rerun keeps the pieces a killed run finish
 another unit size) and encodes only the gaps.
 
 A piece file is one atomic write: 8 magic bytes, the header length (8 bytes, little-endian), a
-JSON header (chunk, item range, skipped items, the records' metadata per split), then the token
-ids of the train records and of the val records in the shard dtype. JSON and raw arrays only:
-loading a piece runs no code.
+JSON header (chunk, item range, skipped items, the records' metadata per split, a CRC-32 of the
+ids), then the token ids of the train records and of the val records in the shard dtype. JSON and
+raw arrays only: loading a piece runs no code. Pieces live for seconds (until their chunk is
+merged, with fsync), so they are not fsync'd: the CRC catches one that a crash left half on disk
+(an fsync per piece cost ~1.5 ms, as much as encoding three photos).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import math
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +33,9 @@ from jpeglm.data_prep.store import Store
 from jpeglm.data_prep.writer import PIECES_DIR, ChunkResult, PrepError, Record, write_chunk
 from jpeglm.shards import SPLITS
 
-UNITS_PER_SLOT = 8  # units per worker when a chunk is split: the last ones to finish are small, so
-# the workers finish within ~1/16 of the run of each other (4 per worker left 2 workers at 1.7x)
+UNITS_PER_SLOT = 4  # a unit is at most 1/(4 x workers) of the work left when it is cut: so units
+# shrink geometrically towards the end of a run, and the workers finish within MIN_UNIT items of each other
+MIN_UNIT = 4  # items: below this the per-task cost (a piece file, a merge, ~0.3 ms) is no longer small
 _MAGIC = b"JPLMPC1\n"
 _NAME = re.compile(r"chunk-(\d+)\.(\d+)-(\d+)\.piece")
 
@@ -50,13 +55,22 @@ class Unit:
         return self.start == 0 and self.end == self.chunk_items
 
 
-def unit_size(records_per_shard: int, slots: int, todo_items: int, fixed: int | None = None) -> int:
-    """Items per unit: `fixed` if given, whole chunks for one worker, else a few units per worker."""
-    if fixed is not None:
-        return max(1, min(fixed, records_per_shard))
-    if slots <= 1:
-        return records_per_shard
-    return max(1, min(records_per_shard, math.ceil(todo_items / (slots * UNITS_PER_SLOT))))
+@dataclass(frozen=True)
+class UnitSizes:
+    """How many items the next unit takes, given how many are left to cut: `fixed` if given, whole
+    chunks for one worker, else guided (a share of what is left, at most a chunk, at least MIN_UNIT)."""
+
+    records_per_shard: int
+    slots: int
+    fixed: int | None = None
+
+    def __call__(self, remaining: int) -> int:
+        if self.fixed is not None:
+            return max(1, min(self.fixed, self.records_per_shard))
+        if self.slots <= 1:
+            return self.records_per_shard
+        share = math.ceil(remaining / (self.slots * UNITS_PER_SLOT))
+        return max(1, min(self.records_per_shard, max(MIN_UNIT, share)))
 
 
 def piece_name(chunk: int, start: int, end: int) -> str:
@@ -73,36 +87,42 @@ def list_pieces(store: Store) -> dict[int, list[tuple[int, int]]]:
     return {c: sorted(v) for c, v in found.items()}
 
 
-def plan_units(chunks: list[list], todo: list[int], size: int, pieces: dict[int, list[tuple[int, int]]],
+def plan_units(chunks: list[list], todo: list[int], size, pieces: dict[int, list[tuple[int, int]]],
                valid=lambda c, a, b: True) -> tuple[list[Unit], dict[int, list[tuple[int, int]]]]:
     """The units that encode chunks `todo`, reusing the `pieces` a previous run left (those `valid`
-    says are whole). Returns (units in chunk order, the pieces kept per chunk)."""
-    units, kept = [], {}
+    says are whole); `size(remaining)` is the next unit's size (an int: always that).
+    Returns (units in chunk order, the pieces kept per chunk)."""
+    gaps, kept = [], {}  # (chunk, start, end) still to encode
     for c in todo:
         n = len(chunks[c])
         pos, mine = 0, []
         for a, b in pieces.get(c, []):
             if a < pos or b > n or a >= b or not valid(c, a, b):
                 continue  # overlaps one already kept, or from another layout: redone, deleted at merge
-            units += _split(c, pos, a, size, chunks[c])
+            gaps += [(c, pos, a)] if a > pos else []
             mine.append((a, b))
             pos = b
-        units += _split(c, pos, n, size, chunks[c])
+        gaps += [(c, pos, n)] if n > pos else []
         kept[c] = mine
+    remaining = sum(b - a for _, a, b in gaps)
+    units = []
+    for c, a, end in gaps:
+        while a < end:
+            b = min(end, a + (size if isinstance(size, int) else size(remaining)))
+            units.append(Unit(c, a, b, len(chunks[c]), chunks[c][a:b]))
+            remaining -= b - a
+            a = b
     return units, kept
-
-
-def _split(c: int, start: int, end: int, size: int, items: list) -> list[Unit]:
-    return [Unit(c, a, min(a + size, end), len(items), items[a : min(a + size, end)]) for a in range(start, end, size)]
 
 
 def write_piece(store: Store, unit: Unit, part: ChunkResult, dtype: np.dtype) -> tuple[int, int]:
     """Write the encoded items of a unit that is not a whole chunk as one piece file."""
-    header = {"chunk": unit.chunk, "start": unit.start, "end": unit.end, "skipped": part.skipped,
+    body = b"".join(np.asarray(r.tokens, dtype=dtype).tobytes() for s in SPLITS for r in part.records[s])
+    header = {"chunk": unit.chunk, "start": unit.start, "end": unit.end, "skipped": part.skipped, "crc32": zlib.crc32(body),
               "records": {s: [r.meta() for r in part.records[s]] for s in SPLITS}}
     head = json.dumps(header, sort_keys=True).encode()
-    body = b"".join(np.asarray(r.tokens, dtype=dtype).tobytes() for s in SPLITS for r in part.records[s])
-    store.write_bytes(piece_name(unit.chunk, unit.start, unit.end), _MAGIC + struct.pack("<Q", len(head)) + head + body)
+    store.write_bytes(piece_name(unit.chunk, unit.start, unit.end), _MAGIC + struct.pack("<Q", len(head)) + head + body,
+                      sync=False)
     return unit.start, unit.end
 
 
@@ -116,6 +136,8 @@ def read_piece(store: Store, chunk: int, start: int, end: int, dtype: np.dtype) 
         header = json.loads(data[16 : 16 + n])
         tokens = np.frombuffer(data, dtype=dtype, offset=16 + n)
         if (header["chunk"], header["start"], header["end"]) != (chunk, start, end):
+            return None
+        if zlib.crc32(memoryview(data)[16 + n :]) != header["crc32"]:
             return None
         records, pos = {}, 0
         for split in SPLITS:

@@ -42,14 +42,18 @@ def run(src: Path, out: Path, **kw):
 
 
 class KillOnce(JpegCodec):
-    """A JPEG codec whose first encode anywhere SIGKILLs its own process (as the OOM killer would);
-    `flag` records that it happened, so the next process to try encodes normally."""
+    """A JPEG codec whose first encode in a worker (not in the test's process, which encodes too)
+    SIGKILLs that worker, as the OOM killer would; `flag` records that it happened, so the next
+    process to try encodes normally."""
 
-    def __init__(self, flag: str):
+    def __init__(self, flag: str, spare: int):
         super().__init__()
-        self.flag = flag
+        self.flag, self.spare = flag, spare
 
     def encode(self, media):
+        if os.getpid() == self.spare:
+            time.sleep(0.05)  # slow here, so that the workers get their share of the units
+            return super().encode(media)
         try:
             os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
@@ -77,10 +81,10 @@ class CountingFactory:
 
 class KillOnceFactory:
     def __init__(self, flag):
-        self.flag = str(flag)
+        self.flag, self.spare = str(flag), os.getpid()
 
     def __call__(self):
-        return KillOnce(self.flag)
+        return KillOnce(self.flag, self.spare)
 
 
 def test_units_of_any_size_give_the_same_shards(tmp_path):
@@ -91,8 +95,13 @@ def test_units_of_any_size_give_the_same_shards(tmp_path):
         out = tmp_path / f"o{i}"
         run(src, out, **kw)
         assert tree(out) == tree(ref), kw  # no piece left behind either
-    assert unitlib.unit_size(1000, 2, 500) == 32 and unitlib.unit_size(1000, 1, 500) == 1000
-    assert unitlib.unit_size(1000, 16, 23_000_000) == 1000  # at scale a unit is a chunk: no pieces to merge
+    # 500 items, 2 workers, chunks of 1000: units shrink from 1/8 of the work to MIN_UNIT items at the end
+    units, _ = unitlib.plan_units([list(range(500))], [0], unitlib.UnitSizes(1000, 2), {})
+    sizes = [u.end - u.start for u in units]
+    assert sizes[0] == 63 and sizes == sorted(sizes, reverse=True) and sizes[-1] <= unitlib.MIN_UNIT
+    assert sum(sizes) == 500 and [u.start for u in units[1:]] == [u.end for u in units[:-1]]
+    assert unitlib.UnitSizes(1000, 1)(500) == 1000  # one worker: whole chunks
+    assert unitlib.UnitSizes(1000, 16)(23_000_000) == 1000  # at scale a unit is a chunk: no pieces to merge
 
 
 def test_resume_reuses_pieces_of_another_unit_size(tmp_path):
@@ -121,7 +130,7 @@ def test_resume_reuses_pieces_of_another_unit_size(tmp_path):
 @pytest.mark.timeout(180)
 def test_killed_worker_stops_the_prep_and_the_rerun_resumes(tmp_path):
     """A pool worker SIGKILLed mid-run: multiprocessing.Pool would wait forever; this stops with a clear error."""
-    src = make_images(tmp_path / "src", 10)
+    src = make_images(tmp_path / "src", 16)
     out, ref = tmp_path / "out", tmp_path / "ref"
     t0 = time.time()
     with pytest.raises(PrepError, match="worker process died.*run the same command again to resume"):
