@@ -159,7 +159,7 @@ class _Setup:
 def _load_tokenizer_files(files: dict):
     from jpeglm.tokenizer import load_tokenizer
 
-    d = tempfile.mkdtemp(prefix="jpeglm-tokenizer.")
+    d = tempfile.mkdtemp(dir=_scratch(), prefix="jpeglm-tokenizer.")
     try:
         for name, data in files.items():
             path = Path(d, name)
@@ -172,7 +172,7 @@ def _load_tokenizer_files(files: dict):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _init_worker(setup: _Setup, counter=None) -> None:
+def _init_worker(setup: _Setup, counter=None) -> str | None:
     _W.clear()
     # what _process_unit needs to split and write a unit; `counter` (a shared integer) counts
     # finished items for the main process's progress bar
@@ -181,10 +181,11 @@ def _init_worker(setup: _Setup, counter=None) -> None:
     try:
         tok, codec = _load_tokenizer_files(setup.tokenizer_files), setup.codec_factory()
     except Exception as e:
-        # Raising here would make multiprocessing.Pool restart the worker forever; instead every
-        # task raises, which stops the prep in the main process with this message.
+        # Raising here would break the pool with a message that does not say why (and made
+        # multiprocessing.Pool restart the worker forever); instead the engine reports it and
+        # every task raises it, which stops the prep in the main process with this message.
         _W["init_error"] = f"worker setup failed: {type(e).__name__}: {e}"
-        return
+        return _W["init_error"]
     _W.update(
         codec=codec, tokenizer=tok, source=setup.source,
         dtype=np.dtype(setup.dtype), min_side=s.min_side, clip_rule=setup.clip_rule, byte_table=None, checked=False,
@@ -198,6 +199,7 @@ def _init_worker(setup: _Setup, counter=None) -> None:
         if table.shape == (256,) and _fits(table, _W["dtype"]) and _fits(ends, _W["dtype"]):
             # already in the shard dtype: ids come out of one gather, with no range check per record
             _W["byte_table"] = table.astype(_W["dtype"])
+    return None
 
 
 def _skip_reason(e: Exception, src) -> str:
@@ -414,18 +416,19 @@ def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings
     if not items:
         raise PrepError(f"input {source.describe().get('input')}: no {source.media_kind} files found")
     chunks = [items[i : i + s.records_per_shard] for i in range(0, len(items), s.records_per_shard)]
+    tok_files = tokenizer_files(tokenizer)
     settings = {
-        "codec": codec.to_config(), "tokenizer": tokenizer_fingerprint(tokenizer), "source": source.describe(),
+        "codec": codec.to_config(), "tokenizer": tokenizer_fingerprint(tokenizer, tok_files), "source": source.describe(),
         "val_fraction": s.val_fraction, "seed": s.seed, "records_per_shard": s.records_per_shard, "limit": s.limit,
         "min_side": s.min_side, "clip_rule": _plain(clip_rule), "num_items": len(items), "dtype": dtype.name,
     }
     claim_output(store, settings, s.overwrite, shared=s.part is not None)
-    save_tokenizer(store, tokenizer)
+    save_tokenizer(store, tok_files)
     manifest_codec = _bundle(codec, store)
     listed = set(store.listdir(PARTS_DIR))  # one listing, then only the markers that are there are read
     done = {c: m for c in range(len(chunks))
             if Path(marker_name(c)).name in listed and (m := read_done(store, c, dtype)) is not None}
-    setup = _Setup(codec_factory, store.read_dir(TOKENIZER_DIR), source, dtype.name, clip_rule, str(store), s)
+    setup = _Setup(codec_factory, tok_files, source, dtype.name, clip_rule, str(store), s)
     return _Plan(codec, tokenizer, dtype, chunks, settings, manifest_codec, done, setup)
 
 
@@ -452,7 +455,7 @@ def _run_units(plan: _Plan, store: Store, engine, todo: list[int], todo_items: i
     from tqdm import tqdm
 
     dtype = plan.dtype
-    size = unitlib.unit_size(s.records_per_shard, engine.slots, todo_items, s.items_per_task)
+    size = unitlib.UnitSizes(s.records_per_shard, engine.slots, s.items_per_task)
     units, have = unitlib.plan_units(plan.chunks, todo, size, unitlib.list_pieces(store),
                                      valid=lambda c, a, b: unitlib.read_piece(store, c, a, b, dtype) is not None)
     reused = sum(b - a for ranges in have.values() for a, b in ranges)
@@ -481,14 +484,24 @@ def _run_units(plan: _Plan, store: Store, engine, todo: list[int], todo_items: i
 
 
 
-def tokenizer_fingerprint(tokenizer) -> dict:
+def _scratch() -> str | None:
+    """A folder for throwaway files: tmpfs where there is one, else the default temporary folder."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def tokenizer_files(tokenizer) -> dict[str, bytes]:
+    """What `tokenizer.save_pretrained` writes (name -> bytes). Saved into tmpfs where there is one:
+    these copies are read back and thrown away, and fsync, 4-7 ms a file on a loaded disk, is free there."""
+    with tempfile.TemporaryDirectory(dir=_scratch(), prefix="jpeglm-tokenizer.") as d:
+        tokenizer.save_pretrained(d)
+        return {f.relative_to(d).as_posix(): f.read_bytes() for f in sorted(Path(d).rglob("*")) if f.is_file()}
+
+
+def tokenizer_fingerprint(tokenizer, files: dict[str, bytes] | None = None) -> dict:
     """to_config() plus a hash of the saved files: two BPE models of one vocab size differ here."""
     h = hashlib.sha256()
-    with tempfile.TemporaryDirectory() as d:
-        tokenizer.save_pretrained(d)
-        for f in sorted(Path(d).rglob("*")):
-            if f.is_file():
-                h.update(f.relative_to(d).as_posix().encode() + b"\0" + f.read_bytes())
+    for name, data in sorted((files if files is not None else tokenizer_files(tokenizer)).items()):
+        h.update(name.encode() + b"\0" + data)
     return {**tokenizer.to_config(), "files_sha256": h.hexdigest()}
 
 

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from jpeglm.config import atomic_write_bytes
+from jpeglm.config import atomic_write_bytes, current_umask
+
+_FILE_MODE = 0o666 & ~current_umask()  # mkstemp makes 0600 files; outputs are shared like any other file
 
 # file systems whose single-object writes are atomic (and which have no real rename)
 _OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "hf", "oss", "r2"})
@@ -78,10 +82,11 @@ class Store:
         return f"{self.root}/{rel}" if rel else self.root
 
     # --- files ----------------------------------------------------------------------------------
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Readers see the old file or the new one, never half of one (see the module docstring)."""
+    def write_bytes(self, rel: str, data: bytes, sync: bool = True) -> None:
+        """Readers see the old file or the new one, never half of one (see the module docstring);
+        `sync=False` skips the fsync (the file may not survive a power cut whole)."""
         if self.local is not None:
-            atomic_write_bytes(self.local / rel, data)
+            atomic_write_bytes(self.local / rel, data, sync=sync)
         elif self.object_store:
             self.fs.pipe_file(self.path(rel), data)
         else:
@@ -90,6 +95,34 @@ class Store:
             self.fs.makedirs(self.path(parent), exist_ok=True)
             self.fs.pipe_file(self.path(tmp), data)
             self.fs.mv(self.path(tmp), self.path(rel))
+
+    def write_files(self, files: dict[str, bytes]) -> None:
+        """`write_bytes` for several files, all on disk when it returns. The fsyncs run in parallel
+        threads: on ext4 six concurrent fsyncs took 1-13 ms where six in a row took 16-39 ms (the
+        journal commits them together), and a chunk is six files."""
+        if self.local is None or len(files) < 2:
+            for rel, data in files.items():
+                self.write_bytes(rel, data)
+            return
+        staged = []  # (fd, temporary path, final path)
+        try:
+            for rel, data in files.items():
+                path = self.local / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+                staged.append((fd, tmp, path))
+                os.fchmod(fd, _FILE_MODE)
+                with open(fd, "wb", closefd=False) as f:
+                    f.write(data)
+            with ThreadPoolExecutor(min(8, len(staged))) as pool:  # fsync waits for the disk, not for the GIL
+                list(pool.map(os.fsync, [fd for fd, _, _ in staged]))
+            for fd, tmp, path in staged:
+                os.replace(tmp, path)
+        finally:
+            for fd, tmp, _ in staged:
+                os.close(fd)
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
 
     def read_bytes(self, rel: str) -> bytes:
         if self.local is not None:
@@ -147,17 +180,3 @@ class Store:
             (self.local / rel).mkdir(parents=True, exist_ok=True)
         else:
             self.fs.makedirs(self.path(rel), exist_ok=True)
-
-    def put_dir(self, local_dir: str | os.PathLike, rel: str) -> None:
-        """Upload the files of a local folder as folder `rel` (a remote store; local ones rename)."""
-        for f in sorted(Path(local_dir).rglob("*")):
-            if f.is_file():
-                self.write_bytes(f"{rel}/{f.relative_to(local_dir).as_posix()}", f.read_bytes())
-
-    def read_dir(self, rel: str) -> dict[str, bytes]:
-        """Every file under folder `rel` (relative name -> bytes), e.g. to ship a tokenizer to workers."""
-        if self.local is not None:
-            d = self.local / rel
-            return {f.relative_to(d).as_posix(): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
-        base = self.path(rel)
-        return {p[len(base) + 1 :]: self.fs.cat_file(p) for p in sorted(self.fs.find(base))}

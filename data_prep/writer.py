@@ -80,6 +80,7 @@ def write_chunk(root, chunk: ChunkResult, dtype: np.dtype) -> dict:
     """Write both splits' shard files of one chunk, then its done marker; return the marker."""
     store = Store.of(root)
     marker = {"chunk": chunk.index, "num_items": chunk.num_items, "splits": {}, "skipped": chunk.skipped}
+    files = {}
     for split in SPLITS:
         records = chunk.records[split]
         bin_path, idx_path, jsonl_path = shard_files(split, chunk.index)
@@ -89,9 +90,7 @@ def write_chunk(root, chunk: ChunkResult, dtype: np.dtype) -> dict:
         idx = io.BytesIO()
         np.save(idx, offsets, allow_pickle=False)
         meta = "".join(json.dumps(r.meta(), sort_keys=True) + "\n" for r in records)
-        store.write_bytes(bin_path, data)
-        store.write_bytes(idx_path, idx.getvalue())
-        store.write_bytes(jsonl_path, meta.encode())
+        files.update({bin_path: data, idx_path: idx.getvalue(), jsonl_path: meta.encode()})
         marker["splits"][split] = {
             "num_records": len(records),
             "num_tokens": int(offsets[-1]),
@@ -99,6 +98,7 @@ def write_chunk(root, chunk: ChunkResult, dtype: np.dtype) -> dict:
             "num_bytes": float(sum(r.n_bytes for r in records)),
             "num_pixels": int(sum(r.n_pixels for r in records)),
         }
+    store.write_files(files)
     store.write_bytes(marker_name(chunk.index), _json_bytes(marker))  # last: the chunk is done
     return marker
 
@@ -197,24 +197,21 @@ def claim_output(root, settings: dict, overwrite: bool, shared: bool = False) ->
         root.write_bytes(settings_path, _json_bytes(settings))
 
 
-def save_tokenizer(root, tokenizer) -> Path | str:
-    """Save the tokenizer beside the shards (once; via a temporary folder renamed into place)."""
+def save_tokenizer(root, files: dict[str, bytes]) -> None:
+    """Save the tokenizer's files (name -> bytes, as its save_pretrained wrote them) beside the
+    shards, once: locally via a temporary folder renamed into place; at a URL each file that is
+    not there whole already."""
     store = Store.of(root)
-    if store.local is None:  # a URL: saved locally, then each file put that is not there whole already
-        with tempfile.TemporaryDirectory() as d:
-            tokenizer.save_pretrained(d)
-            for f in sorted(Path(d).rglob("*")):
-                rel = f"{TOKENIZER_DIR}/{f.relative_to(d).as_posix()}"
-                if f.is_file() and store.size(rel) != f.stat().st_size:
-                    store.write_bytes(rel, f.read_bytes())
-        return store.path(TOKENIZER_DIR)
-    root = store.local
-    target = root / TOKENIZER_DIR
+    if store.local is None:
+        store.write_files({f"{TOKENIZER_DIR}/{name}": data for name, data in files.items()
+                           if store.size(f"{TOKENIZER_DIR}/{name}") != len(data)})
+        return
+    target = store.local / TOKENIZER_DIR
     if target.is_dir():
-        return target
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tokenizer."))
+        return
+    tmp = Path(tempfile.mkdtemp(dir=store.local, prefix=".tokenizer."))
     try:
-        tokenizer.save_pretrained(tmp)
+        Store(tmp).write_files(files)
         os.chmod(tmp, 0o777 & ~current_umask())
         os.replace(tmp, target)
     except OSError:
@@ -224,7 +221,6 @@ def save_tokenizer(root, tokenizer) -> Path | str:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def write_manifest(root, manifest: dict) -> None:
