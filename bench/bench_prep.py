@@ -5,7 +5,7 @@ loop over the same files, and tokens per 256^2 image for byte-level and BPE-320 
 Video (--video): prep clips/s vs a bare PyAV decode + scale + libx264 encode loop over the same
 generated videos, and tokens per clip.
 
-    python bench/bench_prep.py                       # ~300 pets images (or scikit-image photos)
+    python bench/bench_prep.py                       # 500 pets images (or scikit-image photos)
     python bench/bench_prep.py --video --n 300 --write bench/results/prep.md
 
 Each figure is the best of --repeats runs (the CPU is shared: the best run is the least disturbed).
@@ -17,6 +17,7 @@ import argparse
 import io
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -56,47 +57,79 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
-def run_prep(source, codec_factory, workers: int, records_per_shard: int, **kw) -> tuple[float, dict]:
+def run_prep(source, codec_factory, workers: int, records_per_shard: int | None, **kw) -> tuple[float, dict]:
+    if records_per_shard is not None:  # default: PrepSettings' own (what `jpeglm prep` does)
+        kw["records_per_shard"] = records_per_shard
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        res = prep(source, codec_factory, Path(d) / "out", workers=workers, val_fraction=0.0,
-                   records_per_shard=records_per_shard, progress=False, log=None, **kw)
+        res = prep(source, codec_factory, Path(d) / "out", workers=workers, val_fraction=0.0, progress=False, log=None, **kw)
         return time.perf_counter() - t0, res.manifest
 
 
 def bench_images(args) -> list[str]:
+    from jpeglm.data_prep.pipeline import PrepSettings
+    from jpeglm.data_prep.units import UnitSizes, plan_units
+
     spec = str(PETS) if PETS.is_dir() and not args.input else (args.input or "builtin:skimage")
-    source = open_source(spec)
-    items = source.items()[: args.n]
-    paths = [source.fetch(it) for it in items]
-    for p in paths:  # warm the page cache so the first timed run is not a disk benchmark
-        Path(p).read_bytes()
+    listed = open_source(spec)
+    # the input is a folder of exactly these n photos, so that prep does not list (and sort) the
+    # rest of a big folder every run while the bare loop is handed its paths
+    folder = Path(tempfile.mkdtemp(prefix="bench_prep_"))
+    for it in listed.items()[: args.n]:
+        (folder / it.key).parent.mkdir(parents=True, exist_ok=True)
+        (folder / it.key).write_bytes(Path(listed.fetch(it)).read_bytes())  # also warms the page cache
+    source = open_source(str(folder))
+    paths = [source.fetch(it) for it in source.items()]
     n = len(paths)
+    rps = args.records_per_shard or PrepSettings().records_per_shard
+    runs = {f"local {w}": dict(workers=w) for w in args.workers}
+    if args.ray:  # a local Ray started once, outside the timings (as a cluster would be running already)
+        import ray
+
+        ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
+        runs[f"ray {max(args.workers)}"] = dict(workers=max(args.workers), engine="ray")
     # The first multi-worker prep in a process starts multiprocessing's fork server (a fresh
     # Python with our modules preloaded): a one-time cost, measured and reported on its own.
-    startup = {w: run_prep(source, JpegCodec, w, args.records_per_shard, limit=2)[0] for w in args.workers}
-    # Rounds interleave the bare loop and every worker count, so a slow minute on a shared
-    # machine hits all of them alike; each figure is the best of its rounds.
-    times: dict = {"bare": [], **{w: [] for w in args.workers}}
+    startup = {name: run_prep(source, JpegCodec, kw["workers"], args.records_per_shard, limit=2, **{
+        k: v for k, v in kw.items() if k != "workers"})[0] for name, kw in runs.items()}
+    # Rounds interleave the bare loop and every configuration, so a slow minute on a shared
+    # machine hits all of them alike. Each figure is the best of its rounds; each ratio is also
+    # given as the median of the ratios within a round (paired, so less sensitive to the load).
+    times: dict = {"bare": [], **{name: [] for name in runs}}
     manifest = None
     for _ in range(args.repeats):
         times["bare"].append(best(lambda: bare_pillow(paths), 1))
-        for w in args.workers:
-            t, manifest = run_prep(source, JpegCodec, w, args.records_per_shard, limit=n)
-            times[w].append(t)
+        for name, kw in runs.items():
+            t, manifest = run_prep(source, JpegCodec, kw["workers"], args.records_per_shard, limit=n,
+                                   **{k: v for k, v in kw.items() if k != "workers"})
+            times[name].append(t)
     t_bare = min(times["bare"])
-    per = {w: min(times[w]) for w in args.workers}
+    per = {name: min(times[name]) for name in runs}
+
+    def paired(a: str, b: str) -> float:  # median over rounds of time[a] / time[b]
+        return float(np.median([x / y for x, y in zip(times[a], times[b])]))
+
+    units = {}
+    for w in args.workers:
+        sizes = [u.end - u.start for u in plan_units([list(range(n))], [0], UnitSizes(rps, w), {})[0]]
+        units[w] = f"{len(sizes)} task(s) of {sizes[0]}" + (f" down to {sizes[-1]}" if sizes[-1] != sizes[0] else "") + " items"
     lines = [f"### Images: {n} files from `{spec if spec != str(PETS) else '../shared/data/pets/train'}` (first {n} in sorted order), "
-             f"{-(-n // args.records_per_shard)} chunks of --records-per-shard {args.records_per_shard} (workers take whole chunks); "
-             f"best of {args.repeats} interleaved rounds", "",
+             f"default settings: {-(-n // rps)} chunk(s) of --records-per-shard {rps}, "
+             + ", ".join(f"{w} worker(s): {u}" for w, u in units.items())
+             + f"; best of {args.repeats} interleaved rounds", "",
              "| what | seconds | images/s | vs bare loop |", "|---|---|---|---|",
              f"| bare Pillow loop (1 process) | {t_bare:.2f} | {n / t_bare:.1f} | 1.00x |"]
-    lines += [f"| `jpeglm prep --codec jpeg --workers {w}` | {per[w]:.2f} | {n / per[w]:.1f} | {t_bare / per[w]:.2f}x |"
-              for w in args.workers]
-    if 1 in per and 2 in per:
-        lines += ["", f"Scaling 1 -> 2 workers: {per[1] / per[2]:.2f}x. Per worker vs bare loop: {t_bare / per[1]:.2f}x (1 worker)."]
+    for name, kw in runs.items():
+        flag = f"--workers {kw['workers']}" + (" --engine ray" if kw.get("engine") == "ray" else "")
+        lines.append(f"| `jpeglm prep --codec jpeg {flag}` | {per[name]:.2f} | {n / per[name]:.1f} | {t_bare / per[name]:.2f}x |")
+    if "local 1" in per and "local 2" in per:
+        lines += ["", f"Scaling 1 -> 2 workers: {per['local 1'] / per['local 2']:.2f}x best-of-rounds, "
+                  f"{paired('local 1', 'local 2'):.2f}x median of paired rounds (goal >= 1.8x). "
+                  f"1 worker vs bare loop: {t_bare / per['local 1']:.2f}x best-of-rounds, "
+                  f"{paired('bare', 'local 1'):.2f}x paired (goal >= 0.8x)."]
+    lines += ["", "Every round, seconds: " + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in times.items()) + "."]
     lines += ["", "One-time start of a prep on 2 items (first call in the process; includes starting the fork server "
-              "for workers > 1): " + ", ".join(f"{w} worker(s) {t:.2f} s" for w, t in startup.items()) + "."]
+              "for workers > 1): " + ", ".join(f"{name} {t:.2f} s" for name, t in startup.items()) + "."]
 
     # tokens per image: byte-level from the manifest, BPE-320 trained on these same images' bytes
     byte_mean = manifest["tokens_per_item"]["mean"]
@@ -112,6 +145,7 @@ def bench_images(args) -> list[str]:
         lines.append(f"| BPE-320 (sentencepiece, trained on these images, incl. BOS/EOS) | {counts.mean():.0f} | {counts.min()} | {counts.max()} |")
     except Exception as e:  # noqa: BLE001 - the BPE row is optional
         lines.append(f"| BPE-320 | n/a ({type(e).__name__}: {e}) | | |")
+    shutil.rmtree(folder, ignore_errors=True)
     return lines
 
 
@@ -161,10 +195,11 @@ def bench_video(args) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", default=None, help="image folder (default: ../shared/data/pets/train, else builtin:skimage)")
-    ap.add_argument("--n", type=int, default=300, help="number of images")
+    ap.add_argument("--n", type=int, default=500, help="number of images")
     ap.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2], help="worker counts, e.g. 1,2")
-    ap.add_argument("--records-per-shard", type=int, default=1000, help="chunk size (the unit of resume; 1000 = the CLI default)")
-    ap.add_argument("--repeats", type=int, default=2, help="runs per figure; the best is reported")
+    ap.add_argument("--records-per-shard", type=int, default=None, help="chunk size (default: the CLI's)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best of each figure is reported")
+    ap.add_argument("--ray", action="store_true", help="also --engine ray on a local Ray with max(--workers) CPUs")
     ap.add_argument("--video", action="store_true", help="also benchmark video clips (avc)")
     ap.add_argument("--videos", type=int, default=6, help="number of generated videos for --video")
     ap.add_argument("--write", default=None, help="also write the markdown to this file")
