@@ -10,11 +10,11 @@
   input size; a worker (each builds its codec and tokenizer once) encodes the unit's items and
   writes them itself: a whole chunk with `writer.write_chunk` (files atomically, the done marker
   last), a smaller unit as a piece that the driver merges into its chunk once the chunk's pieces
-  are all there. Only markers travel back, the driver does no per-item work (sending every
-  record's tokens back to one writer process had cost ~0.5 ms per image: 1.06x; BENCHMARKS.md),
-  and the bytes are the same for any number of workers and any unit size;
-- the units run on an engine (engines.py): this process, a local process pool, or a Ray cluster;
-  the output folder may be a local or shared path or an fsspec URL (store.py).
+  are all there. Only markers travel back, no records (sending every record's tokens back to
+  one writer process had cost ~0.5 ms per image: 1.06x; BENCHMARKS.md), and the bytes are the
+  same for any number of workers and any unit size;
+- the units run on an engine (engines.py): this process, local processes (this one among them),
+  or a Ray cluster; the output folder may be a local or shared path or an fsspec URL (store.py).
   A killed run redoes only the chunks without a marker (keeping finished pieces) and ends
   byte-identical; a dead worker stops the prep with a clear error instead of a hang.
 Bad items (empty, truncated, not an image, bombs, too small, unreadable videos) are skipped with
