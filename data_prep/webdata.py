@@ -258,8 +258,13 @@ class ParquetSource(_ShardSource):
         self.column = column
 
     def items(self) -> list[Item]:
-        # the first file picks the column (when none was given) before the others are listed in parallel
-        return self._list_one(0) + self._list(range(1, len(self.files)))
+        # the first readable file picks the column (when none was given) before the rest are listed in parallel
+        first = []
+        for i in range(len(self.files)):
+            first += self._list_one(i)
+            if self.column is not None:
+                return first + self._list(range(i + 1, len(self.files)))
+        return first
 
     def _list_one(self, index: int) -> list[Item]:
         import pyarrow.parquet as pq
@@ -267,11 +272,15 @@ class ParquetSource(_ShardSource):
         url, rel = self.files[index], self.rels[index]
         try:
             fs, path = url_fs(url)
-            with fs.open(path, "rb") as f:
+            f = fs.open(path, "rb")
+        except Exception as e:  # not found, no permission, no network, no fsspec backend
+            raise _error(self.label, url, e) from None
+        try:
+            with f:
                 pf = pq.ParquetFile(f)
                 schema, meta = pf.schema_arrow, pf.metadata
-        except Exception as e:  # not found, not parquet, no network
-            raise _error(self.label, url, e) from None
+        except Exception as e:  # there, but not parquet (a cut download): its rows are lost, the others' not
+            return [Item(f"{rel}/", ("skip", f"not a readable parquet file: {type(e).__name__}: {e}"))]
         column = self._pick_column(schema, url)
         if self.column is None:
             self.column = column
@@ -305,6 +314,8 @@ class ParquetSource(_ShardSource):
 
         from jpeglm.media import MediaError
 
+        if item.ref[0] == "skip":
+            raise MediaError(item.ref[1])
         _, index, group, row = item.ref
         pf = self._files.get(self.files[index], lambda fs, path: pq.ParquetFile(fs.open(path, "rb")))
         state = self._files.batches

@@ -147,6 +147,7 @@ def test_parquet_binary_and_struct_columns_streamed_by_row_group(tmp_path):
                       "jpg": pa.array(cells, pa.binary())})
     pq.write_table(table, d / "00000.parquet", row_group_size=3)
     pq.write_table(table.slice(5), d / "00001.parquet")
+    (d / "00002.parquet").write_bytes((d / "00001.parquet").read_bytes()[:200])  # a cut download
     a, b = tmp_path / "a", tmp_path / "b"
     assert prep_cli("--codec", "jpeg", "--input", d, "--out", a, "--val-fraction", 0, "--min-side", 32) == 0
     assert prep_cli("--codec", "jpeg", "--input", d / "*.parquet", "--out", b, "--val-fraction", 0, "--min-side", 32,
@@ -155,6 +156,7 @@ def test_parquet_binary_and_struct_columns_streamed_by_row_group(tmp_path):
         {k: v for k, v in tree(b).items() if "settings" not in k and "manifest" not in k}
     m = json.loads((a / "manifest.json").read_text())
     skipped = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert "not a readable parquet file" in skipped.pop("00002.parquet/")
     assert skipped == {"00000.parquet/00000002": "empty image bytes in column 'jpg'",
                        "00000.parquet/00000004": "no image in column 'jpg' (null)"}
     got = records(a)
