@@ -224,3 +224,17 @@ def test_unreachable_input_is_a_clear_error_before_any_work(tmp_path, capsys):
     assert prep_cli("--codec", "jpeg", "--input", "nosuchproto://bucket/x.tar", "--out", out) == 2
     assert "nosuchproto" in capsys.readouterr().err
     assert not out.exists()  # no work started, no folder made
+
+
+def test_fsspec_output_with_rename_is_the_same_as_a_path(tmp_path):
+    """An fsspec file system that is no object store (here fsspec's own local one, `local://`):
+    temporary name + fs.mv per file, written by two worker processes; the same bytes as a plain path."""
+    images = photo_bytes(6, seed=3)
+    keys = webdataset_shards(tmp_path / "shards", images, per_shard=4)
+    src = str(tmp_path / "shards" / "{00000..00001}.tar")
+    ref = tmp_path / "ref"
+    prep(open_source(src), JpegCodec, ref, val_fraction=0.3, records_per_shard=4, progress=False, log=None)
+    res = prep(open_source(src), JpegCodec, f"local://{tmp_path}/viafs", val_fraction=0.3, records_per_shard=4,
+               workers=2, items_per_task=1, progress=False, log=None)
+    assert res.out == f"local://{tmp_path}/viafs" and tree(tmp_path / "viafs") == tree(ref)  # no temporary left
+    assert sorted(records(ref)) == sorted(keys)
