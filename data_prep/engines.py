@@ -134,7 +134,6 @@ class LocalEngine:
             for p in procs:
                 p.join(5)
 
-
     def _encode_here(self, todo: deque, out: queue.SimpleQueue, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
