@@ -1,14 +1,17 @@
 """Benchmark of `jpeglm prep` (images, and optionally video clips) against bare library loops.
 
-Images: prep images/s with 1 and 2 workers vs a bare Pillow decode + crop + resize + JPEG-encode
-loop over the same files, and tokens per 256^2 image for byte-level and BPE-320 tokens.
-Video (--video): prep clips/s vs a bare PyAV decode + scale + libx264 encode loop over the same
-generated videos, and tokens per clip.
+Images: prep images/s with 1 and 2 workers (default settings, as `jpeglm prep` runs them) vs a bare
+Pillow decode + crop + resize + JPEG-encode loop over the same files, and tokens per 256^2 image for
+byte-level and BPE-320 tokens. The goals (issue 18): 2 workers >= 1.8x one, one worker >= 0.8x the
+bare loop. Video (--video): prep clips/s vs a bare PyAV decode + scale + libx264 encode loop over the
+same generated videos, and tokens per clip.
 
     python bench/bench_prep.py                       # 500 pets images (or scikit-image photos)
-    python bench/bench_prep.py --video --n 300 --write bench/results/prep.md
+    python bench/bench_prep.py --repeats 7 --video --write bench/results/prep.md
+    python bench/bench_prep.py --ray                 # also --engine ray on a local Ray
 
-Each figure is the best of --repeats runs (the CPU is shared: the best run is the least disturbed).
+Rounds interleave every configuration; each figure is the best of its rounds and each ratio also the
+median of the per-round ratios (the CPU may be shared: the best run is the least disturbed).
 """
 
 from __future__ import annotations

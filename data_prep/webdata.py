@@ -55,9 +55,7 @@ def claims(spec: str) -> bool:
     base = spec.rstrip("/").lower()
     if base.endswith((".tar", ".parquet")):
         return True
-    if os.path.isdir(spec):
-        return _folder_kind(spec) is not None
-    return any(c in spec for c in "*?[") and base.endswith((".tar", ".parquet"))
+    return os.path.isdir(spec) and _folder_kind(spec) is not None
 
 
 def _folder_kind(d: str) -> str | None:
@@ -68,8 +66,8 @@ def _folder_kind(d: str) -> str | None:
     for _dirpath, dirnames, filenames in os.walk(d):
         dirnames[:] = [x for x in dirnames if not x.startswith(".")]
         exts |= {os.path.splitext(n)[1].lower() for n in filenames if not n.startswith(".")}
-    if exts & (IMAGE_EXTS | VIDEO_EXTS):
-        return None
+        if exts & (IMAGE_EXTS | VIDEO_EXTS):
+            return None  # a media folder (stops at its first picture: no second walk of a big folder)
     kinds = exts & {".tar", ".parquet"}
     return kinds.pop() if len(kinds) == 1 else None
 
