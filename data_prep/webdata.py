@@ -327,6 +327,8 @@ class ParquetSource(_ShardSource):
             cur["batch"] = next(cur["it"])
         value = cur["batch"].column(0)[row - cur["start"]].as_py()
         if isinstance(value, dict):
+            if not value.get("bytes") and value.get("path"):  # paths are not followed: they name files elsewhere
+                raise MediaError(f"no image bytes in column {self.column!r}, only a path ({value['path']})")
             value = value.get("bytes")
         if not value:
             raise MediaError(f"empty image bytes in column {self.column!r}" if value is not None
