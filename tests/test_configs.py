@@ -100,9 +100,11 @@ def test_deepspeed_config_disagreeing_with_the_train_config_is_refused(tmp_path)
 
 
 def test_cli_config_lookup_by_name_and_max_steps_flag():
-    from jpeglm.cli.train import load_train_config
+    from jpeglm.cli.train import build_parser, config_of, load_train_config
 
-    cfg, base = load_train_config("tiny-cpu", ["optim.micro_batch=8"], 7)
+    args = build_parser().parse_args(["--config", "tiny-cpu", "--data", "d", "--out", "o", "--set", "optim.micro_batch=8",
+                                      "--max-steps", "7"])
+    cfg, base = config_of(args)
     assert cfg.max_steps == 7 and cfg.optim.micro_batch == 8 and base == CONFIG_ROOT / "train"
     with pytest.raises(ConfigError, match="not found"):
-        load_train_config("no-such-config", [], None)
+        load_train_config("no-such-config", [])

@@ -3,7 +3,9 @@
 Every setting is a dataclass field with `metadata={"help": ...}` (as in HF's `HfArgumentParser`):
 the field's name, type, default and help become the flag, the YAML key and the documentation at
 once, and they cannot drift apart. `add_fields(parser, cls)` adds one flag per field;
-`build(cls, args)` makes the dataclass back from the parsed namespace.
+`build(cls, args)` makes the dataclass back from the parsed namespace. Commands that read a YAML
+config (`--config`) use `add_config_fields(parser, cls)`: a flag per field of the config and its
+sections, each overriding its key of the file (`config_overrides(cls, args)`).
 
 Field metadata read here:
 - `help` (required: a flag without help is a defect),
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from typing import Any, Literal, TypeVar
@@ -77,31 +80,113 @@ def add_fields(parser, cls, *, optional: bool = False, skip: tuple[str, ...] = (
         dests.append(f.name)
         if _parser_has(parser, f.name):
             continue
-        text = f.metadata.get("help")
-        if not text:
-            raise TypeError(f"{cls.__name__}.{f.name} has no help text (metadata={{'help': ...}})")
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        tp, nargs, choices = _base_type(hints[f.name])
-        choices = f.metadata.get("choices", choices)
-        kwargs: dict[str, Any] = {"dest": f.name, "help": text + help_suffix}
-        if optional:  # absent from the namespace unless given: the dataclass's own default applies
-            kwargs["help"] += f" (default: {default})" if default not in (None, "") else ""
-            kwargs["default"] = argparse.SUPPRESS
-        else:
-            kwargs["default"] = default
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = tp if tp in (int, float, str) else str
-            if nargs:
-                kwargs["nargs"] = nargs
-            if choices:
-                kwargs["choices"] = choices
-            if not choices:
-                kwargs["metavar"] = f.metadata.get("metavar", flag_of(f).lstrip("-").upper().replace("-", "_"))
-        parser.add_argument(flag_of(f), *f.metadata.get("aliases", ()), **kwargs)
+        _add_flag(parser, cls, f, hints[f.name], f.name, flag_of(f), optional, help_suffix)
     return dests
+
+
+def _default_of(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def _add_flag(parser, cls, f: dataclasses.Field, hint, dest: str, flag: str, optional: bool, help_suffix: str) -> None:
+    text = f.metadata.get("help")
+    if not text:
+        raise TypeError(f"{cls.__name__}.{f.name} has no help text (metadata={{'help': ...}})")
+    default = _default_of(f)
+    tp, nargs, choices = _base_type(hint)
+    choices = f.metadata.get("choices", choices)
+    kwargs: dict[str, Any] = {"dest": dest, "help": text + help_suffix}
+    if optional:  # absent from the namespace unless given: the dataclass's own default applies
+        kwargs["help"] += f" (default: {_shown(default)})" if default not in (None, "") else ""
+        kwargs["default"] = argparse.SUPPRESS
+    else:
+        kwargs["default"] = default
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = tp if tp in (int, float, str) else str
+        if nargs:
+            kwargs["nargs"] = nargs
+        if choices:
+            kwargs["choices"] = choices
+        if not choices:
+            kwargs["metavar"] = f.metadata.get("metavar", flag.lstrip("-").rpartition(".")[2].upper().replace("-", "_"))
+    parser.add_argument(flag, *f.metadata.get("aliases", ()), **kwargs)
+
+
+def _shown(default) -> str:
+    return " ".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
+
+
+# --- commands that read a YAML config ---------------------------------------------------------------
+def config_fields(cls, prefix: str = ""):
+    """(dotted path, field, annotation, section help) of every CLI field of config dataclass `cls`,
+    recursing into fields whose type is a dataclass (the config's sections, e.g. `optim.lr`)."""
+    hints = typing.get_type_hints(cls)
+    for f in cli_fields(cls):
+        tp = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            for path, sub, hint, _ in config_fields(tp, prefix + f.name + "."):
+                yield path, sub, hint, f.metadata.get("help", "")
+        else:
+            yield prefix + f.name, f, hints[f.name], None
+
+
+def add_config_fields(parser, cls, *, flat: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of config dataclass `cls`, for commands that also read a `--config` YAML.
+
+    The flag of a section's field is the field's dotted YAML path (`--optim.lr`, `--data.seq-len`);
+    top-level fields and the fields of the sections named in `flat` drop the prefix (`--max-steps`
+    for `train.max_steps` of a VQ config). A flag that would clash with one the parser already has
+    is a TypeError at parser build time (fix the names, never shadow a flag). Flags not given are
+    absent from the namespace; `config_overrides` turns the given ones into dotted overrides
+    applied after the YAML file. `skip` names dotted paths that get no flag. The dest of every flag
+    is its dotted path.
+    """
+    note = "each flag overrides its key of the --config file; a default shown is the value when neither sets it"
+    groups: dict[str, Any] = {}
+    for path, f, hint, section_help in config_fields(cls):
+        if path in skip:
+            continue
+        section = path.rpartition(".")[0]
+        name = f.name if (not section or section in flat) else path
+        flag = f.metadata.get("flag") or "--" + name.replace("_", "-")
+        clash = {flag, *f.metadata.get("aliases", ())} & _option_strings(parser)
+        if clash:
+            raise TypeError(f"flag {', '.join(sorted(clash))} of config field {path} clashes with a flag the command already has")
+        if section not in groups:  # the first group says how flags and file combine
+            text = "; ".join(t for t in (section_help, "" if groups else note) if t)
+            groups[section] = parser.add_argument_group(f"config section {section}" if section else "config", text or None)
+        _add_flag(groups[section], cls, f, hint, path, flag, True, f" [config key {path}]" if name != path else "")
+
+
+def config_overrides(cls, args: argparse.Namespace) -> list[str]:
+    """`path=value` overrides (for jpeglm.config.load_config) of the config flags given in `args`.
+    Values are written as JSON, a subset of YAML, so a string stays a string."""
+    given = vars(args)
+    out = []
+    for path, _, _, _ in config_fields(cls):
+        value = given.get(path, UNSET)
+        if value is UNSET:
+            continue
+        out.append(f"{path}={json.dumps(list(value) if isinstance(value, tuple) else value)}")
+    return out
+
+
+def _option_strings(parser) -> set[str]:
+    container = getattr(parser, "_container", None) or parser
+    return {s for a in container._actions for s in a.option_strings}
+
+
+def _unwrap_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
 
 
 def _parser_has(parser, dest: str) -> bool:
@@ -134,4 +219,4 @@ def _is_tuple(cls, name: str) -> bool:
     return tp is tuple or typing.get_origin(tp) is tuple
 
 
-__all__ = ["add_fields", "build", "cli_fields", "flag_of", "given"]
+__all__ = ["add_config_fields", "add_fields", "build", "cli_fields", "config_fields", "config_overrides", "flag_of", "given"]

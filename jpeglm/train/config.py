@@ -29,10 +29,12 @@ def _as_floats(obj, names: tuple[str, ...]) -> None:
                 raise ValueError(f"{name} must be a number, got {value!r}") from None
 
 
-def _help(text: str, default=None, factory=None):
+def _help(text: str, default=None, factory=None, **meta):
+    """A field with its help text (the `jpeglm train` flag, the YAML key's documentation) and any
+    other flag metadata (jpeglm/cli/flags.py: choices, cli=False, ...)."""
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+        return field(default_factory=factory, metadata={"help": text, **meta})
+    return field(default=default, metadata={"help": text, **meta})
 
 
 @dataclass
@@ -73,9 +75,13 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    packing: str = _help("'concat': records joined and cut into seq_len chunks (the paper); 'pad': one record per sequence", "concat")
+    """How shards become training sequences (the `data:` section)."""
+
+    packing: str = _help("'concat': records joined and cut into seq_len chunks (the paper); 'pad': one record per sequence", "concat",
+                         choices=["concat", "pad"])
     seq_len: int = _help("tokens per training sequence (<= the model's max_position_embeddings)", 12288)
-    long_records: str = _help("pad packing only: 'truncate' records longer than seq_len or 'skip' them (counted in the log)", "skip")
+    long_records: str = _help("pad packing only: 'truncate' records longer than seq_len or 'skip' them (counted in the log)", "skip",
+                              choices=["truncate", "skip"])
 
     def __post_init__(self):
         if self.packing not in ("concat", "pad"):
@@ -88,9 +94,11 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """Optimiser, schedule and batch (the `optim:` section)."""
+
     lr: float = _help("peak learning rate of AdamW", 3e-4)
     min_lr_ratio: float = _help("the cosine decays to lr * min_lr_ratio at max_steps", 0.1)
-    betas: tuple = _help("AdamW betas", (0.9, 0.95))
+    betas: tuple[float, float] = _help("AdamW betas", (0.9, 0.95))
     eps: float = _help("AdamW epsilon", 1e-8)
     weight_decay: float = _help("AdamW decoupled weight decay (not on norms and biases)", 0.1)
     warmup_steps: int = _help("linear warmup steps, then cosine decay", 100)
@@ -110,7 +118,10 @@ class OptimConfig:
 
 
 @dataclass
-class EvalConfig:
+class ValidationConfig:
+    """Periodic validation during training (the `eval:` section of a train config; `jpeglm eval`,
+    the FID harness, is jpeglm.eval.config.EvalConfig)."""
+
     interval: int = _help("validate every this many steps (0 = only at the end)", 500)
     max_records: int = _help("val records scored per validation (whole records, for bits per byte)", 256)
     batch_size: int = _help("records per validation forward pass per process", 4)
@@ -122,16 +133,22 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
+    """One pretraining run (configs/train/*.yaml). Every field is also a `jpeglm train` flag
+    (`--max-steps`, `--optim.lr`, ...; jpeglm/cli/train.py)."""
+
     model: str = _help("model shape: a name in configs/model (tiny, 100m, ...) or a YAML path", "tiny")
-    model_overrides: dict = _help("ModelConfig fields to change on top of the named model", None, factory=dict)
+    model_overrides: dict = _help("ModelConfig fields to change on top of the named model (YAML or --set "
+                                  "model_overrides.hidden_size=128)", None, factory=dict, cli=False)
     deepspeed: str = _help("DeepSpeed config: a name in configs/deepspeed (zero1, zero2, zero3, zero3_offload) or a JSON path", "zero2")
     data: DataConfig = _help("how shards become sequences", None, factory=DataConfig)
     optim: OptimConfig = _help("optimiser and batch", None, factory=OptimConfig)
-    eval: EvalConfig = _help("periodic validation", None, factory=EvalConfig)
+    eval: ValidationConfig = _help("periodic validation on the val split during training", None,
+                                   factory=ValidationConfig)
     precision: str = _help("'bf16' (GPU and CPU) or 'fp32'; fp16 is not offered", "bf16")
     activation_checkpointing: bool = _help("recompute activations in backward to save memory", False)
-    attn_implementation: str = _help("'auto' = flash_attention_2 when flash_attn is installed and on GPU, else sdpa", "auto")
-    max_steps: int = _help("optimizer steps to train (the CLI --max-steps sets it); not compared on --resume", 1000)
+    attn_implementation: str = _help("'auto' = flash_attention_2 when flash_attn is installed and on GPU, else sdpa", "auto",
+                                     choices=list(ATTENTION))
+    max_steps: int = _help("optimizer steps to train to; not compared on --resume, so a finished run trains on", 1000)
     log_interval: int = _help("write a log.jsonl line every this many steps", 10)
     ckpt_interval: int = _help("DeepSpeed state + HF export every this many steps (and at the end)", 500)
     keep_last: int = _help("keep this many HF exports and DeepSpeed states", 3)
