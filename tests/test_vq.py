@@ -3,7 +3,6 @@ learns, the checkpoint format and the VqCodec contract (repairs, prompts, config
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -298,11 +297,12 @@ def test_vq_train_cli(tmp_path, photo_dir):
     from jpeglm.cli import vq as vq_train
 
     out = tmp_path / "run"
-    args = argparse.Namespace(
-        input=str(photo_dir), out=str(out), config=None, max_steps=3, split=None, device="cpu",
-        overrides=["model.image_size=64", "model.channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
-                   "model.codebook_bits=6", "model.entropy_group_bits=3", "train.batch_size=2", "train.holdout=1"],
-    )
+    from jpeglm.cli import build_parser
+
+    argv = ["vq", "train", "--input", str(photo_dir), "--out", str(out), "--max-steps", "3", "--device", "cpu",
+            "model.image_size=64", "model.channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
+            "model.codebook_bits=6", "model.entropy_group_bits=3", "train.batch_size=2", "train.holdout=1"]
+    args = build_parser(argv).parse_args(argv)
     assert vq_train.run(args) == 0
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "vq_config.yaml", "metrics.json", "log.jsonl"}
     assert VqCodec.from_pretrained(out).params.grid == 32

@@ -36,7 +36,7 @@ class VqTrainConfig:
     batch_size: int = field(default=8, metadata={"help": "images per step"})
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (constant after warmup)"})
     warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warmup steps"})
-    betas: tuple = field(default=(0.5, 0.9), metadata={"help": "AdamW betas (VQGAN's values)"})
+    betas: tuple[float, float] = field(default=(0.5, 0.9), metadata={"help": "AdamW betas (VQGAN's values)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
     max_steps: int = field(default=10000, metadata={"help": "optimizer steps"})
@@ -63,7 +63,9 @@ class VqTrainConfig:
     eval_every: int = field(default=500, metadata={"help": "evaluate on the held-out images every N steps (and at the end)"})
     save_every: int = field(default=1000, metadata={"help": "write the checkpoint every N steps (and at the end)"})
     device: str = field(default="auto", metadata={"help": "'auto' (cuda if present), 'cpu' or 'cuda[:N]'"})
-    precision: str = field(default="fp32", metadata={"help": "'fp32' or 'bf16' (autocast; CUDA only)"})
+    precision: str = field(default="fp32", metadata={"help": "'fp32' or 'bf16' (autocast; CUDA only)", "choices": ["fp32", "bf16"]})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads while training (0 = torch's default; 1 is often "
+                                              "fastest on a busy shared CPU); does not change the result"})
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -73,11 +75,14 @@ class VqTrainConfig:
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.holdout < 0:
             raise ValueError("holdout must be >= 0")
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0 (0 = torch's default)")
 
 
 @dataclass
 class VqConfig:
-    """The file `vq_config.yaml`: the network (`model`) and how it was trained (`train`)."""
+    """The file `vq_config.yaml`: the network (`model`) and how it was trained (`train`). Every field
+    is also a `jpeglm vq train` flag by its own name (`--max-steps`, `--channels`; jpeglm/cli/vq.py)."""
 
     model: VqModelConfig = field(default_factory=VqModelConfig, metadata={"help": "tokenizer network"})
     train: VqTrainConfig = field(default_factory=VqTrainConfig, metadata={"help": "training settings"})
@@ -216,6 +221,16 @@ def train(cfg: VqConfig, images: np.ndarray, keys: list[str], out_dir: str | os.
     """Train on uint8 images (N, S, S, 3); returns {"model", "history", "metrics"}.
     With `out_dir`, writes the checkpoint, log.jsonl, metrics.json and train_state.pt there;
     `resume=True` continues from out_dir's last checkpoint exactly (same batches, same result)."""
+    threads = torch.get_num_threads()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    try:
+        return _train(cfg, images, keys, out_dir, progress, resume)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: VqConfig, images: np.ndarray, keys: list[str], out_dir, progress: bool, resume: bool) -> dict:
     from tqdm.auto import tqdm
 
     tc, mc = cfg.train, cfg.model

@@ -30,9 +30,9 @@ class VqModelConfig:
 
     image_size: int = field(default=256, metadata={"help": "side of the square training/eval images (pixels)"})
     channels: int = field(default=128, metadata={"help": "base channel count of encoder and decoder"})
-    channel_mult: tuple = field(default=(1, 1, 2, 2, 4), metadata={"help": "channel multiplier per resolution level; downsampling = 2**(levels-1)"})
+    channel_mult: tuple[int, ...] = field(default=(1, 1, 2, 2, 4), metadata={"help": "channel multiplier per resolution level; downsampling = 2**(levels-1)"})
     num_res_blocks: int = field(default=2, metadata={"help": "residual blocks per resolution level"})
-    quantizer: str = field(default="lfq", metadata={"help": "'lfq' (lookup-free, MAGVIT-v2) or 'vq' (cosine codebook)"})
+    quantizer: str = field(default="lfq", metadata={"help": "'lfq' (lookup-free, MAGVIT-v2) or 'vq' (cosine codebook)", "choices": ["lfq", "vq"]})
     codebook_bits: int = field(default=14, metadata={"help": "LFQ: latent dims = bits; codebook size 2**bits (<= 18)"})
     entropy_group_bits: int = field(default=7, metadata={"help": "LFQ: bits per sub-codebook for the entropy terms (MAGVIT-v2 factorisation); must divide codebook_bits"})
     entropy_temperature: float = field(default=0.01, metadata={"help": "LFQ: temperature of the soft code assignments used by the entropy terms"})
