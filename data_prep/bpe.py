@@ -2,16 +2,41 @@
 
 Each record of `DIR/train` is decoded with the dataset's own tokenizer (DIR/tokenizer, usually the
 byte tokenizer) back to the codec's bytes; the BPE is trained on those bytes, ready to be saved
-with `save_pretrained` and used by `jpeglm prep --tokenizer OUT`. No torch.
+with `save_pretrained` and used by `jpeglm prep --tokenizer OUT`. The settings of a training are
+`BpeSettings` (its fields are the `jpeglm tokenizer train` flags). No torch.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+
+def _s(default, text: str, **meta):
+    return field(default=default, metadata={"help": text, **meta})
+
+
+@dataclass(frozen=True)
+class BpeSettings:
+    """The settings of one BPE training on shards, declared once: `jpeglm tokenizer train` flags
+    and the argument of `train_from_shards`."""
+
+    vocab_size: int = _s(320, "sentencepiece vocabulary size: 4 specials + 256 byte pieces + merges (the paper uses 320)")
+    split: str = _s("train", "which split of --data to train on", choices=["train", "val"])
+    max_items: int = _s(20000, "at most this many records are used (seeded reservoir sample), bounding memory and time")
+    num_extra: int = _s(16, "number of <extra_i> tokens after the BPE vocabulary (modality / class tokens)")
+    max_piece_length: int = _s(16, "longest BPE piece, in bytes")
+    seed: int = _s(0, "seed of the record sample (training is deterministic given it)")
+    threads: int = _s(1, "sentencepiece trainer threads; 1 (the default) is bit-reproducible, more threads may break "
+                      "ties between merges differently from run to run")
+
+    def __post_init__(self):
+        if self.max_items < 1 or self.threads < 1 or self.max_piece_length < 1 or self.num_extra < 0:
+            raise ValueError("max_items, threads and max_piece_length must be >= 1 and num_extra >= 0")
 
 
 def iter_record_bytes(shards, tokenizer) -> Iterator[bytes]:
@@ -20,12 +45,12 @@ def iter_record_bytes(shards, tokenizer) -> Iterator[bytes]:
         yield tokenizer.decode(np.asarray(ids, dtype=np.int64))
 
 
-def train_from_shards(data: Path, vocab_size: int = 320, split: str = "train", max_items: int = 20000,
-                      num_extra: int = 16, max_piece_length: int = 16, seed: int = 0, threads: int = 1):
+def train_from_shards(data: Path, settings: BpeSettings = BpeSettings()):
     """Train a BpeTokenizer on a prepared dataset; returns (tokenizer, stats dict)."""
     from jpeglm.shards import ShardSet
     from jpeglm.tokenizer import BpeTokenizer, TokenizerError
 
+    s, split = settings, settings.split
     shards = ShardSet(data, split)
     if len(shards) == 0:
         raise TokenizerError(f"{data}/{split} has no records to train on")
@@ -33,8 +58,9 @@ def train_from_shards(data: Path, vocab_size: int = 320, split: str = "train", m
     if source.kind == "code":
         raise TokenizerError(f"{data} holds code tokens ({source!r}); BPE is trained over byte streams (jpeg/avc)")
     t0 = time.perf_counter()
-    tok = BpeTokenizer.train(iter_record_bytes(shards, source), vocab_size=vocab_size, num_extra=num_extra,
-                             max_sentences=max_items, max_piece_length=max_piece_length, seed=seed, num_threads=threads)
+    tok = BpeTokenizer.train(iter_record_bytes(shards, source), vocab_size=s.vocab_size, num_extra=s.num_extra,
+                             max_sentences=s.max_items, max_piece_length=s.max_piece_length, seed=s.seed,
+                             num_threads=s.threads)
     seconds = time.perf_counter() - t0
     # compression on (up to) 200 records: tokens per item before and after, BOS/EOS excluded
     n = min(len(shards), 200)

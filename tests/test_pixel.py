@@ -11,7 +11,7 @@ import pytest
 from jpeglm.codecs.base import codec_from_config
 from jpeglm.codecs.pixel import PaletteError, PixelCodec, PixelParams, uniform_palette
 from jpeglm.media import MediaError
-from jpeglm.baselines.pixel_fit import fit_palette, save_palette
+from jpeglm.baselines.pixel_fit import PaletteSettings, fit_palette, save_palette
 
 
 def _palette_image(palette: np.ndarray, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -57,9 +57,9 @@ def test_encode_picks_the_nearest_colour():
 
 def test_fitted_palette_file_round_trip_and_config(tmp_path, photos):
     pixels = np.concatenate([np.asarray(p.resize((16, 16))).reshape(-1, 3) for p in photos])
-    palette = fit_palette(pixels, colors=16, seed=0)
+    palette = fit_palette(pixels, PaletteSettings(colors=16, seed=0))
     assert palette.shape == (16, 3)
-    np.testing.assert_array_equal(palette, fit_palette(pixels, colors=16, seed=0))  # deterministic
+    np.testing.assert_array_equal(palette, fit_palette(pixels, PaletteSettings(colors=16, seed=0)))  # deterministic
     path = save_palette(tmp_path / "pal.npz", palette, size=16)
     codec = PixelCodec.from_palette(path)
     assert codec.params.size == 16 and codec.num_codes == 16 and codec.bits_per_symbol() == 4.0
@@ -82,7 +82,7 @@ def test_fit_recovers_clear_clusters():
     centres = np.array([[20, 30, 40], [200, 10, 10], [10, 220, 30], [240, 240, 240]], float)
     rng = np.random.default_rng(0)
     pts = np.clip(centres[rng.integers(4, size=4000)] + rng.normal(0, 3, (4000, 3)), 0, 255).astype(np.uint8)
-    pal = fit_palette(pts, colors=4, seed=0).astype(float)
+    pal = fit_palette(pts, PaletteSettings(colors=4, seed=0)).astype(float)
     dist = np.abs(pal[:, None] - centres[None]).max(-1).min(0)
     assert (dist < 4).all(), pal
 

@@ -5,7 +5,8 @@ antialiased resize, as PixelCodec.encode does), are subsampled with a fixed seed
 by scipy's k-means (`kmeans2` from a seeded k-means++ init: the same images give the same
 palette). The palette is sorted by luminance (so nearby tokens are similar colours; it changes
 nothing else) and written atomically as an .npz: `palette` uint8 (K, 3), `size`, `colors`,
-`num_images`, `num_pixels`, `seed`. `PixelCodec.from_palette(FILE)` reads it.
+`num_images`, `num_pixels`, `seed`. `PixelCodec.from_palette(FILE)` reads it. The settings of a fit
+are `PaletteSettings` (its fields are the `jpeglm pixel fit` flags).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import io
 import logging
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +23,42 @@ import numpy as np
 log = logging.getLogger("jpeglm.baselines.pixel_fit")
 
 
-def collect_pixels(spec: str, size: int, split: str | None = None, max_images: int = 0) -> tuple[np.ndarray, int, list[dict]]:
-    """All pixels (N, 3) uint8 of the usable images of a source at `size`, the image count and
-    the skipped items with reasons."""
+def _s(default, text: str, **meta):
+    return field(default=default, metadata={"help": text, **meta})
+
+
+@dataclass(frozen=True)
+class PaletteSettings:
+    """The settings of one palette fit, declared once: `jpeglm pixel fit` flags and the arguments of
+    `collect_pixels` / `fit_palette`."""
+
+    colors: int = _s(512, "palette size K (512 = 9-bit tokens, as in ImageGPT)")
+    size: int = _s(32, "pixel grid side the codec will use (32 or 64); pixels are sampled at this size")
+    max_pixels: int = _s(1_000_000, "k-means on at most this many pixels (a seeded random subset)")
+    max_images: int = _s(0, "read at most this many images (0 = all)")
+    iters: int = _s(20, "k-means iterations")
+    seed: int = _s(0, "seed of the pixel subset and the k-means++ init")
+
+    def __post_init__(self):
+        if self.colors < 2:
+            raise ValueError(f"colors must be >= 2, got {self.colors}")
+        if self.size < 1 or self.max_pixels < 1 or self.iters < 1 or self.max_images < 0:
+            raise ValueError("size, max_pixels and iters must be >= 1 and max_images >= 0")
+
+
+def collect_pixels(spec: str, settings: PaletteSettings, split: str | None = None) -> tuple[np.ndarray, int, list[dict]]:
+    """All pixels (N, 3) uint8 of the usable images of a source at `settings.size` (at most
+    `settings.max_images` images), the image count and the skipped items with reasons."""
     from tqdm.auto import tqdm
 
     from jpeglm.data_prep.sources import open_source
     from jpeglm.media import MediaError, open_image, prepare_image
 
+    size = settings.size
     source = open_source(spec, "image", split=split)
     items = source.items()
-    if max_images:
-        items = items[:max_images]
+    if settings.max_images:
+        items = items[: settings.max_images]
     chunks, skipped = [], []
     for item in tqdm(items, desc="reading images", unit="img", leave=False):
         try:
@@ -58,13 +84,12 @@ def kmeans_pp_init(data: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     return centres
 
 
-def fit_palette(pixels: np.ndarray, colors: int = 512, seed: int = 0, max_pixels: int = 1_000_000, iters: int = 20) -> np.ndarray:
-    """k-means on (N, 3) uint8 pixels -> uint8 (colors, 3) palette sorted by luminance."""
+def fit_palette(pixels: np.ndarray, settings: PaletteSettings = PaletteSettings()) -> np.ndarray:
+    """k-means on (N, 3) uint8 pixels -> uint8 (settings.colors, 3) palette sorted by luminance."""
     from scipy.cluster.vq import kmeans2
 
-    if colors < 2:
-        raise ValueError(f"colors must be >= 2, got {colors}")
-    rng = np.random.default_rng(seed)
+    colors, max_pixels = settings.colors, settings.max_pixels
+    rng = np.random.default_rng(settings.seed)
     data = pixels.reshape(-1, 3)
     if len(data) > max_pixels:
         data = data[np.sort(rng.choice(len(data), max_pixels, replace=False))]
@@ -77,7 +102,7 @@ def fit_palette(pixels: np.ndarray, colors: int = 512, seed: int = 0, max_pixels
         init = kmeans_pp_init(data, colors, rng)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "One of the clusters is empty": kmeans2 keeps the old centre
-            centres, _ = kmeans2(data, init, iter=iters, minit="matrix")
+            centres, _ = kmeans2(data, init, iter=settings.iters, minit="matrix")
     palette = np.clip(np.rint(centres), 0, 255).astype(np.uint8)
     luma = palette.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     order = np.lexsort((palette[:, 2], palette[:, 1], palette[:, 0], luma))
