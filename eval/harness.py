@@ -16,16 +16,19 @@ against the real clips' frames, and the decodable-frame rate; FVD only with I3D 
 The per-system work goes through `System` objects (sample / nll / codec), so tests can drive the
 harness with stand-ins; `ModelSystem` is the real one over jpeglm.checkpoint + jpeglm.sample.
 A system that fails to load or sample still gets its rows with the reason - never a crash.
+What is written is typed: report.json is an `EvalResults`, each setting's manifest.json a
+`SamplesManifest` (eval/records.py documents every key).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from PIL import Image
 from jpeglm.eval.config import EvalConfig
 from jpeglm.eval.fid import FID, bootstrap_fid_std, images_key
 from jpeglm.eval.fvd import fvd_or_reason
+from jpeglm.eval.records import DecodeFailure, EvalResults, FloorResult, SampleEntry, SamplesManifest, SettingRow, StripRef, SystemResult
 from jpeglm.eval.report import UNCOND, make_strip, prompt_view, write_report
 from jpeglm.config import atomic_write_text, save_config
 
@@ -60,7 +64,8 @@ class Drawn:
 
 class ModelSystem:
     """A checkpoint: `load_for_inference` gives model, tokenizer and codec; sampling is
-    `jpeglm.sample.generate`, likelihood a plain forward pass of the Llama."""
+    `jpeglm.sample.generate` with the eval's `SamplerConfig` (its seed set per call), likelihood a
+    plain forward pass of the Llama."""
 
     def __init__(self, name: str, checkpoint: str, sampler, device: str):
         from jpeglm.checkpoint import load_for_inference
@@ -72,11 +77,9 @@ class ModelSystem:
         self.model, self.tokenizer, self.codec, self.meta = loaded.model, loaded.tokenizer, loaded.codec, loaded.meta
 
     def sample(self, prompts: list | None, num_samples: int, seed: int) -> list[Drawn]:
-        from jpeglm.sample import SamplerConfig, generate
+        from jpeglm.sample import generate
 
-        s = self.sampler
-        cfg = SamplerConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                            seed=seed, batch_size=s.batch_size, constrain=s.constrain)
+        cfg = dataclasses.replace(self.sampler, seed=seed)
         out = generate(self.model, self.tokenizer, self.codec, prompts, num_samples, cfg, self.device)
         return [Drawn(np.asarray(x.media), x.report.status, x.report.reason, x.seed, x.prompt_index,
                       int(x.n_prompt_tokens + x.n_new_tokens), dict(x.report.details or {})) for x in out]
@@ -162,13 +165,12 @@ def setting_name(ratio: float | None) -> str:
 
 
 def run_setting(system, reals: list[np.ndarray], ratio: float | None, k: int, cfg: EvalConfig, out_dir: Path,
-                fid: FID, real_feats: np.ndarray, settings: dict) -> dict:
-    """Sample one setting, write its files, score it. Exceptions become a row with the reason."""
-    name = setting_name(ratio)
+                fid: FID, real_feats: np.ndarray, manifest: SamplesManifest) -> tuple[SettingRow, list[dict]]:
+    """Sample one setting, write its files (`manifest` holds what every setting of the system
+    shares), score it; returns the row and the completion strip's rows. Exceptions become a row
+    with the reason."""
     seed = cfg.seed + SETTING_SEED_STRIDE * k
-    row: dict[str, Any] = {"setting": name, "prompt_ratio": ratio, "seed": seed, "fid": None, "fid_reason": "",
-                           "n_samples": 0, "failure_rate": None, "tokens_per_image": None, "seconds_per_image": None,
-                           "decoded_frame_rate": None, "samples_dir": str(out_dir)}
+    row = SettingRow(setting=setting_name(ratio), prompt_ratio=ratio, seed=seed, samples_dir=str(out_dir))
     video = system.codec.media_kind == "video"
     t0 = time.perf_counter()
     try:
@@ -179,10 +181,9 @@ def run_setting(system, reals: list[np.ndarray], ratio: float | None, k: int, cf
             prompts = [system.codec.prompt(system.codec.encode(as_media(r)), ratio) for r in reals]
             drawn = system.sample(prompts, cfg.num_samples, seed)
     except Exception as e:  # a broken system gets its row, with the reason
-        row["fid_reason"] = f"sampling failed: {type(e).__name__}: {e}"
-        row["failure_rate"] = 1.0
-        row["traceback"] = traceback.format_exc(limit=5)
-        return row
+        row.update(fid_reason=f"sampling failed: {type(e).__name__}: {e}", failure_rate=1.0,
+                   traceback=traceback.format_exc(limit=5))
+        return row, []
     elapsed = time.perf_counter() - t0
     n = len(drawn)
     failed = [d.status == "failed" for d in drawn]
@@ -193,25 +194,22 @@ def run_setting(system, reals: list[np.ndarray], ratio: float | None, k: int, cf
     if video:
         got = [d.details.get("decoded_frames", 0) for d in drawn]
         want = [d.details.get("expected_frames", 0) for d in drawn]
-        row["decoded_frame_rate"] = float(sum(got) / max(1, sum(want)))
+        row.decoded_frame_rate = float(sum(got) / max(1, sum(want)))
         # FVD of the decoded (not failed) clips against the real clips; a clear reason without weights
         decoded_clips = [d.media for d, f in zip(drawn, failed) if not f]
-        row["fvd"], row["fvd_reason"] = fvd_or_reason(cfg.i3d_weights, reals, decoded_clips, device=fid.device)
-    _write_samples(out_dir, drawn, ratio, settings)
+        row.fvd, row.fvd_reason = fvd_or_reason(cfg.i3d_weights, reals, decoded_clips, device=fid.device)
+    _write_samples(out_dir, drawn, dataclasses.replace(manifest, prompt_ratio=ratio))
     good = [d.media for d, f in zip(drawn, failed) if not f]
     fake_feats = fid.features(frames_of(good)) if len(frames_of(good)) >= 2 else None
     res = fid.compute_from_features(real_feats, fake_feats) if fake_feats is not None else \
         fid.result(None, len(real_feats), len(frames_of(good)), reason=f"{len(good)} of {n} samples decoded; FID needs >= 2")
-    row["fid"] = res.value
+    row.update(fid=res.value, fid_reason=res.reason, fid_n=res.n_fake)
     if cfg.fid_bootstrap and res.value is not None:
-        row["fid_std"] = bootstrap_fid_std(real_feats, fake_feats, reps=cfg.fid_bootstrap, seed=seed)
-    row["fid_reason"] = res.reason
-    row["fid_n"] = res.n_fake
-    row["strip_rows"] = _strip_rows(drawn, reals, ratio, cfg)
-    return row
+        row.fid_std = bootstrap_fid_std(real_feats, fake_feats, reps=cfg.fid_bootstrap, seed=seed)
+    return row, _strip_rows(drawn, reals, ratio, cfg)
 
 
-def _write_samples(out_dir: Path, drawn: list[Drawn], ratio, settings: dict) -> None:
+def _write_samples(out_dir: Path, drawn: list[Drawn], manifest: SamplesManifest) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, d in enumerate(drawn):
         frame = d.media[0] if d.media.ndim == 4 else d.media
@@ -223,13 +221,12 @@ def _write_samples(out_dir: Path, drawn: list[Drawn], ratio, settings: dict) -> 
         tmp = out_dir / ".samples.tmp.npz"
         np.savez_compressed(tmp, samples=np.stack([d.media for d in drawn]).astype(np.uint8))
         tmp.replace(out_dir / "samples.npz")
-    manifest = {
-        "prompt_ratio": ratio, "num_samples": len(drawn), **settings,
-        "samples": [{"file": f"{i:05d}.png", "seed": d.seed, "prompt_index": d.prompt_index, "status": d.status,
-                     "reason": d.reason, "n_tokens": d.n_tokens} for i, d in enumerate(drawn)],
-        "decode_failures": [{"index": i, "reason": d.reason} for i, d in enumerate(drawn) if d.status == "failed"],
-    }
-    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    manifest = dataclasses.replace(
+        manifest, num_samples=len(drawn),
+        samples=[SampleEntry(file=f"{i:05d}.png", seed=d.seed, prompt_index=d.prompt_index, status=d.status,
+                             reason=d.reason, n_tokens=d.n_tokens) for i, d in enumerate(drawn)],
+        decode_failures=[DecodeFailure(index=i, reason=d.reason) for i, d in enumerate(drawn) if d.status == "failed"])
+    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest.to_json(), indent=2, default=str) + "\n")
 
 
 def _strip_rows(drawn: list[Drawn], reals, ratio, cfg: EvalConfig) -> list[dict]:
@@ -273,7 +270,7 @@ def bits_per_byte(system, reals: list[np.ndarray]) -> dict:
             "nll_per_item": nll / len(reals), "tokens_per_image": float(np.mean(ntok))}
 
 
-def reconstruction_floor(codec, reals: list[np.ndarray], fid: FID, real_feats: np.ndarray, label: str) -> dict:
+def reconstruction_floor(codec, reals: list[np.ndarray], fid: FID, real_feats: np.ndarray, label: str) -> FloorResult:
     """PSNR and rFID of encode -> decode on the held-out set: the best any model on this codec can do."""
     recs, psnrs, failed, nbytes = [], [], 0, []
     for r in reals:
@@ -291,9 +288,9 @@ def reconstruction_floor(codec, reals: list[np.ndarray], fid: FID, real_feats: n
     frames = frames_of(recs)
     res = fid.compute_from_features(real_feats, fid.features(frames)) if len(frames) >= 2 else \
         fid.result(None, len(real_feats), len(frames), reason="fewer than 2 reconstructions decoded")
-    return {"codec": label, "config": codec.to_config(), "psnr": float(np.mean(psnrs)) if psnrs else None,
-            "rfid": res.value, "rfid_reason": res.reason, "n": len(reals), "decode_failures": failed,
-            "bytes_per_image": float(np.mean(nbytes))}
+    return FloorResult(codec=label, config=codec.to_config(), psnr=float(np.mean(psnrs)) if psnrs else None,
+                       rfid=res.value, rfid_reason=res.reason, n=len(reals), decode_failures=failed,
+                       bytes_per_image=float(np.mean(nbytes)))
 
 
 def code_version() -> dict:
@@ -320,7 +317,8 @@ def code_version() -> dict:
 def evaluate(cfg: EvalConfig, systems: dict | None = None) -> dict:
     """Run the protocol over cfg.systems and write the report. `systems` maps a system name to a
     ready object (name, codec, sample, nll, token_ids) used instead of loading its checkpoint -
-    that is how tests run stand-ins. Returns the results dict (also in OUT/report.json)."""
+    that is how tests run stand-ins. Returns the JSON form of the results (OUT/report.json's
+    content, an `EvalResults`) plus `report_files`, the paths written."""
     for what, folder in (("images", cfg.images), ("videos", cfg.videos)):
         if folder and not Path(folder).is_dir():
             raise ValueError(f"held-out {what} folder {folder} does not exist")
@@ -331,75 +329,75 @@ def evaluate(cfg: EvalConfig, systems: dict | None = None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    fs = cfg.fid_settings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the small-N warning goes into the report instead of 100 lines
-        fid = FID(backend=cfg.fid_backend, device=cfg.device, batch_size=cfg.fid_batch_size, cache_dir=out / "cache",
+        fid = FID(backend=fs.backend, device=fs.device, batch_size=fs.batch_size, cache_dir=out / "cache",
                   warn_small_n=False)
     device = str(fid.device)
-    settings = {"fid": fid.settings(), "code": code_version(), "sampler": asdict(cfg.sampler), "base_seed": cfg.seed}
+    shared = SamplesManifest(fid=fid.settings(), code=code_version(), sampler=cfg.sampler_record(), base_seed=cfg.seed)
     overrides = systems or {}
     images = videos = None
-    results: dict[str, Any] = {"title": cfg.title, "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                               "fid": fid.settings(), "systems": [], "floors": [], "notes": [], "skipped_inputs": []}
+    results = EvalResults(title=cfg.title, created=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                          fid=fid.settings())
     codecs_seen: dict[str, Any] = {}
     for sc in cfg.systems:
         name = sc.name
-        entry: dict[str, Any] = {"name": name, "checkpoint": sc.checkpoint, "rows": [], "strips": [], "error": None}
-        results["systems"].append(entry)
+        entry = SystemResult(name=name, checkpoint=sc.checkpoint)
+        results.systems.append(entry)
         try:
             system = overrides[name] if name in overrides else ModelSystem(name, sc.checkpoint, cfg.sampler, device)
         except Exception as e:
-            entry["error"] = f"could not load: {type(e).__name__}: {e}"
+            entry.error = f"could not load: {type(e).__name__}: {e}"
             continue
         codec = system.codec
         entry.update(codec=codec.to_config(), media_kind=codec.media_kind)
-        if entry["media_kind"] == "video":
+        if entry.media_kind == "video":
             if videos is None:
                 if not cfg.videos:
-                    entry["error"] = "a video system needs a held-out video folder (videos: ...)"
+                    entry.error = "a video system needs a held-out video folder (videos: ...)"
                     continue
                 videos = load_heldout_videos(cfg.videos, cfg.num_images, codec)
-                results["skipped_inputs"] += videos[2]
+                results.skipped_inputs += videos[2]
             reals = videos[0]
         else:
             if images is None:
                 if not cfg.images:
                     raise ValueError("no held-out image folder given (images: ...)")
                 images = load_heldout_images(cfg.images, cfg.num_images, cfg.image_size)
-                results["skipped_inputs"] += images[2]
+                results.skipped_inputs += images[2]
             reals = images[0]
         if len(reals) < 2:
-            entry["error"] = "fewer than 2 held-out items"
+            entry.error = "fewer than 2 held-out items"
             continue
         real_frames = frames_of(reals)
         real_feats = fid.features(real_frames, cache_key=images_key(real_frames))
-        results["fid"].setdefault("n_real", len(real_feats))
+        results.fid.setdefault("n_real", len(real_feats))
         codecs_seen.setdefault(json.dumps(codec.to_config(), sort_keys=True, default=str), (name, codec, reals, real_feats))
-        sys_settings = {**settings, "system": name, "codec": codec.to_config()}
+        mine = dataclasses.replace(shared, system=name, codec=codec.to_config())
         plan = [(r, k) for k, r in enumerate(cfg.prompt_ratios)] + ([(None, len(cfg.prompt_ratios))] if cfg.unconditional else [])
         for ratio, k in plan:
             d = out / "systems" / name / setting_name(ratio).replace("=", "_")
-            row = run_setting(system, reals, ratio, k, cfg, d, fid, real_feats, sys_settings)
-            strip_rows = row.pop("strip_rows", None)
+            row, strip_rows = run_setting(system, reals, ratio, k, cfg, d, fid, real_feats, mine)
             if strip_rows:
                 p = out / "strips" / f"{name}-{setting_name(ratio).replace('=', '_')}.png"
                 p.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(make_strip(strip_rows)).save(p)
-                entry["strips"].append({"setting": row["setting"], "path": str(p.relative_to(out))})
-            entry["rows"].append(row)
+                entry.strips.append(StripRef(setting=row.setting, path=str(p.relative_to(out))))
+            entry.rows.append(row)
         if cfg.bpb and hasattr(system, "nll"):
             try:
-                entry.update(bits_per_byte(system, reals))
+                entry.update(**bits_per_byte(system, reals))
             except Exception as e:
-                entry["bpb_error"] = f"{type(e).__name__}: {e}"
+                entry.bpb_error = f"{type(e).__name__}: {e}"
     _floors(cfg, results, codecs_seen, fid, images)
     _summarise(results, cfg)
-    results["settings"] = {"held-out images": cfg.images, "held-out videos": cfg.videos, "items": cfg.num_images,
-                           "image size": cfg.image_size, "prompt ratios": cfg.prompt_ratios,
-                           "samples per prompt": cfg.num_samples, "base seed": cfg.seed, "sampler": asdict(cfg.sampler),
-                           "code": code_version()}
-    results["report_files"] = {k: str(v) for k, v in write_report(results, out).items()}
-    return results
+    results.settings = {"held-out images": cfg.images, "held-out videos": cfg.videos, "items": cfg.num_images,
+                        "image size": cfg.image_size, "prompt ratios": cfg.prompt_ratios,
+                        "samples per prompt": cfg.num_samples, "base seed": cfg.seed, "sampler": cfg.sampler_record(),
+                        "code": code_version()}
+    files = write_report(results, out)
+    return {**results.to_json(), "report_files": {k: str(v) for k, v in files.items()}}
 
 
 def _floors(cfg, results, codecs_seen, fid, images) -> None:
@@ -407,9 +405,9 @@ def _floors(cfg, results, codecs_seen, fid, images) -> None:
 
     for _, (name, codec, reals, feats) in codecs_seen.items():
         try:
-            results["floors"].append(reconstruction_floor(codec, reals, fid, feats, f"{codec.name} ({name})"))
+            results.floors.append(reconstruction_floor(codec, reals, fid, feats, f"{codec.name} ({name})"))
         except Exception as e:
-            results["floors"].append({"codec": f"{codec.name} ({name})", "rfid": None, "rfid_reason": f"{type(e).__name__}: {e}"})
+            results.floors.append(FloorResult(codec=f"{codec.name} ({name})", rfid_reason=f"{type(e).__name__}: {e}"))
     for fc in cfg.floor_codecs:
         try:
             codec = codec_from_config(fc)
@@ -417,26 +415,27 @@ def _floors(cfg, results, codecs_seen, fid, images) -> None:
                 images = load_heldout_images(cfg.images, cfg.num_images, cfg.image_size)
             frames = frames_of(images[0])
             feats = fid.features(frames, cache_key=images_key(frames))
-            results["floors"].append(reconstruction_floor(codec, images[0], fid, feats, codec.name))
+            results.floors.append(reconstruction_floor(codec, images[0], fid, feats, codec.name))
         except Exception as e:
-            results["floors"].append({"codec": fc.get("name", "?"), "rfid": None, "rfid_reason": f"{type(e).__name__}: {e}"})
+            results.floors.append(FloorResult(codec=fc.get("name", "?"), rfid_reason=f"{type(e).__name__}: {e}"))
 
 
-def _summarise(results: dict, cfg: EvalConfig) -> None:
-    n = min([r.get("fid_n") or 0 for s in results["systems"] for r in s["rows"] if r.get("fid") is not None] or [0])
-    results["fid"]["n_note"] = f"N={n} per setting"
+def _summarise(results: EvalResults, cfg: EvalConfig) -> None:
+    rows = [r for s in results.systems for r in s.rows]
+    n = min([r.fid_n or 0 for r in rows if r.fid is not None] or [0])
+    results.fid["n_note"] = f"N={n} per setting"
     best = []
     for ratio in [*cfg.prompt_ratios, None]:
-        cands = [(r["fid"], s["name"]) for s in results["systems"] for r in s["rows"]
-                 if r["setting"] == setting_name(ratio) and r.get("fid") is not None]
+        cands = [(r.fid, s.name) for s in results.systems for r in s.rows
+                 if r.setting == setting_name(ratio) and r.fid is not None]
         if cands:
             v, who = min(cands)
             best.append(f"{setting_name(ratio)}: {who} ({v:.1f})")
-    results["summary"] = ("Lowest FID - " + "; ".join(best) + ".") if best else "No FID could be computed."
-    results["notes"] += [
-        f"FID on N={n} samples per setting against {results['fid'].get('n_real', 'the')} held-out images: "
+    results.summary = ("Lowest FID - " + "; ".join(best) + ".") if best else "No FID could be computed."
+    results.notes += [
+        f"FID on N={n} samples per setting against {results.fid.get('n_real', 'the')} held-out images: "
         "biased upwards at N < 10000; compare systems only at equal N, as here.",
         "Every image (samples of every system and the reals) is resized the same way to 299x299 for FID: "
-        + results["fid"]["resize"] + ".",
+        + results.fid["resize"] + ".",
         "Samples whose decode failed are left out of FID and counted in the failure rate; repaired ones are kept.",
     ]

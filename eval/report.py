@@ -1,23 +1,16 @@
 """The evaluation report: report.json, report.md and a self-contained report.html.
 
-`write_report(results, out_dir)` takes the plain dict the harness builds (layout below) and writes
-- report.json: that dict, unchanged apart from the written file names;
+`write_report(results, out_dir)` takes the results the harness builds, an `EvalResults` record
+(eval/records.py, whose field help documents every key) or its JSON form, and writes
+- report.json: `results.to_json()`, with `files` (the written file names) set;
 - report.md: the headline table (system x setting -> FID), the detail table (failure rate, bits per
   byte, tokens per image, seconds per image), reconstruction floors, the settings;
 - fid_vs_ratio.png: FID against prompt ratio, one line per system, floors as dashed lines;
 - report.html: the same tables, the plot and the completion strips, every picture embedded as a
   base64 PNG so the one file can be mailed or opened anywhere.
 
-results = {
-  "title": str, "created": str, "settings": {...}, "fid": FidResult-like settings dict,
-  "notes": [str, ...],
-  "systems": [{"name", "checkpoint", "codec", "media_kind", "bpb", "bpp", "tokens_per_image",
-               "error", "rows": [{"setting", "prompt_ratio", "fid", "fid_reason", "n_samples",
-               "failure_rate", "decoded_frame_rate", "tokens_per_image", "seconds_per_image",
-               "samples_dir"}], "strips": [{"setting", "path"}]}],
-  "floors": [{"codec", "psnr", "rfid", "rfid_reason", "n", "tokens_per_image"}],
-}
-Missing numbers are None and shown as "n/a" with their reason; nothing here raises on them.
+The tables read the records' attributes, never keys by name, so they cannot ask for a key nobody
+writes. Missing numbers are None and shown as "n/a" with their reason; nothing here raises on them.
 """
 
 from __future__ import annotations
@@ -34,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from jpeglm.config import atomic_write_text
+from jpeglm.eval.records import EvalResults, SettingRow
 
 UNCOND = "unconditional"
 
@@ -100,7 +94,7 @@ def _png_b64(path_or_array) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def plot_fid(results: dict, path: Path) -> Path | None:
+def plot_fid(results: EvalResults, path: Path) -> Path | None:
     """FID vs prompt ratio per system (unconditional drawn at ratio 0); floors as dashed lines."""
     import matplotlib
 
@@ -109,19 +103,19 @@ def plot_fid(results: dict, path: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     drew = False
-    ticks = sorted({r.get("prompt_ratio") or 0.0 for s in results.get("systems", []) for r in s.get("rows", [])})
-    for sys_ in results.get("systems", []):
-        pts = [(r.get("prompt_ratio") or 0.0, r.get("fid")) for r in sys_.get("rows", []) if r.get("fid") is not None]
+    ticks = sorted({r.prompt_ratio or 0.0 for s in results.systems for r in s.rows})
+    for sys_ in results.systems:
+        pts = [(r.prompt_ratio or 0.0, r.fid) for r in sys_.rows if r.fid is not None]
         if not pts:
             continue
         pts.sort()
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, marker="o", label=sys_["name"])
+        ax.plot(xs, ys, marker="o", label=sys_.name)
         drew = True
-    for fl in results.get("floors", []):
-        if fl.get("rfid") is not None:
-            ax.axhline(fl["rfid"], linestyle="--", linewidth=1, color="grey")
-            ax.annotate(f"{fl['codec']} reconstruction (rFID)", (0.0, fl["rfid"]), fontsize=7, color="grey",
+    for fl in results.floors:
+        if fl.rfid is not None:
+            ax.axhline(fl.rfid, linestyle="--", linewidth=1, color="grey")
+            ax.annotate(f"{fl.codec} reconstruction (rFID)", (0.0, fl.rfid), fontsize=7, color="grey",
                         xytext=(2, 2), textcoords="offset points")
             drew = True
     if not drew:
@@ -131,7 +125,7 @@ def plot_fid(results: dict, path: Path) -> Path | None:
         ax.set_xticks(ticks, ["uncond." if t == 0 else f"{t:g}" for t in ticks])
     ax.set_xlabel("prompt ratio (share of the picture given to the model)")
     ax.set_ylabel("FID (lower is better)")
-    n = results.get("fid", {}).get("n_note", "")
+    n = results.fid.get("n_note", "")
     ax.set_title("FID against prompt ratio" + (f" ({n})" if n else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -156,63 +150,63 @@ def _fmt(v, nd: int = 2, pct: bool = False) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
-def settings_order(results: dict) -> list[str]:
+def settings_order(results: EvalResults) -> list[str]:
     seen = []
-    for s in results.get("systems", []):
-        for r in s.get("rows", []):
-            if r["setting"] not in seen:
-                seen.append(r["setting"])
+    for s in results.systems:
+        for r in s.rows:
+            if r.setting not in seen:
+                seen.append(r.setting)
     # ratios ascending, unconditional last
     return sorted(seen, key=lambda k: (k == UNCOND, k))
 
 
-def _headline(results: dict) -> tuple[list[str], list[list[str]]]:
+def _headline(results: EvalResults) -> tuple[list[str], list[list[str]]]:
     cols = settings_order(results)
     header = ["system"] + [f"FID {c}" for c in cols] + ["bits/byte", "decode failures"]
     body = []
-    for s in results.get("systems", []):
-        by = {r["setting"]: r for r in s.get("rows", [])}
-        fails = [r.get("failure_rate") for r in s.get("rows", []) if r.get("failure_rate") is not None]
-        cells = [s["name"]]
+    for s in results.systems:
+        by = {r.setting: r for r in s.rows}
+        fails = [r.failure_rate for r in s.rows if r.failure_rate is not None]
+        cells = [s.name]
         for c in cols:
             r = by.get(c)
             cells.append("n/a" if r is None else _fid_cell(r))
-        cells += [_fmt(s.get("bpb"), 3), _fmt(float(np.mean(fails)), pct=True) if fails else "n/a"]
+        cells += [_fmt(s.bpb, 3), _fmt(float(np.mean(fails)), pct=True) if fails else "n/a"]
         body.append(cells)
     return header, body
 
 
-def _fid_cell(row: dict) -> str:
+def _fid_cell(row: SettingRow) -> str:
     """FID, with its bootstrap standard deviation when the run computed one (fid_bootstrap > 0)."""
-    cell = _fmt(row.get("fid"))
-    return f"{cell} ± {_fmt(row['fid_std'])}" if row.get("fid_std") is not None and row.get("fid") is not None else cell
+    cell = _fmt(row.fid)
+    return f"{cell} ± {_fmt(row.fid_std)}" if row.fid_std is not None and row.fid is not None else cell
 
 
-def _details(results: dict) -> tuple[list[str], list[list[str]]]:
+def _details(results: EvalResults) -> tuple[list[str], list[list[str]]]:
     header = ["system", "setting", "FID", "n", "decode failures", "tokens / image", "s / image", "note"]
     body = []
-    for s in results.get("systems", []):
-        if s.get("error") and not s.get("rows"):
-            body.append([s["name"], "-", "n/a", "0", "n/a", "n/a", "n/a", s["error"]])
-        for r in s.get("rows", []):
-            note = r.get("fid_reason") or ""
-            if r.get("decoded_frame_rate") is not None:
-                note = (note + "; " if note else "") + f"decodable frames {_fmt(r['decoded_frame_rate'], pct=True)}"
-            if r.get("fvd") is not None or r.get("fvd_reason"):
-                fvd = f"FVD {_fmt(r['fvd'])}" if r.get("fvd") is not None else r["fvd_reason"]
+    for s in results.systems:
+        if s.error and not s.rows:
+            body.append([s.name, "-", "n/a", "0", "n/a", "n/a", "n/a", s.error])
+        for r in s.rows:
+            note = r.fid_reason or ""
+            if r.decoded_frame_rate is not None:
+                note = (note + "; " if note else "") + f"decodable frames {_fmt(r.decoded_frame_rate, pct=True)}"
+            if r.fvd is not None or r.fvd_reason:
+                fvd = f"FVD {_fmt(r.fvd)}" if r.fvd is not None else r.fvd_reason
                 note = (note + "; " if note else "") + fvd
             body.append([
-                s["name"], r["setting"], _fid_cell(r), str(r.get("n_samples", 0)),
-                _fmt(r.get("failure_rate"), pct=True), _fmt(r.get("tokens_per_image"), 0),
-                _fmt(r.get("seconds_per_image"), 3), note,
+                s.name, r.setting, _fid_cell(r), str(r.n_samples),
+                _fmt(r.failure_rate, pct=True), _fmt(r.tokens_per_image, 0),
+                _fmt(r.seconds_per_image, 3), note,
             ])
     return header, body
 
 
-def _floors(results: dict) -> tuple[list[str], list[list[str]]]:
+def _floors(results: EvalResults) -> tuple[list[str], list[list[str]]]:
     header = ["codec", "PSNR (dB)", "rFID", "bytes / image", "n", "note"]
-    body = [[f["codec"], _fmt(f.get("psnr")), _fmt(f.get("rfid")), _fmt(f.get("bytes_per_image"), 0),
-             str(f.get("n", 0)), f.get("rfid_reason") or ""] for f in results.get("floors", [])]
+    body = [[f.codec, _fmt(f.psnr), _fmt(f.rfid), _fmt(f.bytes_per_image, 0), str(f.n), f.rfid_reason or ""]
+            for f in results.floors]
     return header, body
 
 
@@ -229,15 +223,15 @@ def _html_table(header: list[str], body: list[list[str]]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
-def _settings_lines(results: dict) -> list[str]:
-    fid = results.get("fid", {})
+def _settings_lines(results: EvalResults) -> list[str]:
+    fid = results.fid
     lines = [f"- FID: {fid.get('network', '?')} (sha256 {fid.get('network_sha256', '?')[:16]}...), "
              f"backend {fid.get('backend', '?')}, resize: {fid.get('resize', '?')}"]
     if fid.get("versions"):
         lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in fid["versions"].items()))
-    for k, v in (results.get("settings") or {}).items():
+    for k, v in (results.settings or {}).items():
         lines.append(f"- {k}: {json.dumps(v) if not isinstance(v, str) else v}")
-    lines += [f"- note: {n}" for n in results.get("notes", [])]
+    lines += [f"- note: {n}" for n in results.notes]
     return lines
 
 
@@ -245,27 +239,30 @@ def _settings_lines(results: dict) -> list[str]:
 # the report
 
 
-def strip_files(results: dict, out: Path) -> list[tuple[str, str, Path]]:
+def strip_files(results: EvalResults | dict, out: Path) -> list[tuple[str, str, Path]]:
     """(system, setting, file) of every completion strip that exists (paths relative to `out`)."""
+    results = EvalResults.from_json(results)
     found = []
-    for s in results.get("systems", []):
-        for strip in s.get("strips", []):
-            p = Path(strip["path"])
+    for s in results.systems:
+        for strip in s.strips:
+            p = Path(strip.path)
             p = p if p.is_absolute() else out / p
             if p.is_file():
-                found.append((s["name"], strip["setting"], p))
+                found.append((s.name, strip.setting, p))
     return found
 
 
-def render_markdown(results: dict, out: Path, tables: dict | None = None) -> str:
-    """report.md's text; strips and the plot are linked relative to `out` (only those that exist there)."""
+def render_markdown(results: EvalResults | dict, out: Path, tables: dict | None = None) -> str:
+    """report.md's text; strips and the plot are linked relative to `out` (only those that exist there).
+    `results`: the record or its JSON form (e.g. a report.json read back)."""
+    results = EvalResults.from_json(results)
     tables = tables or {"headline": _headline(results), "details": _details(results), "floors": _floors(results)}
-    md = [f"# {results.get('title', 'jpeglm evaluation')}", "", results.get("summary", ""), "",
+    md = [f"# {results.title}", "", results.summary, "",
           "## FID by system and setting (lower is better)", "",
           _md_table(*tables["headline"]), "", "## Details", "", _md_table(*tables["details"]), ""]
-    if results.get("floors"):
+    if results.floors:
         md += ["## Reconstruction floors (encode -> decode, no model)", "", _md_table(*tables["floors"]), ""]
-    plot = (results.get("files") or {}).get("plot")
+    plot = (results.files or {}).get("plot")
     if plot and (out / plot).is_file():
         md += [f"![FID against prompt ratio]({plot})", ""]
     strips = strip_files(results, out)
@@ -279,24 +276,24 @@ def render_markdown(results: dict, out: Path, tables: dict | None = None) -> str
     return "\n".join(md)
 
 
-def write_report(results: dict, out_dir: str | os.PathLike) -> dict:
+def write_report(results: EvalResults | dict, out_dir: str | os.PathLike) -> dict:
     """Write report.json, report.md, fid_vs_ratio.png and report.html into `out_dir`; returns
-    {"json", "md", "html", "plot"} -> path (plot None when there is no number to draw)."""
+    {"json", "md", "html", "plot"} -> path (plot None when there is no number to draw).
+    `results`: an EvalResults (its `files` is set) or its JSON form (left as it is)."""
+    results = EvalResults.from_json(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    title = results.get("title", "jpeglm evaluation")
+    title = results.title
     plot = plot_fid(results, out / "fid_vs_ratio.png")
-    results = dict(results)
-    results["files"] = {"json": "report.json", "md": "report.md", "html": "report.html",
-                        "plot": plot.name if plot else None}
-    atomic_write_text(out / "report.json", json.dumps(results, indent=2, default=str) + "\n")
+    results.files = {"json": "report.json", "md": "report.md", "html": "report.html", "plot": plot.name if plot else None}
+    atomic_write_text(out / "report.json", json.dumps(results.to_json(), indent=2, default=str) + "\n")
 
     tables = {"headline": _headline(results), "details": _details(results), "floors": _floors(results)}
     atomic_write_text(out / "report.md", render_markdown(results, out, tables))
 
     parts = [f"<h1>{html.escape(title)}</h1>"]
-    if results.get("summary"):
-        parts.append(f"<p class='summary'>{html.escape(results['summary'])}</p>")
+    if results.summary:
+        parts.append(f"<p class='summary'>{html.escape(results.summary)}</p>")
     parts += ["<h2>FID by system and setting (lower is better)</h2>", _html_table(*tables["headline"])]
     if plot:
         parts.append(f"<img alt='FID against prompt ratio' src='data:image/png;base64,{_png_b64(plot)}'>")
@@ -307,7 +304,7 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> dict:
         parts.append(f"<h3>{html.escape(name)} - {html.escape(setting)}</h3>"
                      f"<img alt='strip' src='data:image/png;base64,{_png_b64(p)}'>")
     parts += ["<h2>Details</h2>", _html_table(*tables["details"])]
-    if results.get("floors"):
+    if results.floors:
         parts += ["<h2>Reconstruction floors (encode -> decode, no model)</h2>", _html_table(*tables["floors"])]
     parts += ["<h2>Settings</h2><ul>"] + [f"<li>{html.escape(x[2:])}</li>" for x in _settings_lines(results)] + ["</ul>"]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"

@@ -1,32 +1,33 @@
-"""`jpeglm eval --config configs/eval/X.yaml [--set key=value ...]`: the flags of the eval harness
-(jpeglm.eval.harness)."""
+"""`jpeglm eval --config configs/eval/X.yaml [--set key=value ...] [--FIELD value ...]`: the flags of
+the eval harness (jpeglm.eval.harness).
+
+Every field of `EvalConfig` but the lists of systems and floor codecs is a flag, generated from the
+field and its help: top-level fields by name (`--out`, `--device`, `--num-samples`), the sampler's
+by their YAML path (`--sampler.top-k`; no `--sampler.seed`: the harness sets the seeds). Order of
+precedence: the dataclass default, the `--config` file, `--set` overrides, the flags.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from jpeglm.cli import flags
 from jpeglm.config import load_config, resolve_config
 from jpeglm.eval.config import EvalConfig
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="eval config: a YAML file, or a shipped name (tiny, pets, pets-cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set num_samples=4 --set sampler.top_k=0 (repeatable)")
-    parser.add_argument("--out", default=None, help="output directory (overrides `out` in the config)")
-    parser.add_argument("--device", default=None, help="torch device for models and FID (default: cuda when available)")
+    flags.add_config_fields(parser, EvalConfig, skip=("sampler.seed",))
 
 
 def run(args: argparse.Namespace) -> int:
     from jpeglm.config import ConfigError
 
-    overrides = list(args.set)
-    if args.out:
-        overrides.append(f"out={args.out}")
-    if args.device:
-        overrides.append(f"device={args.device}")
+    overrides = [*args.set, *flags.config_overrides(EvalConfig, args)]
     try:
         cfg = load_config(EvalConfig, resolve_config(args.config, "eval"), overrides)
         from jpeglm.eval.harness import evaluate
@@ -38,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
     print(Path(results["report_files"]["md"]).read_text().split("## Details")[0].strip())
     print(f"\nreport: {results['report_files']['html']}")
     for s in results["systems"]:
-        if s.get("error"):
+        if s["error"]:
             print(f"system {s['name']}: {s['error']}")
-    if not any(r.get("fid") is not None for s in results["systems"] for r in s["rows"]):
+    if not any(r["fid"] is not None for s in results["systems"] for r in s["rows"]):
         print("jpeglm eval: no system produced a FID (see the reasons above and in the report)")
         return 1
     return 0

