@@ -38,7 +38,8 @@ from PIL import Image
 from jpeglm.eval.config import EvalConfig
 from jpeglm.eval.fid import FID, bootstrap_fid_std, images_key
 from jpeglm.eval.fvd import fvd_or_reason
-from jpeglm.eval.records import DecodeFailure, EvalResults, FloorResult, SampleEntry, SamplesManifest, SettingRow, StripRef, SystemResult
+from jpeglm.eval.records import (DecodeFailure, EvalResults, FloorResult, SampleEntry, SamplesManifest, SettingRow, StripRef,
+                                 SystemResult)
 from jpeglm.eval.report import UNCOND, make_strip, prompt_view, write_report
 from jpeglm.config import atomic_write_text, save_config
 
