@@ -27,6 +27,7 @@ COMMANDS: dict[str, object] = {
     },
     "eval": ("jpeglm.cli.eval", "compare systems by FID on the same prompts and seeds; write the report"),
     "fid": ("jpeglm.cli.fid", "FID between two folders of images"),
+    "app": ("jpeglm.cli.app", "a web page (Gradio) to complete a photo and watch its file being written"),
 }
 
 

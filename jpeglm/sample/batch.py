@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -44,6 +44,17 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 
 
 @dataclass
+class Step:
+    """What an `on_step` callback sees after each decode step: the jobs of the running batch. The
+    lists are the sampler's own (they grow as it goes): read them, copy what you keep."""
+
+    samples: list[int]  # global sample index of each job
+    prompt_ids: list[list[int]]  # each job's prompt token ids (BOS first)
+    new_ids: list[list[int]]  # the tokens each job has sampled so far (EOS not included)
+    done: list[bool]  # whether each job has finished
+
+
+@dataclass
 class Run:
     """What every batch of one `generate` call shares."""
 
@@ -57,6 +68,9 @@ class Run:
     code_mask: torch.Tensor | None = None  # code codecs: the code tokens only
     # unconstrained byte streams: (the bytes that end a stream, e.g. JPEG's EOI; token id -> bytes)
     stream_end: tuple | None = None
+    # called with a `Step` after every decode step; returning False stops the whole run (see `generate`)
+    on_step: Callable[[Step], bool | None] | None = None
+    stopped: bool = False  # set when on_step asked to stop
 
 
 class Batch:
@@ -68,6 +82,7 @@ class Batch:
         self.constraint = run.constraint
         self.code_mask = run.code_mask.to(self.device) if run.code_mask is not None else None
         self.stream_end = run.stream_end
+        self.run_state, self.on_step = run, run.on_step
         cfg, ctx = self.cfg, self.ctx
         self.t0 = time.perf_counter()
         self.lens = [len(j.ids) for j in jobs]
@@ -86,10 +101,25 @@ class Batch:
         out = self._prefill()
         while self.alive:
             tokens, forced = self._choose(out.logits[:, -1, :].float())
-            if not self._advance(tokens, forced):
+            more = self._advance(tokens, forced)
+            if self.on_step is not None and self._report_step() is False:
+                break
+            if not more:
                 break
             out = self._forward()
         return self._samples()
+
+    def _report_step(self) -> bool:
+        """Hand the progress to `on_step`; when it returns False, end every unfinished job ("stopped")."""
+        done = [ji in self.finished for ji in range(len(self.jobs))]
+        step = Step([j.index for j in self.jobs], [j.ids for j in self.jobs], self.new_ids, done)
+        if self.on_step(step) is not False:
+            return True
+        now = time.perf_counter() - self.t0
+        for ji in range(len(self.jobs)):
+            self.finished.setdefault(ji, ("stopped", now))
+        self.run_state.stopped = True
+        return False
 
     # --- prefill --------------------------------------------------------------------------------
     def _prefill(self):
@@ -223,4 +253,4 @@ class Batch:
         return samples
 
 
-__all__ = ["Batch", "Run", "filter_logits"]
+__all__ = ["Batch", "Run", "Step", "filter_logits"]

@@ -54,7 +54,7 @@ class Sample:
     n_prompt_tokens: int
     n_new_tokens: int
     seconds: float  # from the start of its batch to its last token
-    finish: str = ""  # "eos", "eoi" (JPEG), "complete" (all codes of a vq/pixel picture), "max_new_tokens", "context"
+    finish: str = ""  # "eos", "eoi" (JPEG), "complete" (all codes of a vq/pixel picture), "max_new_tokens", "context", "stopped"
     steered: bool = False  # end steering forced its last bytes
     new_token_ids: list[int] | None = None  # the sampled ids (EOS not included)
 
@@ -106,10 +106,15 @@ def _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint) -> lis
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerConfig | None = None, device="cpu") -> list[Sample]:
+def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerConfig | None = None, device="cpu",
+             on_step=None) -> list[Sample]:
     """Sample `num_samples` completions of each prompt (symbols as `codec.encode` gives them, already
     cut with `codec.prompt`), or `num_samples` unconditional samples when `prompts` is None.
-    Returns the samples in order: prompt 0's samples first."""
+    Returns the samples in order: prompt 0's samples first.
+
+    `on_step(step: batch.Step)`, when given, is called after every decode step (a live preview, a
+    progress bar); when it returns False the run stops there: the batch's unfinished samples come back
+    as they are (`finish == "stopped"`) and later batches are not run."""
     cfg = cfg or SamplerConfig()
     if num_samples < 1:
         raise ValueError("num_samples must be >= 1")
@@ -129,11 +134,13 @@ def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerCon
     stream_end = None  # unconstrained byte streams still stop at the codec's end marker (JPEG's EOI)
     if constraint is None and codec.stream_end:
         stream_end = (codec.stream_end, token_bytes_table(tokenizer, vocab))
-    run = Run(model, tokenizer, codec, cfg, device, ctx, constraint, code_mask, stream_end)
+    run = Run(model, tokenizer, codec, cfg, device, ctx, constraint, code_mask, stream_end, on_step)
     out: list[Sample] = []
     with decode_attention_on(model, device):
         for start in range(0, len(jobs), cfg.batch_size):
             out.extend(Batch(run, jobs[start : start + cfg.batch_size]).run())
+            if run.stopped:
+                break
     return out
 
 

@@ -1,0 +1,160 @@
+"""The Gradio page: pick or upload a photo, cut it where the codec can cut it, and watch the file
+being written; and the `/complete` API beside it.
+
+Every event that touches the model shares one concurrency group ("model", limit 1): the page's
+Generate and the API wait in Gradio's queue, their place shown. Stop sets the job's flag (the job
+id lives in the browser session's state, so one person's Stop never ends another's job, and a
+Stop pressed while queued ends the job as soon as it starts); a closed tab leaves the queue, and
+a running job whose page is gone is stopped by the worker (see worker.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from jpeglm.app.pictures import InputError, builtin_names, builtin_path, canonical_picture, snap, with_cut_line
+from jpeglm.app.worker import Settings, Worker
+
+MODEL = "model"  # the concurrency group of everything that runs the model
+
+INTRO = """# Complete a photo with a codec language model
+The model writes the **file**: each byte it adds is more of the picture. Choose a photo, keep its top part
+(above the red line: the codec can only cut at these steps), and press Generate to watch the bytes arrive.
+"""
+
+
+def checkpoint_classes(meta: dict) -> list[str]:
+    """Class names a class-conditional checkpoint declares in its jpeglm.yaml (`classes`: a list of
+    names or a {name: id} map); [] for unconditional checkpoints."""
+    classes = (meta or {}).get("classes")
+    if isinstance(classes, dict):
+        return [str(k) for k in classes]
+    if isinstance(classes, list):
+        return [str(c) for c in classes]
+    return []
+
+
+def build(worker: Worker, title: str = "jpeglm app"):
+    import gradio as gr
+
+    codec = worker.codec
+    steps = codec.prompt_steps()
+    names = builtin_names()
+    classes = checkpoint_classes(worker.meta)
+    _, start_ratio = snap(codec, 0.5)
+
+    def load(path, ratio):
+        try:
+            picture = canonical_picture(codec, path)
+        except InputError as e:
+            return gr.update(), gr.update(), f"**Cannot use this file:** {e}"
+        return picture, with_cut_line(picture, snap(codec, ratio)[1]), ""
+
+    def load_builtin(name, ratio):
+        if not name:
+            return gr.update(), gr.update(), ""
+        try:
+            return load(builtin_path(name), ratio)
+        except InputError as e:
+            return gr.update(), gr.update(), f"**{e}**"
+
+    def load_upload(path, ratio):
+        if path is None:
+            return gr.update(), gr.update(), ""
+        return load(path, ratio)
+
+    def draw_cut(picture, ratio):
+        return gr.update() if picture is None else with_cut_line(picture, snap(codec, ratio)[1])
+
+    def new_job():
+        return uuid.uuid4().hex[:12]
+
+    def run(picture, ratio, seed, num, temperature, top_k, job_id, label=None, guidance=None):
+        clear = (None, None, None, None)
+        if picture is None:
+            yield ("**Choose or upload a photo first.**",) + clear
+            return
+        try:
+            if label:
+                raise InputError("this jpeglm's sampler does not take a class yet; choose no class")
+            settings = Settings(float(ratio), int(seed or 0), int(num or 1), float(temperature), int(top_k or 0))
+            for p in worker.stream(job_id, picture, settings):
+                gallery = [(img, f"seed {settings.seed + i} · {t} tokens") for i, (img, t) in enumerate(zip(p.previews, p.tokens))]
+                yield p.summary(), gallery, p.files or None, p.prompt_view, p.reports or None
+        except InputError as e:
+            yield (f"**{e}**",) + clear
+
+    def complete(image, prompt_ratio, seed, num_samples, temperature, top_k):
+        """API: complete `image` (a file) keeping `prompt_ratio` of it; returns the files written."""
+        if image is None:
+            raise gr.Error("no image given")
+        try:
+            picture = canonical_picture(codec, image)
+            settings = Settings(float(prompt_ratio), int(seed), int(num_samples), float(temperature), int(top_k))
+            last = None
+            for last in worker.stream(new_job(), picture, settings):
+                pass
+        except InputError as e:
+            raise gr.Error(str(e)) from None
+        if last is None or last.status == "error":
+            raise gr.Error(last.message if last else "nothing was generated")
+        return last.files
+
+    with gr.Blocks(title=title) as page:
+        gr.Markdown(INTRO)
+        job = gr.State("")
+        picture = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=2):
+                builtin = gr.Radio(names, value=names[0] if names else None, label="Built-in photo", elem_id="builtin")
+                upload = gr.File(label="...or upload a photo (any format Pillow opens)", type="filepath", elem_id="upload")
+                cut = gr.Image(label="Prompt: the part above the red line", interactive=False, type="numpy",
+                               elem_id="cut", format="png")
+                ratio = gr.Slider(0, 1, value=start_ratio, step=1 / steps, elem_id="ratio",
+                                  label=f"Prompt: fraction of the picture kept ({steps} cut positions)")
+                with gr.Row():
+                    temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature")
+                    top_k = gr.Number(value=50, precision=0, minimum=0, label="Top-k (0 = off)")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, label="Seed")
+                    num = gr.Slider(1, worker.max_samples, value=min(2, worker.max_samples), step=1, label="Samples")
+                extra = []
+                if classes:
+                    with gr.Row():
+                        extra = [gr.Dropdown([""] + classes, value="", label="Class"),
+                                 gr.Slider(1, 10, value=3, step=0.5, label="Guidance")]
+                with gr.Row():
+                    go = gr.Button("Generate", variant="primary", elem_id="generate")
+                    halt = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Column(scale=3):
+                status = gr.Markdown(elem_id="status")
+                gallery = gr.Gallery(label="Samples, as their bytes arrive", columns=4, elem_id="preview",
+                                     format="png", height="auto")
+                files = gr.File(label="Finished files (byte-exact what the model wrote)", file_count="multiple",
+                                interactive=False, elem_id="files")
+                view = gr.Image(label="Prompt | original", interactive=False, format="png", elem_id="view")
+                report = gr.JSON(label="Decode report", elem_id="report")
+
+        # the API: (image, prompt_ratio, seed, num_samples, temperature, top_k) -> files
+        with gr.Row(visible=False):
+            api_in = [gr.File(type="filepath"), gr.Number(), gr.Number(precision=0), gr.Number(precision=0),
+                      gr.Number(), gr.Number(precision=0)]
+            api_out = gr.File(file_count="multiple")
+            api_go = gr.Button()
+        api_go.click(complete, api_in, api_out, api_name="complete", concurrency_limit=1, concurrency_id=MODEL)
+
+        shown = [picture, cut, status]
+        builtin.change(load_builtin, [builtin, ratio], shown, queue=False, api_visibility="private")
+        upload.upload(load_upload, [upload, ratio], shown, queue=False, api_visibility="private")
+        ratio.change(draw_cut, [picture, ratio], cut, queue=False, api_visibility="private")
+        page.load(load_builtin, [builtin, ratio], shown, queue=False, api_visibility="private")
+        go.click(new_job, None, job, queue=False, api_visibility="private").then(
+            run, [picture, ratio, seed, num, temperature, top_k, job] + extra, [status, gallery, files, view, report],
+            concurrency_limit=1, concurrency_id=MODEL, api_visibility="private",
+        )
+        halt.click(worker.stop, job, None, queue=False, api_visibility="private")
+    page.queue(default_concurrency_limit=1)
+    return page
+
+
+__all__ = ["build", "checkpoint_classes"]

@@ -1,0 +1,55 @@
+"""`jpeglm app`: serve the web page (jpeglm/app/) for one checkpoint: complete a photo, watch its file
+being written, download the files; `/complete` is its API for `gradio_client` and scripts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint: an export dir, a training run dir, a released JPEG-LM dir, or a hub id (owner/name, downloaded once)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--port", type=int, default=7860, help="local port to serve on")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve the network)")
+    p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    p.add_argument("--max-samples", type=int, default=8, help="most samples one Generate may ask for")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="token budget per sample (default: the model's context minus the prompt)")
+
+
+def _resolve(model: str) -> str:
+    """A local path as it is; otherwise a hub id, downloaded (or found in the cache)."""
+    if Path(model).exists() or model.count("/") != 1:
+        return model
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model)
+
+
+def run(args) -> int:
+    from jpeglm.app import AppUnavailable, build_app, require_gradio
+    from jpeglm.checkpoint import CheckpointError, load_for_inference
+
+    try:
+        require_gradio()
+    except AppUnavailable as e:
+        print(f"jpeglm app: error: {e}", file=sys.stderr)
+        return 2
+    if args.max_samples < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+        print("jpeglm app: error: --max-samples and --max-new-tokens must be >= 1", file=sys.stderr)
+        return 2
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        loaded = load_for_inference(_resolve(args.model), device=device)
+    except (CheckpointError, OSError, ValueError) as e:
+        print(f"jpeglm app: error: --model {args.model}: {e}", file=sys.stderr)
+        return 2
+    if loaded.codec.media_kind != "image":
+        print("jpeglm app: error: the page completes still pictures; this checkpoint's codec writes video", file=sys.stderr)
+        return 2
+    page = build_app(loaded, device, max_samples=args.max_samples, max_new_tokens=args.max_new_tokens)
+    page.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    return 0
