@@ -1,0 +1,256 @@
+"""`jpeglm app`: the sampler's on_step hook, the generation worker, the page's /complete API through
+gradio_client, and the page itself in headless Chromium (skipped where there is none).
+
+A tiny random Llama over 64x64 JPEGs (4 MCU rows, so 4 cut positions) keeps every run short; end
+steering finishes each constrained sample inside its budget.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jpeglm.app.pictures import InputError, canonical_picture, snap, with_cut_line
+from jpeglm.app.worker import Settings, Worker
+from jpeglm.codecs.jpeg import JpegCodec, JpegParams
+from jpeglm.sample import SamplerConfig, generate
+from jpeglm.tokenizer import ByteTokenizer
+
+SIZE = 64
+
+
+def tiny_llama(vocab_size: int, ctx: int = 2048, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=ctx,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return JpegCodec(JpegParams(size=SIZE))
+
+
+@pytest.fixture(scope="module")
+def loaded(codec):
+    tok = ByteTokenizer()
+    return SimpleNamespace(model=tiny_llama(tok.vocab_size), tokenizer=tok, codec=codec, meta={})
+
+
+@pytest.fixture(scope="module")
+def photo_file(tmp_path_factory, photos):
+    path = tmp_path_factory.mktemp("app") / "photo.tiff"  # a format browsers cannot show: Pillow opens it
+    photos[1].save(path)
+    return path
+
+
+def _worker(loaded, **kw):
+    return Worker(loaded, "cpu", max_new_tokens=200, min_interval_s=0.0, preview_every=16, **kw)
+
+
+# --- the sampler's per-step hook -----------------------------------------------------------------
+def test_on_step_sees_every_token_and_false_stops_the_run(codec, loaded, photos):
+    prompt = codec.prompt(codec.encode(photos[0]), 0.5)
+    seen = []
+
+    def on_step(step):
+        seen.append([len(ids) for ids in step.new_ids])
+        assert step.samples == [0, 1] and all(len(p) > 10 for p in step.prompt_ids)
+        return len(seen) < 7
+
+    cfg = SamplerConfig(max_new_tokens=200, seed=5, batch_size=2)
+    samples = generate(loaded.model, loaded.tokenizer, codec, [prompt] * 2, 1, cfg, on_step=on_step)
+    assert seen == [[i, i] for i in range(1, 8)]
+    assert [s.finish for s in samples] == ["stopped"] * 2 and [s.n_new_tokens for s in samples] == [7, 7]
+    assert all(bytes(s.symbols).startswith(prompt) for s in samples)
+    # later batches are not run once a run is stopped
+    cfg1 = SamplerConfig(max_new_tokens=200, seed=5, batch_size=1)
+    assert len(generate(loaded.model, loaded.tokenizer, codec, [prompt] * 3, 1, cfg1, on_step=lambda s: False)) == 1
+
+
+def test_on_step_none_changes_nothing(codec, loaded, photos):
+    prompt = codec.prompt(codec.encode(photos[2]), 0.25)
+    cfg = SamplerConfig(max_new_tokens=150, seed=2, batch_size=2)
+    a = generate(loaded.model, loaded.tokenizer, codec, [prompt], 2, cfg)
+    b = generate(loaded.model, loaded.tokenizer, codec, [prompt], 2, cfg, on_step=lambda s: None)
+    assert [bytes(s.symbols) for s in a] == [bytes(s.symbols) for s in b]
+
+
+# --- pictures and the worker ---------------------------------------------------------------------
+def test_cut_snaps_to_codec_steps_and_line_is_drawn(codec, photo_file):
+    picture = canonical_picture(codec, photo_file)
+    assert picture.shape == (SIZE, SIZE, 3)
+    assert codec.prompt_steps() == 4 and snap(codec, 0.6) == (2, 0.5) and snap(codec, 0.1) == (0, 0.0)
+    shown = with_cut_line(picture, 0.5)
+    assert (shown[: SIZE // 2 - 1] == picture[: SIZE // 2 - 1]).all()  # the prompt is shown as it is
+    assert (shown[SIZE // 2] == (255, 48, 48)).all()  # the cut line
+    assert not (shown[SIZE // 2 + 2 :] == picture[SIZE // 2 + 2 :]).all()  # below it: dimmed
+
+
+def test_bad_uploads_give_one_line_messages(codec, tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("not a picture")
+    with pytest.raises(InputError, match="not an image"):
+        canonical_picture(codec, tmp_path / "notes.txt")
+    Image.new("RGB", (400, 300)).save(tmp_path / "big.png")
+    monkeypatch.setattr("jpeglm.app.pictures.MAX_UPLOAD_PIXELS", 100_000)
+    with pytest.raises(InputError, match="400x300"):
+        canonical_picture(codec, tmp_path / "big.png")
+    data = io.BytesIO()
+    Image.new("RGB", (200, 200), (9, 99, 199)).save(data, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(data.getvalue()[:300])  # a truncated file
+    with pytest.raises(InputError):
+        canonical_picture(codec, tmp_path / "cut.jpg")
+
+
+def test_worker_streams_previews_then_byte_exact_files(codec, loaded, photo_file):
+    worker = _worker(loaded)
+    picture = canonical_picture(codec, photo_file)
+    snaps = list(worker.stream("job1", picture, Settings(prompt_ratio=0.5, seed=3, num_samples=2)))
+    running, final = snaps[:-1], snaps[-1]
+    assert final.status == "finished" and len(final.files) == 2 and all(final.done)
+    counts = [sum(p.tokens) for p in running]
+    assert counts == sorted(counts) and len({c for c in counts if c > 0}) >= 2  # the previews move
+    prompt = codec.prompt(codec.encode(picture), 0.5)
+    prompt_pixels = codec.decode(prompt)[0]
+    for path, report in zip(final.files, final.reports):
+        data = open(path, "rb").read()
+        assert report["strict_decodable"] and report["status"] == "ok" and report["bytes"] == len(data)
+        assert data.startswith(codec.to_file(prompt))  # the prompt's bytes, kept exactly
+        with Image.open(io.BytesIO(data)) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        np.testing.assert_array_equal(pixels[: SIZE // 2 - 1], prompt_pixels[: SIZE // 2 - 1])
+    assert final.prompt_view.shape == (SIZE, 2 * SIZE + 6, 3)
+
+
+def test_worker_stop_and_bad_settings(codec, loaded, photo_file):
+    worker = _worker(loaded)
+    picture = canonical_picture(codec, photo_file)
+    with pytest.raises(InputError, match="whole picture"):
+        next(worker.stream("j", picture, Settings(prompt_ratio=1.0)))
+    with pytest.raises(InputError, match="number of samples"):
+        next(worker.stream("j", picture, Settings(num_samples=99)))
+    worker.stop("queued")  # Stop pressed while the job waited in the queue
+    assert [p.status for p in worker.stream("queued", picture, Settings())] == ["stopped"]
+    gen = worker.stream("live", picture, Settings(num_samples=1))
+    next(gen)
+    worker.stop("live")
+    last = list(gen)[-1]
+    assert last.status == "stopped" and last.reports[0]["finish"] == "stopped"
+    gen = worker.stream("closed", picture, Settings(num_samples=1))
+    next(gen)
+    gen.close()  # the page went away: the sampler thread is stopped and the model freed
+    assert worker.lock.acquire(timeout=5)
+    worker.lock.release()
+
+
+# --- the served app ------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(loaded):
+    pytest.importorskip("gradio", reason='the app is an optional extra: pip install "jpeglm[app]"')
+    pytest.importorskip("gradio_client")
+    from jpeglm.app.page import build
+
+    port = _free_port()
+    worker = Worker(loaded, "cpu", max_new_tokens=200, preview_every=8, min_interval_s=0.15)
+    page = build(worker)
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", worker=worker)
+    page.close()
+
+
+def test_complete_api_returns_strict_jpegs_with_the_prompt(served, codec, photo_file):
+    from gradio_client import Client, handle_file
+
+    client = Client(served.url, verbose=False)
+    files = client.predict(handle_file(str(photo_file)), 0.5, 7, 2, 1.0, 50, api_name="/complete")
+    assert len(files) == 2
+    prompt = codec.prompt(codec.encode(canonical_picture(codec, photo_file)), 0.5)
+    for f in files:
+        data = open(f if isinstance(f, str) else f["path"], "rb").read()
+        assert codec.is_strictly_decodable(data) and data.startswith(codec.to_file(prompt))
+    # bad input: an error for the caller, and the app keeps serving
+    with pytest.raises(Exception, match="whole picture"):
+        client.predict(handle_file(str(photo_file)), 1.0, 7, 1, 1.0, 50, api_name="/complete")
+    assert len(client.predict(handle_file(str(photo_file)), 0.25, 1, 1, 1.0, 50, api_name="/complete")) == 1
+
+
+def test_cli_app_without_gradio_says_how_to_install(monkeypatch, capsys):
+    import builtins
+
+    from jpeglm.cli import main
+
+    real_import = builtins.__import__
+
+    def no_gradio(name, *a, **kw):
+        if name == "gradio" or name.startswith("gradio."):
+            raise ImportError("No module named 'gradio'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_gradio)
+    assert main(["app", "--model", "nowhere"]) == 2
+    assert 'pip install "jpeglm[app]"' in capsys.readouterr().err
+
+
+def test_page_in_headless_chromium(served, codec, photo_file, tmp_path):
+    from _cdp import Browser, BrowserUnavailable
+
+    try:
+        browser = Browser.start(tmp_path)
+    except BrowserUnavailable as e:
+        pytest.skip(f"no headless browser: {e}")
+    slow = served.worker.model.register_forward_hook(lambda *a: time.sleep(0.01))  # bytes arrive visibly
+    try:
+        page = browser.open(served.url)
+        page.wait_for("document.querySelector('#generate') !== null", 60)
+        page.upload("#upload input[type=file]", str(photo_file))
+        page.wait_for("document.querySelector('#cut img') !== null", 30)
+        page.click("#generate")
+        seen, final = [], None
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            src = page.eval("Array.from(document.querySelectorAll('#preview img')).map(i => i.src).join('|')")
+            if src and (not seen or seen[-1] != src):
+                seen.append(src)
+            status = page.eval("document.querySelector('#status').innerText")
+            if status.startswith("finished"):
+                final = page.eval("document.querySelectorAll('#files a').length")
+                break
+            time.sleep(0.05)
+        assert status.startswith("finished"), status
+        assert len(seen) >= 3, f"the preview changed only {len(seen)} times"  # at least twice before the end
+        assert final == 2
+        page.wait_for("document.querySelector('#view img') !== null", 10)
+        shot = page.screenshot()
+        assert shot[:8] == b"\x89PNG\r\n\x1a\n"
+        (tmp_path / "app.png").write_bytes(shot)
+        if os.environ.get("JPEGLM_APP_SCREENSHOT"):  # how docs/app.png is made
+            Path(os.environ["JPEGLM_APP_SCREENSHOT"]).write_bytes(shot)
+    finally:
+        slow.remove()
+        browser.close()
