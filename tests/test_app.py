@@ -200,6 +200,17 @@ def test_complete_api_returns_strict_jpegs_with_the_prompt(served, codec, photo_
     assert len(client.predict(handle_file(str(photo_file)), 0.25, 1, 1, 1.0, 50, api_name="/complete")) == 1
 
 
+def test_class_controls_only_for_class_checkpoints(loaded):
+    pytest.importorskip("gradio")
+    from jpeglm.app.page import build, checkpoint_classes
+
+    assert checkpoint_classes({}) == [] and checkpoint_classes({"classes": {"cat": 0, "dog": 1}}) == ["cat", "dog"]
+    labels = lambda page: {getattr(b, "label", None) for b in page.blocks.values()}  # noqa: E731
+    assert "Class" not in labels(build(Worker(loaded)))
+    with_classes = SimpleNamespace(**{**vars(loaded), "meta": {"classes": ["cat", "dog"]}})
+    assert {"Class", "Guidance"} <= labels(build(Worker(with_classes)))
+
+
 def test_cli_app_without_gradio_says_how_to_install(monkeypatch, capsys):
     import builtins
 
@@ -228,6 +239,10 @@ def test_page_in_headless_chromium(served, codec, photo_file, tmp_path):
     try:
         page = browser.open(served.url)
         page.wait_for("document.querySelector('#generate') !== null", 60)
+        (tmp_path / "notes.txt").write_text("not a picture")
+        page.upload("#upload input[type=file]", str(tmp_path / "notes.txt"))
+        page.wait_for("document.querySelector('#status').innerText.includes('not an image')", 30)
+        page.click("#upload button[aria-label='Clear']")
         page.upload("#upload input[type=file]", str(photo_file))
         page.wait_for("document.querySelector('#cut img') !== null", 30)
         page.click("#generate")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import uuid
 
-from jpeglm.app.pictures import InputError, builtin_names, builtin_path, canonical_picture, snap, with_cut_line
+from jpeglm.app.pictures import (
+    InputError, builtin_names, builtin_path, canonical_picture, for_display, snap, with_cut_line,
+)
 from jpeglm.app.worker import Settings, Worker
 
 MODEL = "model"  # the concurrency group of everything that runs the model
@@ -48,7 +50,7 @@ def build(worker: Worker, title: str = "jpeglm app"):
             picture = canonical_picture(codec, path)
         except InputError as e:
             return gr.update(), gr.update(), f"**Cannot use this file:** {e}"
-        return picture, with_cut_line(picture, snap(codec, ratio)[1]), ""
+        return picture, for_display(with_cut_line(picture, snap(codec, ratio)[1])), ""
 
     def load_builtin(name, ratio):
         if not name:
@@ -60,11 +62,12 @@ def build(worker: Worker, title: str = "jpeglm app"):
 
     def load_upload(path, ratio):
         if path is None:
-            return gr.update(), gr.update(), ""
-        return load(path, ratio)
+            return gr.update(), gr.update(), "", gr.update()
+        shown = load(path, ratio)
+        return shown + (gr.update() if shown[2] else None,)  # an upload in use: no built-in photo chosen
 
     def draw_cut(picture, ratio):
-        return gr.update() if picture is None else with_cut_line(picture, snap(codec, ratio)[1])
+        return gr.update() if picture is None else for_display(with_cut_line(picture, snap(codec, ratio)[1]))
 
     def new_job():
         return uuid.uuid4().hex[:12]
@@ -80,7 +83,8 @@ def build(worker: Worker, title: str = "jpeglm app"):
             settings = Settings(float(ratio), int(seed or 0), int(num or 1), float(temperature), int(top_k or 0))
             for p in worker.stream(job_id, picture, settings):
                 gallery = [(img, f"seed {settings.seed + i} · {t} tokens") for i, (img, t) in enumerate(zip(p.previews, p.tokens))]
-                yield p.summary(), gallery, p.files or None, p.prompt_view, p.reports or None
+                view = None if p.prompt_view is None else for_display(p.prompt_view)
+                yield p.summary(), gallery, p.files or None, view, p.reports or None
         except InputError as e:
             yield (f"**{e}**",) + clear
 
@@ -145,7 +149,7 @@ def build(worker: Worker, title: str = "jpeglm app"):
 
         shown = [picture, cut, status]
         builtin.change(load_builtin, [builtin, ratio], shown, queue=False, api_visibility="private")
-        upload.upload(load_upload, [upload, ratio], shown, queue=False, api_visibility="private")
+        upload.upload(load_upload, [upload, ratio], shown + [builtin], queue=False, api_visibility="private")
         ratio.change(draw_cut, [picture, ratio], cut, queue=False, api_visibility="private")
         page.load(load_builtin, [builtin, ratio], shown, queue=False, api_visibility="private")
         go.click(new_job, None, job, queue=False, api_visibility="private").then(

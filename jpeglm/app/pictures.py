@@ -109,6 +109,12 @@ def still(media) -> np.ndarray:
     return arr
 
 
+def for_display(picture: np.ndarray, min_side: int = 256) -> np.ndarray:
+    """Small pictures (a 64x64 test codec) enlarged by whole pixels, so the page shows them at a usable size."""
+    f = -(-min_side // max(1, min(picture.shape[:2])))
+    return picture if f <= 1 else np.repeat(np.repeat(picture, f, axis=0), f, axis=1)
+
+
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 6) -> np.ndarray:
     h = max(left.shape[0], right.shape[0])
 
@@ -119,6 +125,6 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 6) -> np.ndarra
 
 
 __all__ = [
-    "BUILTIN", "InputError", "builtin_names", "builtin_path", "canonical_picture", "side_by_side", "snap", "still",
+    "BUILTIN", "InputError", "builtin_names", "builtin_path", "canonical_picture", "for_display", "side_by_side", "snap", "still",
     "with_cut_line",
 ]
