@@ -6,6 +6,7 @@ nothing but the `chromium` binary (Debian package `chromium`): no websocket libr
 from __future__ import annotations
 
 import base64
+import fcntl
 import itertools
 import json
 import os
@@ -30,7 +31,7 @@ class Browser:
         threading.Thread(target=self._read, daemon=True).start()
 
     @classmethod
-    def start(cls, tmp_dir) -> "Browser":
+    def start(cls, tmp_dir) -> Browser:
         binary = next((b for b in map(shutil.which, BINARIES) if b), None)
         if binary is None:
             raise BrowserUnavailable("no chromium binary on PATH (Debian: apt-get install chromium)")
@@ -38,15 +39,19 @@ class Browser:
         from_chrome_r, from_chrome_w = os.pipe()
 
         def fds():  # the child reads commands on fd 3 and writes replies on fd 4
-            os.dup2(to_chrome_r, 3)
-            os.dup2(from_chrome_w, 4)
+            # moved above 100 first: either pipe end may itself be fd 3 or 4
+            r, w = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD, 100), fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD, 100)
+            os.dup2(r, 3)
+            os.dup2(w, 4)
 
         args = [binary, "--headless=new", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
                 "--disable-dev-shm-usage", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_dir}/chromium",
                 "about:blank"]
         try:
-            proc = subprocess.Popen(args, preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+            log = open(f"{tmp_dir}/chromium.log", "wb")  # noqa: SIM115 - the child writes it; closed below
+            # preexec_fn only moves two descriptors (dup2) in the child
+            proc = subprocess.Popen(args, preexec_fn=fds, close_fds=False, stdout=log, stderr=log)  # noqa: PLW1509
+            log.close()
         except OSError as e:
             raise BrowserUnavailable(f"{binary} did not start: {e}") from e
         os.close(to_chrome_r)
@@ -54,9 +59,10 @@ class Browser:
         browser = cls(proc, to_chrome_w, from_chrome_r)
         try:
             browser.call("Browser.getVersion", timeout=30)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             browser.close()
-            raise BrowserUnavailable(f"{binary} did not answer on the DevTools pipe: {e}") from e
+            tail = open(f"{tmp_dir}/chromium.log", errors="replace").read()[-300:].strip()  # noqa: SIM115
+            raise BrowserUnavailable(f"{binary} did not answer on the DevTools pipe: {e}; {tail}") from e
         return browser
 
     def _read(self):
@@ -97,7 +103,7 @@ class Browser:
             raise RuntimeError(f"{method}: {reply['error']}")
         return reply.get("result", {})
 
-    def open(self, url: str, width: int = 1400, height: int = 1500) -> "Tab":
+    def open(self, url: str, width: int = 1400, height: int = 1500) -> Tab:
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         tab = Tab(self, session)

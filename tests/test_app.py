@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from jpeglm.app.pictures import InputError, canonical_picture, snap, with_cut_line
-from jpeglm.app.worker import Settings, Worker
+from jpeglm.app.worker import Worker
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams
 from jpeglm.sample import SamplerConfig, generate
 from jpeglm.tokenizer import ByteTokenizer
@@ -125,7 +125,7 @@ def test_bad_uploads_give_one_line_messages(codec, tmp_path, monkeypatch):
 def test_worker_streams_previews_then_byte_exact_files(codec, loaded, photo_file):
     worker = _worker(loaded)
     picture = canonical_picture(codec, photo_file)
-    snaps = list(worker.stream("job1", picture, Settings(prompt_ratio=0.5, seed=3, num_samples=2)))
+    snaps = list(worker.stream("job1", picture, 0.5, 2, worker.sampler(2, seed=3)))
     running, final = snaps[:-1], snaps[-1]
     assert final.status == "finished" and len(final.files) == 2 and all(final.done)
     counts = [sum(p.tokens) for p in running]
@@ -133,7 +133,7 @@ def test_worker_streams_previews_then_byte_exact_files(codec, loaded, photo_file
     prompt = codec.prompt(codec.encode(picture), 0.5)
     prompt_pixels = codec.decode(prompt)[0]
     for path, report in zip(final.files, final.reports):
-        data = open(path, "rb").read()
+        data = Path(path).read_bytes()
         assert report["strict_decodable"] and report["status"] == "ok" and report["bytes"] == len(data)
         assert data.startswith(codec.to_file(prompt))  # the prompt's bytes, kept exactly
         with Image.open(io.BytesIO(data)) as im:
@@ -145,18 +145,21 @@ def test_worker_streams_previews_then_byte_exact_files(codec, loaded, photo_file
 def test_worker_stop_and_bad_settings(codec, loaded, photo_file):
     worker = _worker(loaded)
     picture = canonical_picture(codec, photo_file)
+    one = worker.sampler(1)
     with pytest.raises(InputError, match="whole picture"):
-        next(worker.stream("j", picture, Settings(prompt_ratio=1.0)))
+        next(worker.stream("j", picture, 1.0, 1, one))
     with pytest.raises(InputError, match="number of samples"):
-        next(worker.stream("j", picture, Settings(num_samples=99)))
+        worker.sampler(99)
+    with pytest.raises(InputError, match="temperature"):
+        worker.sampler(1, temperature=-1.0)
     worker.stop("queued")  # Stop pressed while the job waited in the queue
-    assert [p.status for p in worker.stream("queued", picture, Settings())] == ["stopped"]
-    gen = worker.stream("live", picture, Settings(num_samples=1))
+    assert [p.status for p in worker.stream("queued", picture, 0.5, 1, one)] == ["stopped"]
+    gen = worker.stream("live", picture, 0.5, 1, one)
     next(gen)
     worker.stop("live")
     last = list(gen)[-1]
     assert last.status == "stopped" and last.reports[0]["finish"] == "stopped"
-    gen = worker.stream("closed", picture, Settings(num_samples=1))
+    gen = worker.stream("closed", picture, 0.5, 1, one)
     next(gen)
     gen.close()  # the page went away: the sampler thread is stopped and the model freed
     assert worker.lock.acquire(timeout=5)
@@ -192,7 +195,7 @@ def test_complete_api_returns_strict_jpegs_with_the_prompt(served, codec, photo_
     assert len(files) == 2
     prompt = codec.prompt(codec.encode(canonical_picture(codec, photo_file)), 0.5)
     for f in files:
-        data = open(f if isinstance(f, str) else f["path"], "rb").read()
+        data = Path(f if isinstance(f, str) else f["path"]).read_bytes()
         assert codec.is_strictly_decodable(data) and data.startswith(codec.to_file(prompt))
     # bad input: an error for the caller, and the app keeps serving
     with pytest.raises(Exception, match="whole picture"):
@@ -205,7 +208,7 @@ def test_class_controls_only_for_class_checkpoints(loaded):
     from jpeglm.app.page import build, checkpoint_classes
 
     assert checkpoint_classes({}) == [] and checkpoint_classes({"classes": {"cat": 0, "dog": 1}}) == ["cat", "dog"]
-    labels = lambda page: {getattr(b, "label", None) for b in page.blocks.values()}  # noqa: E731
+    labels = lambda page: {getattr(b, "label", None) for b in page.blocks.values()}
     assert "Class" not in labels(build(Worker(loaded)))
     with_classes = SimpleNamespace(**{**vars(loaded), "meta": {"classes": ["cat", "dog"]}})
     assert {"Class", "Guidance"} <= labels(build(Worker(with_classes)))

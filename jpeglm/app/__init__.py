@@ -32,4 +32,4 @@ def build_app(loaded, device: str = "cpu", **worker_options):
     return build(Worker(loaded, device, **worker_options))
 
 
-__all__ = ["AppUnavailable", "INSTALL_HINT", "build_app", "require_gradio"]
+__all__ = ["INSTALL_HINT", "AppUnavailable", "build_app", "require_gradio"]

@@ -13,9 +13,15 @@ from __future__ import annotations
 import uuid
 
 from jpeglm.app.pictures import (
-    InputError, builtin_names, builtin_path, canonical_picture, for_display, snap, with_cut_line,
+    InputError,
+    builtin_names,
+    builtin_path,
+    canonical_picture,
+    for_display,
+    snap,
+    with_cut_line,
 )
-from jpeglm.app.worker import Settings, Worker
+from jpeglm.app.worker import Worker
 
 MODEL = "model"  # the concurrency group of everything that runs the model
 
@@ -80,9 +86,9 @@ def build(worker: Worker, title: str = "jpeglm app"):
         try:
             if label:
                 raise InputError("this jpeglm's sampler does not take a class yet; choose no class")
-            settings = Settings(float(ratio), int(seed or 0), int(num or 1), float(temperature), int(top_k or 0))
-            for p in worker.stream(job_id, picture, settings):
-                gallery = [(img, f"seed {settings.seed + i} · {t} tokens") for i, (img, t) in enumerate(zip(p.previews, p.tokens))]
+            cfg = worker.sampler(int(num or 1), temperature=float(temperature), top_k=int(top_k or 0), seed=int(seed or 0))
+            for p in worker.stream(job_id, picture, float(ratio), int(num or 1), cfg):
+                gallery = [(img, f"seed {cfg.seed + i} · {t} tokens") for i, (img, t) in enumerate(zip(p.previews, p.tokens))]
                 view = None if p.prompt_view is None else for_display(p.prompt_view)
                 yield p.summary(), gallery, p.files or None, view, p.reports or None
         except InputError as e:
@@ -94,9 +100,9 @@ def build(worker: Worker, title: str = "jpeglm app"):
             raise gr.Error("no image given")
         try:
             picture = canonical_picture(codec, image)
-            settings = Settings(float(prompt_ratio), int(seed), int(num_samples), float(temperature), int(top_k))
+            cfg = worker.sampler(int(num_samples), temperature=float(temperature), top_k=int(top_k), seed=int(seed))
             last = None
-            for last in worker.stream(new_job(), picture, settings):
+            for last in worker.stream(new_job(), picture, float(prompt_ratio), int(num_samples), cfg):
                 pass
         except InputError as e:
             raise gr.Error(str(e)) from None

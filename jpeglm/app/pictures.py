@@ -35,7 +35,7 @@ def _skimage_data() -> Path | None:
     spec = importlib.util.find_spec("skimage")  # finds the folder without importing scikit-image
     if spec is None or not spec.submodule_search_locations:
         return None
-    root = Path(list(spec.submodule_search_locations)[0]) / "data"
+    root = Path(next(iter(spec.submodule_search_locations))) / "data"
     return root if root.is_dir() else None
 
 
@@ -60,7 +60,7 @@ def canonical_picture(codec, path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
-    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for non-images
+    except Exception as e:
         raise InputError(f"{path.name or 'the file'} is not an image Pillow can open") from e
     if w * h > MAX_UPLOAD_PIXELS:
         raise InputError(f"the image is {w}x{h} ({w * h / 1e6:.0f} Mpx); the limit is {MAX_UPLOAD_PIXELS / 1e6:.0f} Mpx")
@@ -68,7 +68,7 @@ def canonical_picture(codec, path: str | os.PathLike) -> np.ndarray:
         picture = codec.prepare(str(path))
     except ValueError as e:  # MediaError and CodecError are ValueErrors with a one-line message
         raise InputError(str(e).replace(str(path), path.name)) from e
-    except Exception as e:  # noqa: BLE001 - a truncated file fails only when its pixels are read
+    except Exception as e:
         raise InputError(f"the image could not be decoded ({type(e).__name__}: {e})") from e
     arr = np.asarray(picture)
     if arr.dtype != np.uint8 or arr.ndim != 3:
@@ -79,7 +79,7 @@ def canonical_picture(codec, path: str | os.PathLike) -> np.ndarray:
 def snap(codec, ratio: float) -> tuple[int, float]:
     """The codec's cut position nearest `ratio`: (k steps kept, k / prompt_steps())."""
     steps = codec.prompt_steps()
-    k = int(round(min(max(float(ratio), 0.0), 1.0) * steps))
+    k = round(min(max(float(ratio), 0.0), 1.0) * steps)
     return k, k / steps
 
 
@@ -87,7 +87,7 @@ def with_cut_line(picture: np.ndarray, fraction: float) -> np.ndarray:
     """`picture` with the part below the cut dimmed and a line where the prompt ends."""
     out = picture.copy()
     h = out.shape[0]
-    y = int(round(fraction * h))
+    y = round(fraction * h)
     out[y:] = (out[y:].astype(np.uint16) * 2 // 5 + 77).astype(np.uint8)  # dimmed: what the model writes
     thick = max(1, h // 128)
     lo, hi = max(0, y - thick), min(h, y + thick)

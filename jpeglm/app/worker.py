@@ -1,6 +1,6 @@
 """The generation worker behind the page: one model, one job at a time, a live view of the bytes.
 
-`Worker.stream(job_id, picture, settings)` cuts the prompt, runs `jpeglm.sample.generate` in a thread
+`Worker.stream(job_id, picture, prompt_ratio, num_samples, sampler)` cuts the prompt, runs `jpeglm.sample.generate` in a thread
 with an `on_step` hook, and yields `Progress` snapshots: every sample's partial stream decoded (the
 rows written so far, grey below: the codec's own decode of a cut stream), tokens/s and counts; the
 last snapshot carries the finished files (exactly `codec.to_file` of what the model wrote) and their
@@ -21,17 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from jpeglm.app.pictures import InputError, side_by_side, snap, still
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What one Generate asks for."""
-
-    prompt_ratio: float = 0.5
-    seed: int = 0
-    num_samples: int = 2
-    temperature: float = 1.0
-    top_k: int = 50
 
 
 @dataclass
@@ -99,24 +88,29 @@ class Worker:
         except ValueError as e:
             raise InputError(f"cannot encode this picture: {e}") from e
 
-    def check(self, settings: Settings) -> Settings:
-        if not 1 <= int(settings.num_samples) <= self.max_samples:
+    def sampler(self, num_samples: int, **settings):
+        """The SamplerConfig of one job (`settings`: its fields, e.g. temperature, top_k, seed); InputError
+        for settings it refuses. All samples of a job run as one batch, so they preview together."""
+        from jpeglm.sample import SamplerConfig
+
+        if not 1 <= int(num_samples) <= self.max_samples:
             raise InputError(f"number of samples must be 1..{self.max_samples}")
-        if float(settings.temperature) < 0 or int(settings.top_k) < 0:
-            raise InputError("temperature and top-k must be >= 0")
-        return settings
+        try:
+            return SamplerConfig(**settings, batch_size=int(num_samples), max_new_tokens=self.max_new_tokens)
+        except ValueError as e:
+            raise InputError(str(e)) from e
 
     # --- one job -------------------------------------------------------------------------------------
-    def stream(self, job_id: str, picture: np.ndarray, settings: Settings):
-        """Yield `Progress` snapshots of one job; the last has status finished, stopped or error."""
-        from jpeglm.sample import SamplerConfig, generate
+    def stream(self, job_id: str, picture: np.ndarray, prompt_ratio: float, num_samples: int, cfg):
+        """Yield `Progress` snapshots of one job (`cfg`: its SamplerConfig, see `sampler`); the last has
+        status finished, stopped or error."""
+        from jpeglm.sample import generate
 
         stop = self._flag(job_id or f"anon-{time.monotonic_ns()}")
-        self.check(settings)
-        prompt, fraction = self.prompt(picture, settings.prompt_ratio)
-        n = int(settings.num_samples)
-        cfg = SamplerConfig(temperature=float(settings.temperature), top_k=int(settings.top_k), seed=int(settings.seed),
-                            batch_size=n, max_new_tokens=self.max_new_tokens)
+        n = int(num_samples)
+        if not 1 <= n <= self.max_samples:
+            raise InputError(f"number of samples must be 1..{self.max_samples}")
+        prompt, fraction = self.prompt(picture, prompt_ratio)
         prompt_pixels = still(self.codec.decode(prompt)[0])
         state = {"step": None, "pulled": time.monotonic(), "result": None, "error": None}
         changed = threading.Event()
@@ -200,4 +194,4 @@ class Worker:
                         seconds, status, message, files, reports, view)
 
 
-__all__ = ["Progress", "Settings", "Worker"]
+__all__ = ["Progress", "Worker"]
