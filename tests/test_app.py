@@ -214,6 +214,25 @@ def test_class_controls_only_for_class_checkpoints(loaded):
     assert {"Class", "Guidance"} <= labels(build(Worker(with_classes)))
 
 
+def test_everything_that_runs_the_model_shares_one_queue_slot(loaded):
+    pytest.importorskip("gradio")
+    from jpeglm.app.page import MODEL, build
+
+    page = build(Worker(loaded))
+    model_fns = [f for f in page.fns.values() if f.concurrency_id == MODEL]
+    assert {f.api_name for f in model_fns} >= {"complete"} and len(model_fns) == 2  # the API and Generate
+    assert all(f.concurrency_limit == 1 and f.queue for f in model_fns)
+
+
+def test_cli_app_bad_checkpoint_is_one_line(tmp_path, capsys):
+    pytest.importorskip("gradio")
+    from jpeglm.cli import main
+
+    assert main(["app", "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jpeglm app: error: --model") and "Traceback" not in err
+
+
 def test_cli_app_without_gradio_says_how_to_install(monkeypatch, capsys):
     import builtins
 

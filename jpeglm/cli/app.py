@@ -51,5 +51,8 @@ def run(args) -> int:
         print("jpeglm app: error: the page completes still pictures; this checkpoint's codec writes video", file=sys.stderr)
         return 2
     page = build_app(loaded, device, max_samples=args.max_samples, max_new_tokens=args.max_new_tokens)
-    page.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    from jpeglm.app.pictures import MAX_UPLOAD_BYTES
+
+    page.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
+                max_file_size=MAX_UPLOAD_BYTES)
     return 0
