@@ -106,7 +106,7 @@ class Browser:
     def open(self, url: str, width: int = 1400, height: int = 1500) -> Tab:
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        tab = Tab(self, session)
+        tab = Tab(self, session, target)
         tab.call("Page.enable")
         tab.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
                                                        "mobile": False})
@@ -127,8 +127,11 @@ class Browser:
 
 
 class Tab:
-    def __init__(self, browser: Browser, session: str):
-        self.browser, self.session = browser, session
+    def __init__(self, browser: Browser, session: str, target: str):
+        self.browser, self.session, self.target = browser, session, target
+
+    def close(self):
+        self.browser.call("Target.closeTarget", {"targetId": self.target})
 
     def call(self, method, params=None, timeout=30):
         return self.browser.call(method, params, self.session, timeout)

@@ -288,6 +288,21 @@ def test_page_in_headless_chromium(served, codec, photo_file, tmp_path):
         (tmp_path / "app.png").write_bytes(shot)
         if os.environ.get("JPEGLM_APP_SCREENSHOT"):  # how docs/app.png is made
             Path(os.environ["JPEGLM_APP_SCREENSHOT"]).write_bytes(shot)
+        page.close()
+
+        # a closed tab cancels its job: the model is free again soon after, long before the job would end
+        slow.remove()
+        slow = served.worker.model.register_forward_hook(lambda *a: time.sleep(0.05))  # ~10 s a job
+        page = browser.open(served.url)
+        page.wait_for("document.querySelector('#cut img') !== null", 60)
+        page.click("#generate")
+        page.wait_for("document.querySelector('#status').innerText.startsWith('running')", 30)
+        assert served.worker.lock.locked()
+        page.close()
+        t0 = time.time()
+        assert served.worker.lock.acquire(timeout=8), "the job of a closed tab kept running"
+        served.worker.lock.release()
+        assert time.time() - t0 < 8
     finally:
         slow.remove()
         browser.close()

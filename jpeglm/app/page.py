@@ -87,10 +87,14 @@ def build(worker: Worker, title: str = "jpeglm app"):
             if label:
                 raise InputError("this jpeglm's sampler does not take a class yet; choose no class")
             cfg = worker.sampler(int(num or 1), temperature=float(temperature), top_k=int(top_k or 0), seed=int(seed or 0))
-            for p in worker.stream(job_id, picture, float(ratio), int(num or 1), cfg):
-                gallery = [(img, f"seed {cfg.seed + i} · {t} tokens") for i, (img, t) in enumerate(zip(p.previews, p.tokens))]
-                view = None if p.prompt_view is None else for_display(p.prompt_view)
-                yield p.summary(), gallery, p.files or None, view, p.reports or None
+            job = worker.stream(job_id, picture, float(ratio), int(num or 1), cfg)
+            try:
+                for p in job:
+                    gallery = [(img, f"seed {cfg.seed + i} · {t} tokens") for i, (img, t) in enumerate(zip(p.previews, p.tokens))]
+                    view = None if p.prompt_view is None else for_display(p.prompt_view)
+                    yield p.summary(), gallery, p.files or None, view, p.reports or None
+            finally:
+                job.close()  # Gradio closes this generator when the tab goes away: stop the sampler with it
         except InputError as e:
             yield (f"**{e}**",) + clear
 
