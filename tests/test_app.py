@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from jpeglm.app.pictures import InputError, canonical_picture, snap, with_cut_line
+from jpeglm.app.pictures import InputError, canonical_media, snap, with_cut_line
 from jpeglm.app.worker import Worker
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams
 from jpeglm.sample import SamplerConfig, generate
@@ -98,7 +98,7 @@ def test_on_step_none_changes_nothing(codec, loaded, photos):
 
 # --- pictures and the worker ---------------------------------------------------------------------
 def test_cut_snaps_to_codec_steps_and_line_is_drawn(codec, photo_file):
-    picture = canonical_picture(codec, photo_file)
+    picture = canonical_media(codec, photo_file)
     assert picture.shape == (SIZE, SIZE, 3)
     assert codec.prompt_steps() == 4 and snap(codec, 0.6) == (2, 0.5) and snap(codec, 0.1) == (0, 0.0)
     shown = with_cut_line(picture, 0.5)
@@ -110,21 +110,21 @@ def test_cut_snaps_to_codec_steps_and_line_is_drawn(codec, photo_file):
 def test_bad_uploads_give_one_line_messages(codec, tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("not a picture")
     with pytest.raises(InputError, match="not an image"):
-        canonical_picture(codec, tmp_path / "notes.txt")
+        canonical_media(codec, tmp_path / "notes.txt")
     Image.new("RGB", (400, 300)).save(tmp_path / "big.png")
     monkeypatch.setattr("jpeglm.app.pictures.MAX_UPLOAD_PIXELS", 100_000)
     with pytest.raises(InputError, match="400x300"):
-        canonical_picture(codec, tmp_path / "big.png")
+        canonical_media(codec, tmp_path / "big.png")
     data = io.BytesIO()
     Image.new("RGB", (200, 200), (9, 99, 199)).save(data, "JPEG")
     (tmp_path / "cut.jpg").write_bytes(data.getvalue()[:300])  # a truncated file
     with pytest.raises(InputError):
-        canonical_picture(codec, tmp_path / "cut.jpg")
+        canonical_media(codec, tmp_path / "cut.jpg")
 
 
 def test_worker_streams_previews_then_byte_exact_files(codec, loaded, photo_file):
     worker = _worker(loaded)
-    picture = canonical_picture(codec, photo_file)
+    picture = canonical_media(codec, photo_file)
     snaps = list(worker.stream("job1", picture, 0.5, 2, worker.sampler(2, seed=3)))
     running, final = snaps[:-1], snaps[-1]
     assert final.status == "finished" and len(final.files) == 2 and all(final.done)
@@ -144,7 +144,7 @@ def test_worker_streams_previews_then_byte_exact_files(codec, loaded, photo_file
 
 def test_worker_stop_and_bad_settings(codec, loaded, photo_file):
     worker = _worker(loaded)
-    picture = canonical_picture(codec, photo_file)
+    picture = canonical_media(codec, photo_file)
     one = worker.sampler(1)
     with pytest.raises(InputError, match="whole picture"):
         next(worker.stream("j", picture, 1.0, 1, one))
@@ -164,6 +164,28 @@ def test_worker_stop_and_bad_settings(codec, loaded, photo_file):
     gen.close()  # the page went away: the sampler thread is stopped and the model freed
     assert worker.lock.acquire(timeout=5)
     worker.lock.release()
+
+
+def test_video_checkpoint_shows_frames_and_gives_mp4():
+    import av
+
+    from jpeglm.app.pictures import BUILTIN_CLIP, builtin_media, builtin_names
+    from jpeglm.codecs.avc import AvcCodec, AvcParams
+
+    codec = AvcCodec(AvcParams(width=64, height=48, frames=4, gop=4))
+    tok = ByteTokenizer()
+    loaded = SimpleNamespace(model=tiny_llama(tok.vocab_size, ctx=8192), tokenizer=tok, codec=codec, meta={})
+    assert builtin_names(codec) == [BUILTIN_CLIP]
+    clip = builtin_media(codec, BUILTIN_CLIP)
+    assert clip.shape == (4, 48, 64, 3)
+    sheet = with_cut_line(clip, 0.5)  # the four frames in a row, the last two dimmed
+    assert sheet.shape == (48, 4 * 64 + 3 * 3, 3) and (sheet[:, :64] == clip[0]).all()
+    assert (sheet[:, 2 * 67 : 2 * 67 + 2] == (255, 48, 48)).all()
+    worker = Worker(loaded, "cpu", max_new_tokens=40, min_interval_s=0.0, preview_every=8)
+    final = list(worker.stream("v", clip, 0.5, 1, worker.sampler(1)))[-1]
+    assert final.status == "finished" and final.files[0].endswith(".mp4")
+    with av.open(final.files[0]) as c:  # the prompt's frames play
+        assert sum(1 for _ in c.decode(video=0)) >= 2
 
 
 # --- the served app ------------------------------------------------------------------------------
@@ -193,7 +215,7 @@ def test_complete_api_returns_strict_jpegs_with_the_prompt(served, codec, photo_
     client = Client(served.url, verbose=False)
     files = client.predict(handle_file(str(photo_file)), 0.5, 7, 2, 1.0, 50, api_name="/complete")
     assert len(files) == 2
-    prompt = codec.prompt(codec.encode(canonical_picture(codec, photo_file)), 0.5)
+    prompt = codec.prompt(codec.encode(canonical_media(codec, photo_file)), 0.5)
     for f in files:
         data = Path(f if isinstance(f, str) else f["path"]).read_bytes()
         assert codec.is_strictly_decodable(data) and data.startswith(codec.to_file(prompt))

@@ -14,9 +14,9 @@ import uuid
 
 from jpeglm.app.pictures import (
     InputError,
+    builtin_media,
     builtin_names,
-    builtin_path,
-    canonical_picture,
+    canonical_media,
     for_display,
     snap,
     with_cut_line,
@@ -28,6 +28,10 @@ MODEL = "model"  # the concurrency group of everything that runs the model
 INTRO = """# Complete a photo with a codec language model
 The model writes the **file**: each byte it adds is more of the picture. Choose a photo, keep its top part
 (above the red line: the codec can only cut at these steps), and press Generate to watch the bytes arrive.
+"""
+INTRO_VIDEO = """# Complete a clip with a codec language model
+The model writes the **file**: each byte it adds is more of the clip. Choose a clip, keep its first frames
+and press Generate to watch the frames arrive; the finished clips are .mp4 files.
 """
 
 
@@ -47,22 +51,26 @@ def build(worker: Worker, title: str = "jpeglm app"):
 
     codec = worker.codec
     steps = codec.prompt_steps()
-    names = builtin_names()
+    names = builtin_names(codec)
+    video = codec.media_kind == "video"
+    thing = "clip" if video else "photo"
     classes = checkpoint_classes(worker.meta)
     _, start_ratio = snap(codec, 0.5)
 
+    def picked(media, ratio):
+        return media, for_display(with_cut_line(media, snap(codec, ratio)[1])), ""
+
     def load(path, ratio):
         try:
-            picture = canonical_picture(codec, path)
+            return picked(canonical_media(codec, path), ratio)
         except InputError as e:
             return gr.update(), gr.update(), f"**Cannot use this file:** {e}"
-        return picture, for_display(with_cut_line(picture, snap(codec, ratio)[1])), ""
 
     def load_builtin(name, ratio):
         if not name:
             return gr.update(), gr.update(), ""
         try:
-            return load(builtin_path(name), ratio)
+            return picked(builtin_media(codec, name), ratio)
         except InputError as e:
             return gr.update(), gr.update(), f"**{e}**"
 
@@ -81,7 +89,7 @@ def build(worker: Worker, title: str = "jpeglm app"):
     def run(picture, ratio, seed, num, temperature, top_k, job_id, label=None, guidance=None):
         clear = (None, None, None, None)
         if picture is None:
-            yield ("**Choose or upload a photo first.**",) + clear
+            yield (f"**Choose or upload a {thing} first.**",) + clear
             return
         try:
             if label:
@@ -103,7 +111,7 @@ def build(worker: Worker, title: str = "jpeglm app"):
         if image is None:
             raise gr.Error("no image given")
         try:
-            picture = canonical_picture(codec, image)
+            picture = canonical_media(codec, image)
             cfg = worker.sampler(int(num_samples), temperature=float(temperature), top_k=int(top_k), seed=int(seed))
             last = None
             for last in worker.stream(new_job(), picture, float(prompt_ratio), int(num_samples), cfg):
@@ -115,17 +123,19 @@ def build(worker: Worker, title: str = "jpeglm app"):
         return last.files
 
     with gr.Blocks(title=title) as page:
-        gr.Markdown(INTRO)
+        gr.Markdown(INTRO_VIDEO if video else INTRO)
         job = gr.State("")
         picture = gr.State(None)
         with gr.Row():
             with gr.Column(scale=2):
-                builtin = gr.Radio(names, value=names[0] if names else None, label="Built-in photo", elem_id="builtin")
-                upload = gr.File(label="...or upload a photo (any format Pillow opens)", type="filepath", elem_id="upload")
-                cut = gr.Image(label="Prompt: the part above the red line", interactive=False, type="numpy",
-                               elem_id="cut", format="png")
+                builtin = gr.Radio(names, value=names[0] if names else None, label=f"Built-in {thing}", elem_id="builtin")
+                any_format = "any video PyAV opens" if video else "any format Pillow opens"
+                upload = gr.File(label=f"...or upload a {thing} ({any_format})", type="filepath", elem_id="upload")
+                cut_label = "the frames before the red edge (later frames dimmed)" if video else "the part above the red line"
+                cut = gr.Image(label=f"Prompt: {cut_label}", interactive=False, type="numpy", elem_id="cut", format="png")
+                unit = "frames" if video else "cut positions"
                 ratio = gr.Slider(0, 1, value=start_ratio, step=1 / steps, elem_id="ratio",
-                                  label=f"Prompt: fraction of the picture kept ({steps} cut positions)")
+                                  label=f"Prompt: fraction of the {thing} kept ({steps} {unit})")
                 with gr.Row():
                     temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature")
                     top_k = gr.Number(value=50, precision=0, minimum=0, label="Top-k (0 = off)")
@@ -157,11 +167,11 @@ def build(worker: Worker, title: str = "jpeglm app"):
             api_go = gr.Button()
         api_go.click(complete, api_in, api_out, api_name="complete", concurrency_limit=1, concurrency_id=MODEL)
 
-        shown = [picture, cut, status]
-        builtin.change(load_builtin, [builtin, ratio], shown, queue=False, api_visibility="private")
-        upload.upload(load_upload, [upload, ratio], shown + [builtin], queue=False, api_visibility="private")
+        media_outs = [picture, cut, status]
+        builtin.change(load_builtin, [builtin, ratio], media_outs, queue=False, api_visibility="private")
+        upload.upload(load_upload, [upload, ratio], media_outs + [builtin], queue=False, api_visibility="private")
         ratio.change(draw_cut, [picture, ratio], cut, queue=False, api_visibility="private")
-        page.load(load_builtin, [builtin, ratio], shown, queue=False, api_visibility="private")
+        page.load(load_builtin, [builtin, ratio], media_outs, queue=False, api_visibility="private")
         go.click(new_job, None, job, queue=False, api_visibility="private").then(
             run, [picture, ratio, seed, num, temperature, top_k, job] + extra, [status, gallery, files, view, report],
             concurrency_limit=1, concurrency_id=MODEL, api_visibility="private",

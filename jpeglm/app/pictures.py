@@ -1,5 +1,6 @@
-"""The pictures the page shows: built-in photos, uploads checked before they are decoded, the cut
-line of a prompt, and still frames of whatever a codec decodes (a picture, or a clip as a strip).
+"""The pictures the page shows: built-in photos (a clip for video codecs), uploads checked before they
+are decoded, the cut line of a prompt, and one still of whatever a codec decodes (a picture, or a
+clip's frames as a sheet).
 
 No gradio and no torch here; the codec is only asked through its contract (`prepare`,
 `prompt_steps`, `decode`).
@@ -27,8 +28,14 @@ class InputError(ValueError):
     """Input the page cannot use; its message is shown on the page as it is."""
 
 
-def builtin_names() -> list[str]:
-    return list(BUILTIN) if _skimage_data() is not None else []
+BUILTIN_CLIP = "camera pan"  # video codecs: jpeglm.video.builtin_clip (a camera move over the cat photo)
+
+
+def builtin_names(codec) -> list[str]:
+    """The built-in media the page offers for `codec`: photos for image codecs, one clip for video."""
+    if _skimage_data() is None:
+        return []
+    return [BUILTIN_CLIP] if codec.media_kind == "video" else list(BUILTIN)
 
 
 def _skimage_data() -> Path | None:
@@ -39,16 +46,20 @@ def _skimage_data() -> Path | None:
     return root if root.is_dir() else None
 
 
-def builtin_path(name: str) -> Path:
-    root = _skimage_data()
-    if name not in BUILTIN or root is None:
-        raise InputError(f"no built-in photo {name!r} (choose one of {', '.join(builtin_names()) or 'none'})")
-    return root / BUILTIN[name]
+def builtin_media(codec, name: str) -> np.ndarray:
+    """The canonical picture (or clip) of the built-in `name`."""
+    if name not in builtin_names(codec):
+        raise InputError(f"no built-in {name!r} (choose one of {', '.join(builtin_names(codec)) or 'none'})")
+    if codec.media_kind == "video":
+        from jpeglm.video import builtin_clip
+
+        return _checked(codec, codec.prepare(builtin_clip(frames=codec.prompt_steps())))
+    return canonical_media(codec, _skimage_data() / BUILTIN[name])
 
 
-def canonical_picture(codec, path: str | os.PathLike) -> np.ndarray:
-    """The picture `codec` would encode from the file at `path`, as uint8 HxWx3; InputError (one line)
-    for anything that is not a usable image: not an image, too big, too small, truncated."""
+def canonical_media(codec, path: str | os.PathLike) -> np.ndarray:
+    """What `codec` would encode from the file at `path`: uint8 HxWx3 (TxHxWx3 for a video codec);
+    InputError (one line) for anything it cannot use: not an image (video), too big, too small, truncated."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -56,23 +67,29 @@ def canonical_picture(codec, path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"cannot read the uploaded file ({e.strerror or e})") from e
     if size > MAX_UPLOAD_BYTES:
         raise InputError(f"the file is {size / 2**20:.0f} MiB; the limit is {MAX_UPLOAD_BYTES // 2**20} MiB")
-    data = path.read_bytes()
+    what = "video" if codec.media_kind == "video" else "image"
+    if what == "image":
+        try:
+            with Image.open(io.BytesIO(path.read_bytes())) as im:
+                w, h = im.size
+        except Exception as e:
+            raise InputError(f"{path.name or 'the file'} is not an image Pillow can open") from e
+        if w * h > MAX_UPLOAD_PIXELS:
+            raise InputError(f"the image is {w}x{h} ({w * h / 1e6:.0f} Mpx); the limit is {MAX_UPLOAD_PIXELS / 1e6:.0f} Mpx")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-    except Exception as e:
-        raise InputError(f"{path.name or 'the file'} is not an image Pillow can open") from e
-    if w * h > MAX_UPLOAD_PIXELS:
-        raise InputError(f"the image is {w}x{h} ({w * h / 1e6:.0f} Mpx); the limit is {MAX_UPLOAD_PIXELS / 1e6:.0f} Mpx")
-    try:
-        picture = codec.prepare(str(path))
-    except ValueError as e:  # MediaError and CodecError are ValueErrors with a one-line message
+        media = codec.prepare(str(path))
+    except ValueError as e:  # MediaError, VideoError and CodecError are ValueErrors with a one-line message
         raise InputError(str(e).replace(str(path), path.name)) from e
     except Exception as e:
-        raise InputError(f"the image could not be decoded ({type(e).__name__}: {e})") from e
-    arr = np.asarray(picture)
-    if arr.dtype != np.uint8 or arr.ndim != 3:
-        raise InputError("this checkpoint's codec does not take still pictures")
+        raise InputError(f"the {what} could not be decoded ({type(e).__name__}: {e})") from e
+    return _checked(codec, media)
+
+
+def _checked(codec, media) -> np.ndarray:
+    arr = np.asarray(media)
+    ndim = 4 if codec.media_kind == "video" else 3
+    if arr.dtype != np.uint8 or arr.ndim != ndim or arr.shape[-1] < 3:
+        raise InputError(f"this checkpoint's codec gave {arr.dtype} {arr.shape}, not a picture or clip the page can show")
     return np.ascontiguousarray(arr[..., :3])
 
 
@@ -83,12 +100,19 @@ def snap(codec, ratio: float) -> tuple[int, float]:
     return k, k / steps
 
 
-def with_cut_line(picture: np.ndarray, fraction: float) -> np.ndarray:
-    """`picture` with the part below the cut dimmed and a line where the prompt ends."""
-    out = picture.copy()
+def with_cut_line(media: np.ndarray, fraction: float) -> np.ndarray:
+    """One picture of `media` with what the model writes dimmed and a line where the prompt ends:
+    below the cut row of a picture, or from the first frame after the kept ones of a clip."""
+    out = media.copy()
+    if out.ndim == 4:
+        k = round(fraction * out.shape[0])
+        out[k:] = _dim(out[k:])
+        if k < out.shape[0]:
+            out[k, :, : max(2, out.shape[2] // 64)] = CUT_COLOUR  # the left edge of the first frame to write
+        return still(out)
     h = out.shape[0]
     y = round(fraction * h)
-    out[y:] = (out[y:].astype(np.uint16) * 2 // 5 + 77).astype(np.uint8)  # dimmed: what the model writes
+    out[y:] = _dim(out[y:])
     thick = max(1, h // 128)
     lo, hi = max(0, y - thick), min(h, y + thick)
     if hi > lo:
@@ -96,17 +120,24 @@ def with_cut_line(picture: np.ndarray, fraction: float) -> np.ndarray:
     return out
 
 
-def still(media) -> np.ndarray:
-    """One picture for decoded media: the picture itself, or a clip's frames side by side (at most 8)."""
+def _dim(a: np.ndarray) -> np.ndarray:
+    return (a.astype(np.uint16) * 2 // 5 + 77).astype(np.uint8)
+
+
+def still(media, columns: int = 5) -> np.ndarray:
+    """One picture for decoded media: the picture itself, or a clip's frames in rows of `columns`."""
     arr = np.asarray(media)
-    if arr.ndim == 4:
-        frames = list(arr[: 8])
-        gap = np.full((arr.shape[1], 2, 3), 255, np.uint8)
-        parts = []
-        for f in frames:
-            parts += [f, gap]
-        return np.concatenate(parts[:-1], axis=1)
-    return arr
+    if arr.ndim != 4:
+        return arr
+    t, h, w, _ = arr.shape
+    rows = -(-t // columns)
+    cols = min(t, columns)
+    gap = 3
+    sheet = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
+    for i, frame in enumerate(arr):
+        r, c = divmod(i, columns)
+        sheet[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = frame
+    return sheet
 
 
 def for_display(picture: np.ndarray, min_side: int = 256) -> np.ndarray:
@@ -125,6 +156,6 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 6) -> np.ndarra
 
 
 __all__ = [
-    "BUILTIN", "InputError", "builtin_names", "builtin_path", "canonical_picture", "for_display", "side_by_side", "snap", "still",
-    "with_cut_line",
+    "BUILTIN", "BUILTIN_CLIP", "InputError", "builtin_media", "builtin_names", "canonical_media", "for_display",
+    "side_by_side", "snap", "still", "with_cut_line",
 ]

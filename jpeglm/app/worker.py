@@ -187,7 +187,7 @@ class Worker:
                 "prompt_tokens": s.n_prompt_tokens, "new_tokens": s.n_new_tokens, "bytes": len(data),
                 "seconds": round(s.seconds, 2),
             })
-        view = side_by_side(still(self.codec.decode(prompt)[0]), picture)
+        view = side_by_side(still(self.codec.decode(prompt)[0]), still(picture))
         status = "stopped" if stopped else "finished"
         message = f"prompt keeps {fraction:.0%} of the picture"
         return Progress([still(s.media) for s in samples], [s.n_new_tokens for s in samples], [True] * len(samples),

@@ -47,9 +47,6 @@ def run(args) -> int:
     except (CheckpointError, OSError, ValueError) as e:
         print(f"jpeglm app: error: --model {args.model}: {e}", file=sys.stderr)
         return 2
-    if loaded.codec.media_kind != "image":
-        print("jpeglm app: error: the page completes still pictures; this checkpoint's codec writes video", file=sys.stderr)
-        return 2
     page = build_app(loaded, device, max_samples=args.max_samples, max_new_tokens=args.max_new_tokens)
     from jpeglm.app.pictures import MAX_UPLOAD_BYTES
 
