@@ -253,6 +253,8 @@ def test_cli_app_bad_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["app", "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("jpeglm app: error: --model") and "Traceback" not in err
+    assert main(["app", "--model", "no-such-owner/no-such-model"]) == 2  # offline here: not on the hub either
+    assert "not a hub model" in capsys.readouterr().err
 
 
 def test_cli_app_without_gradio_says_how_to_install(monkeypatch, capsys):

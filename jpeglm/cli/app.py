@@ -24,7 +24,10 @@ def _resolve(model: str) -> str:
         return model
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(model)
+    try:
+        return snapshot_download(model)
+    except Exception as e:  # offline, no such repo, no access: one line for the user
+        raise ValueError(f"no such local path, and not a hub model this machine can fetch ({type(e).__name__}: {e})") from e
 
 
 def run(args) -> int:
