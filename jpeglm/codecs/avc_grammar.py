@@ -23,8 +23,8 @@ What it does NOT check: the slice data (macroblock layer, CAVLC codes) and the s
 fields after idr_pic_id / frame_num. An accepted stream has the right NAL structure and
 slice-header prefix, but a slice may still fail to decode; that would need a CAVLC-level grammar.
 
-A state is a small hashable tuple; per-state byte masks and token masks are cached, and the state
-space is tiny (a few hundred states at the defaults). `completion(state)` gives a short ending:
+A state is a small hashable tuple; per-state byte masks and token masks (the shared `TokenTrie`,
+jpeglm/codecs/grammar.py) are cached, and the state space is tiny (a few hundred states at the defaults). `completion(state)` gives a short ending:
 close the current payload (a stop byte) and append x264's own slices of a blank clip for the
 missing frames - at the defaults 10-byte all-P_Skip slices that decode (they repeat the previous
 frame), which the absolutely shortest ending (a bare slice-header prefix) would not.
@@ -37,6 +37,7 @@ import functools
 import numpy as np
 
 from jpeglm.codecs.avc import NAL_IDR, NAL_PPS, NAL_SLICE, NAL_SPS, AvcCodec, split_nals
+from jpeglm.codecs.grammar import Grammar, GrammarError
 
 # phases of a state (phase, k, pos, z, epb, ok)
 PREFIX, PAYLOAD = 0, 1
@@ -44,10 +45,6 @@ PREFIX, PAYLOAD = 0, 1
 # PAYLOAD: inside unit k's free payload. z = trailing 00 bytes (0..2), epb = the last byte was an
 # emulation-prevention 03, ok = the payload could end right before the trailing zeros.
 HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
-
-
-class GrammarError(ValueError):
-    """A byte the grammar does not allow in this state."""
 
 
 # --- RBSP bit reading (for the canonical SPS/PPS and slice headers) -----------------------------
@@ -147,7 +144,7 @@ def _bits_to_masks(bits: str) -> list[tuple[int, int]]:
     return out
 
 
-class AvcNalGrammar:
+class AvcNalGrammar(Grammar):
     """See module docstring. States: (phase, k, pos, z, epb, ok) tuples."""
 
     def __init__(self, codec: AvcCodec | None = None, slice_header: bool = True):
@@ -192,16 +189,12 @@ class AvcNalGrammar:
             s = self.state_after(self.fillers[k], (PREFIX, k, 0, 0, False, False))
             if not self._end_ok(s):
                 raise ValueError(f"blank slice {k} is not accepted by the grammar")
-        self._masks: dict = {}
-        self._token_masks: dict = {}
 
     # --- states -------------------------------------------------------------------------------
     def start_state(self) -> tuple:
         return (PREFIX, 0, 0, 0, False, False)
 
-    initial_state = start_state
-
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - few states; the grammar lives as long as its codec
+    @functools.cache  # noqa: B019 - few states; the grammar lives as long as its codec
     def step(self, state: tuple, byte: int) -> tuple | None:
         """The state after `byte`, or None when the grammar refuses it."""
         phase, k, pos, z, epb, ok = state
@@ -243,21 +236,6 @@ class AvcNalGrammar:
             return (PAYLOAD, k, 0, z + 1, False, ok)
         return (PAYLOAD, k, 0, 0, False, True)
 
-    def advance(self, state: tuple, byte: int) -> tuple:
-        s = self.step(state, byte)
-        if s is None:
-            raise GrammarError(f"byte {byte:02X} not allowed in state {state}")
-        return s
-
-    def state_after(self, data: bytes, state: tuple | None = None) -> tuple:
-        s = self.start_state() if state is None else state
-        for i, b in enumerate(data):
-            n = self.step(s, b)
-            if n is None:
-                raise GrammarError(f"byte {i} (0x{b:02X}) breaks the NAL grammar in state {s}")
-            s = n
-        return s
-
     def _end_ok(self, state: tuple) -> bool:
         phase, _k, _pos, z, epb, ok = state
         return phase == PAYLOAD and z == 0 and not epb and ok
@@ -265,52 +243,6 @@ class AvcNalGrammar:
     def is_complete(self, state: tuple) -> bool:
         """The stream may end here (all units present, the last payload at a valid end)."""
         return state[1] == self.frames - 1 and self._end_ok(state)
-
-    def first_error(self, data: bytes, state: tuple | None = None) -> int:
-        """Index of the first refused byte, len(data) if all are allowed."""
-        s = self.start_state() if state is None else state
-        for i, b in enumerate(data):
-            s = self.step(s, b)
-            if s is None:
-                return i
-        return len(data)
-
-    def accepts(self, data: bytes) -> bool:
-        s = self.start_state()
-        for b in data:
-            s = self.step(s, b)
-            if s is None:
-                return False
-        return self.is_complete(s)
-
-    # --- masks --------------------------------------------------------------------------------
-    def allowed_bytes(self, state: tuple) -> np.ndarray:
-        m = self._masks.get(state)
-        if m is None:
-            m = np.array([self.step(state, b) is not None for b in range(256)], bool)
-            m.flags.writeable = False  # cached and shared: callers key on its identity
-            self._masks[state] = m
-        return m
-
-    def allowed_token_mask(self, state: tuple, token_bytes: list[bytes | None]) -> np.ndarray:
-        """bool[len(token_bytes)]: tokens whose every byte the grammar allows from `state`
-        (specials, i.e. None, never). Cached per (state, table); the same array object per key."""
-        key = (state, id(token_bytes))
-        m = self._token_masks.get(key)
-        if m is None:
-            m = np.zeros(len(token_bytes), bool)
-            for i, tb in enumerate(token_bytes):
-                if not tb:
-                    continue
-                s = state
-                for b in tb:
-                    s = self.step(s, b)
-                    if s is None:
-                        break
-                m[i] = s is not None
-            m.flags.writeable = False
-            self._token_masks[key] = m
-        return m
 
     # --- endings ------------------------------------------------------------------------------
     def completion(self, state: tuple) -> bytes:

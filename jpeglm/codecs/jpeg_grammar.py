@@ -20,18 +20,20 @@ number of blocks, so every grammatical scan is at most ~1700 bits per block long
 Speed: the decoder state inside an interval is small and finite (block, phase, Huffman node,
 pending extra bits, coefficient index, MCUs left in the interval); each one is interned to an int
 and its 256 byte transitions are computed once (two memoised 4-bit steps) and cached. Token masks
-walk a trie of the vocabulary one level (byte) at a time with numpy and are cached per state.
+walk the shared `TokenTrie` (jpeglm/codecs/grammar.py) one level (byte) at a time with numpy and
+are cached per state.
 A grammar state is a plain tuple `(stage, count, d)` — copyable and hashable, one per sequence.
 `completion(state)` gives a shortest way to finish from any state (for samplers on a token budget).
 """
 
 from __future__ import annotations
 
-import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
-from jpeglm.codecs.jpeg import SOS, SOF0, JpegCodec, iter_segments
+from jpeglm.codecs.grammar import Grammar, GrammarError, TokenTrie
+from jpeglm.codecs.jpeg import SOF0, SOS, JpegCodec, header_length, iter_segments
 
 # stages of the outer (byte) automaton; a state is (stage, count, d)
 HEADER, SCAN, STUFF, MARK_FF, MARK_CODE, DONE = range(6)
@@ -41,10 +43,6 @@ HEADER, SCAN, STUFF, MARK_FF, MARK_CODE, DONE = range(6)
 # MARK_FF / MARK_CODE: inside the RSTn / EOI marker after `count` finished intervals
 END = 0  # decoder state id: the interval (and its 1-padding) ended exactly at this byte boundary
 _PAD = (-1, 4, 0, 0, 0)  # decoder state: the interval is done, the rest of the byte must be 1s
-
-
-class GrammarError(ValueError):
-    """A byte the grammar does not allow in this state."""
 
 
 class HuffmanTable:
@@ -111,7 +109,7 @@ def parse_tables(tables: bytes) -> dict[tuple[int, int], HuffmanTable]:
     return out
 
 
-class JpegScanGrammar:
+class JpegScanGrammar(Grammar):
     """Constrains generation to canonical baseline scans of `codec` (a JpegCodec)."""
 
     def __init__(self, codec: JpegCodec | None = None):
@@ -152,14 +150,11 @@ class JpegScanGrammar:
         self._d_start = self._intern((0, 0, 0, 0, self.mcus_per_interval))
         self._only = [_only(b) for b in range(256)]
         self._none = _readonly(np.zeros(256, bool))
-        # masks per token trie; decoder-state ids are this grammar's own, so the cache lives here
-        self._mask_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._rows_np = np.full((1024, 256), -1, np.int32)
         self._nibbles: dict[tuple, list] = {}
         self._finish_cache: dict[tuple, bytes] = {}
         self._min_interval: bytes | None = None
         self._header_np = np.frombuffer(self.header, np.uint8).astype(np.int64)
-        self._token_tries: list = []
 
     # --- the bit-level decoder (one interval) ---------------------------------------------------
     def _intern(self, d: tuple) -> int:
@@ -274,16 +269,9 @@ class JpegScanGrammar:
         """State after the header (SOI..SOS), at the first entropy-coded byte."""
         return (SCAN, 0, self._d_start)
 
-    def state_after(self, data: bytes, state: tuple | None = None) -> tuple:
-        """The state after feeding `data` (e.g. a prompt from `codec.prompt`) from `state`
-        (default: initial_state). Raises GrammarError at the first byte that is not allowed."""
-        state = self.initial_state() if state is None else state
-        for i, byte in enumerate(data):
-            nxt = self.step(state, byte)
-            if nxt is None:
-                raise GrammarError(f"byte {i} ({byte:02X}) is not allowed in state {state}")
-            state = nxt
-        return state
+    def start_offset(self, data: bytes) -> int:
+        """The scan starts after the header (SOI..SOS) of the modelled stream."""
+        return header_length(data)
 
     def step(self, state: tuple, byte: int) -> tuple | None:
         """The state after `byte`, or None when the byte is not allowed (no exception: fast path)."""
@@ -311,13 +299,6 @@ class JpegScanGrammar:
             return (SCAN, 0, self._d_start) if n + 1 == len(self.header) else (HEADER, n + 1, 0)
         return None  # DONE: nothing may follow EOI
 
-    def advance(self, state: tuple, byte: int) -> tuple:
-        """The state after `byte`; raises GrammarError when the byte is not allowed."""
-        nxt = self.step(state, byte)
-        if nxt is None:
-            raise GrammarError(f"byte {byte:02X} is not allowed in state {state}")
-        return nxt
-
     def allowed_bytes(self, state: tuple) -> np.ndarray:
         """bool[256]: which bytes may come next (a cached read-only array; copy to modify)."""
         stage, n, d = state
@@ -337,22 +318,6 @@ class JpegScanGrammar:
     def is_complete(self, state: tuple) -> bool:
         """True once EOI was written after the last MCU."""
         return state[0] == DONE
-
-    def accepts(self, data: bytes, state: tuple | None = None) -> bool:
-        """True when `data` (a whole modelled stream by default) is a complete grammatical stream."""
-        try:
-            return self.is_complete(self.state_after(data, state))
-        except GrammarError:
-            return False
-
-    def first_error(self, data: bytes, state: tuple | None = None) -> int:
-        """Index of the first byte of `data` the grammar rejects, len(data) if none is rejected."""
-        state = self.initial_state() if state is None else state
-        for i, byte in enumerate(data):
-            state = self.step(state, byte)
-            if state is None:
-                return i
-        return len(data)
 
     def completion(self, state: tuple) -> bytes:
         """A shortest way to finish the stream from `state`: the fewest bits that close the
@@ -422,40 +387,7 @@ class JpegScanGrammar:
         return bytes(out)
 
     # --- tokens ---------------------------------------------------------------------------------
-    def allowed_token_mask(self, state: tuple, token_bytes: list[bytes | None] | "TokenTrie") -> np.ndarray:
-        """bool[len(tokens)]: tokens whose bytes are all allowed in sequence from `state`.
-
-        `token_bytes` is the byte string of each token id (None or b"" for specials: never allowed
-        here; a sampler allows EOS itself when `is_complete`). Pass the same list object (or a
-        `TokenTrie`) every call: its trie is built once. Results are cached per state key.
-        """
-        trie = token_bytes if isinstance(token_bytes, TokenTrie) else self._trie_for(token_bytes)
-        cache = self._mask_caches.get(trie)
-        if cache is None:
-            cache = self._mask_caches[trie] = {}
-        key = self._token_key(state, trie.max_len)
-        cached = cache.get(key)
-        if cached is not None:
-            return cached
-        mask = self._walk_trie(state, trie)
-        mask.flags.writeable = False
-        if len(cache) > 200_000:  # bound memory on very long runs
-            cache.clear()
-        cache[key] = mask
-        return mask
-
-    def token_allowed(self, state: tuple, token: bytes | None) -> bool:
-        """True when all bytes of `token` are allowed in sequence from `state` (False for
-        specials). Cheap enough to check only the top-k candidates of a sampler step."""
-        if not token:
-            return False
-        for byte in token:
-            state = self.step(state, byte)
-            if state is None:
-                return False
-        return True
-
-    def _walk_trie(self, state: tuple, trie: "TokenTrie") -> np.ndarray:
+    def walk_trie(self, state: tuple, trie: TokenTrie) -> np.ndarray:
         """Advance `state` through the trie one level (= one byte) at a time, all nodes of a level
         at once with numpy: the same transitions as `step`, vectorised."""
         mask = np.zeros(trie.num_tokens, bool)
@@ -516,64 +448,13 @@ class JpegScanGrammar:
             stage, count, d = new_st, new_n, new_d
         return mask
 
-    def _token_key(self, state: tuple, max_len: int) -> tuple:
+    def token_key(self, state: tuple, max_len: int) -> tuple:
         # Within one token of at most max_len bytes, the finished-interval count matters only
         # through the next RST number and through how close the last interval is.
         stage, n, d = state
         if stage == HEADER:
             return state
         return (stage, n % 8, min(self.num_intervals - n, max_len + 1), d)
-
-    def _trie_for(self, tokens) -> "TokenTrie":
-        for obj, trie in self._token_tries:
-            if obj is tokens:
-                return trie
-        trie = TokenTrie(tokens)
-        self._token_tries = (self._token_tries + [(tokens, trie)])[-4:]  # keep the recent few
-        return trie
-
-
-class TokenTrie:
-    """A trie over token byte strings: children[node] = [(byte, child)], ends[node] = token ids."""
-
-    def __init__(self, token_bytes: list[bytes | None]):
-        self.num_tokens = len(token_bytes)
-        self.children: list[list[tuple[int, int]]] = [[]]
-        self.ends: list[list[int]] = [[]]
-        index: list[dict[int, int]] = [{}]
-        self.max_len = 1
-        for tid, tb in enumerate(token_bytes):
-            if not tb:
-                continue
-            node = 0
-            for byte in tb:
-                nxt = index[node].get(byte)
-                if nxt is None:
-                    nxt = index[node][byte] = len(self.children)
-                    self.children.append([])
-                    self.ends.append([])
-                    index.append({})
-                    self.children[node].append((byte, nxt))
-                node = nxt
-            self.ends[node].append(tid)
-            self.max_len = max(self.max_len, len(tb))
-        # Level arrays for the vectorised walk: for the nodes at depth L, the index of each node's
-        # parent among the nodes at depth L-1, its byte, and (position, token id) of tokens ending.
-        self.levels: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        frontier = [0]
-        while True:
-            parent, byte, nodes = [], [], []
-            for pi, node in enumerate(frontier):
-                for b, child in self.children[node]:
-                    parent.append(pi)
-                    byte.append(b)
-                    nodes.append(child)
-            if not nodes:
-                break
-            end_pos = [i for i, c in enumerate(nodes) for _ in self.ends[c]]
-            end_tid = [t for c in nodes for t in self.ends[c]]
-            self.levels.append(tuple(np.array(x, np.int64) for x in (parent, byte, end_pos, end_tid)))
-            frontier = nodes
 
 
 def _only(byte: int) -> np.ndarray:
@@ -587,4 +468,91 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-__all__ = ["GrammarError", "HuffmanTable", "JpegScanGrammar", "TokenTrie", "parse_tables"]
+# --- the structural scan grammar ------------------------------------------------------------------
+RST0, EOI_BYTE = 0xD0, 0xD9
+
+
+@dataclass(frozen=True)
+class RestartState:
+    intervals_closed: int  # restart markers seen so far
+    after_ff: bool  # the previous scan byte was FF (a stuffed 00 or a marker must follow)
+    complete: bool = False  # EOI seen
+
+
+class RestartGrammar(Grammar):
+    """Valid baseline-JPEG scan *structure* under the canonical settings (no Huffman state):
+    FF is followed by 00 (stuffing) or by the next restart marker RST(k mod 8), k counting from 0;
+    EOI (FF D9) only after all `num_restart_markers`; nothing after EOI. FF FF fill bytes are
+    refused (legal in JPEG, never written by libjpeg, so never seen in training). A sampler runs it
+    beside the Huffman-level grammar: it counts closed intervals, a cheap bound on the ending."""
+
+    def __init__(self, num_restart_markers: int):
+        if num_restart_markers < 0:
+            raise ValueError("num_restart_markers must be >= 0")
+        self.n_rst = int(num_restart_markers)
+        self._masks: dict[RestartState, np.ndarray] = {}
+
+    @classmethod
+    def for_codec(cls, codec) -> RestartGrammar:
+        return cls(codec.num_restart_markers)
+
+    def start_state(self) -> RestartState:
+        return RestartState(0, False)
+
+    def start_offset(self, data: bytes) -> int:
+        return header_length(data)
+
+    def allowed_bytes(self, s: RestartState) -> np.ndarray:
+        m = self._masks.get(s)
+        if m is None:
+            m = np.zeros(256, bool)
+            if s.complete:
+                pass
+            elif not s.after_ff:
+                m[:] = True  # any byte; FF opens a marker or stuffing
+            else:
+                m[0x00] = True
+                if s.intervals_closed < self.n_rst:
+                    m[RST0 + s.intervals_closed % 8] = True
+                else:
+                    m[EOI_BYTE] = True
+            self._masks[s] = _readonly(m)
+        return m
+
+    def step(self, s: RestartState, b: int) -> RestartState | None:
+        if not self.allowed_bytes(s)[b]:
+            return None
+        if not s.after_ff:
+            return RestartState(s.intervals_closed, b == 0xFF)
+        if b == 0x00:
+            return RestartState(s.intervals_closed, False)
+        if b == EOI_BYTE:
+            return RestartState(s.intervals_closed, False, True)
+        return RestartState(s.intervals_closed + 1, False)
+
+    def is_complete(self, s: RestartState) -> bool:
+        return s.complete
+
+    def completion(self, s: RestartState) -> bytes:
+        """The shortest byte string that completes the scan from `s`."""
+        if s.complete:
+            return b""
+        out = bytearray() if s.after_ff else bytearray(b"\xff")
+        for k in range(s.intervals_closed, self.n_rst):
+            out += bytes([RST0 + k % 8, 0xFF])
+        out.append(EOI_BYTE)
+        return bytes(out)
+
+    def completion_length(self, s: RestartState) -> int:
+        if s.complete:
+            return 0
+        return (0 if s.after_ff else 1) + 2 * (self.n_rst - s.intervals_closed) + 1
+
+
+def scan_grammar_for(codec) -> JpegScanGrammar:
+    """The grammar a JPEG codec's samples are constrained by: the Huffman-level scan grammar."""
+    return JpegScanGrammar(codec)
+
+
+__all__ = ["GrammarError", "HuffmanTable", "JpegScanGrammar", "RestartGrammar", "RestartState", "TokenTrie",
+           "parse_tables", "scan_grammar_for"]
