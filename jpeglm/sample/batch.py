@@ -3,8 +3,10 @@
 `Batch(...).run()` does, in order (see jpeglm/sample/sampler.py for the whole story):
 - `_prefill`: the unique prompts left-padded and run once, their cache rows then repeated for the
   samples that share a prompt (num_samples x less prefill work);
-- per step, `_choose`: the constraint mask (and end steering) -> temperature / top-k / top-p -> one
-  draw per row from that row's own generator; `_advance`: append, move the grammar state on, end
+- per step, `_choose`: end steering, then, under a constraint with top-p off, one Gumbel draw per
+  row (that row's own generator) and the best allowed candidate (jpeglm/sample/pick.py; a token the
+  grammar forces is appended without a draw); otherwise the constraint mask -> temperature / top-k /
+  top-p -> one draw per row; `_advance`: append, move the grammar state on, end
   rows (EOS, a complete stream, a whole picture, the budget); `_forward`: drop finished rows from
   the batch and the KV cache, run the next step;
 - `_samples`: decode every job's ids with the tokenizer and the codec.
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from jpeglm.sample.kv_cache import model_inputs, slab_cache
+from jpeglm.sample.pick import gumbel, pick_allowed
 
 NEG_INF = float("-inf")
 
@@ -97,6 +100,7 @@ class Batch:
         self.steered = [False] * len(jobs)
         self.finished: dict[int, tuple[str, float]] = {}
         self.alive = list(range(len(jobs)))
+        self.constraint_s = 0.0  # seconds inside constraint work (masks, candidates, advance): bench/bench_constraint.py
 
     def run(self) -> list:
         out = self._prefill()
@@ -163,25 +167,61 @@ class Batch:
         cfg, c = self.cfg, self.constraint
         if self.code_mask is not None:
             logits = logits.masked_fill(~self.code_mask, NEG_INF)
+        if c is not None and cfg.temperature > 0 and cfg.top_k != 1 and cfg.top_p == 1.0:
+            return self._choose_candidates(logits)
         forced: dict[int, int] = {}
         if c is not None:
+            t0 = time.perf_counter()
             masks = []
             for r, ji in enumerate(self.alive):
                 masks.append(c.mask(self.states[ji]))
-                if cfg.steer:
-                    left = self.budgets[ji] - len(self.new_ids[ji])
-                    need = c.completion_length(self.states[ji])
-                    if need is not None and left <= need:
-                        tok = c.forced_token(self.states[ji])
-                        if tok is not None:
-                            forced[r] = tok
+                tok = self._steer(ji)
+                if tok is not None:
+                    forced[r] = tok
             logits = logits.masked_fill(~torch.stack(masks).to(logits.device), NEG_INF)
+            self.constraint_s += time.perf_counter() - t0
         if cfg.temperature == 0 or cfg.top_k == 1:
             picks = logits.argmax(dim=-1).cpu().tolist()
         else:
             probs = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1).cpu()
             picks = [int(torch.multinomial(probs[r], 1, generator=self.gens[ji])) for r, ji in enumerate(self.alive)]
         return [forced.get(r, p) for r, p in enumerate(picks)], set(forced)
+
+    def _steer(self, ji: int) -> int | None:
+        """The token end steering forces on job `ji` now, or None."""
+        if not self.cfg.steer:
+            return None
+        c = self.constraint
+        need = c.completion_length(self.states[ji])
+        if need is not None and self.budgets[ji] - len(self.new_ids[ji]) <= need:
+            return c.forced_token(self.states[ji])
+        return None
+
+    def _choose_candidates(self, logits: torch.Tensor) -> tuple[list[int], set[int]]:
+        """Sampling under the constraint without whole masks (jpeglm/sample/pick.py): a token the
+        grammar forces is appended without a draw; every other row draws its Gumbel noise and takes
+        the best allowed candidate. Same distribution as mask -> top-k -> sample."""
+        c, cfg = self.constraint, self.cfg
+        scaled = (logits / cfg.temperature if cfg.temperature != 1.0 else logits).cpu()
+        tokens, forced = [0] * len(self.alive), set()
+        for r, ji in enumerate(self.alive):
+            t0 = time.perf_counter()
+            st = self.states[ji]
+            tok = self._steer(ji)
+            if tok is not None:
+                forced.add(r)
+            else:
+                tok = c.only_token(st)
+            self.constraint_s += time.perf_counter() - t0
+            if tok is None:
+                noise = gumbel(scaled.shape[-1], self.gens[ji])
+                t0 = time.perf_counter()
+                tok = pick_allowed(scaled[r], noise, lambda t, st=st: c.allows(st, t), cfg.top_k)
+                if tok is None:  # nothing allowed (should not happen): end the row
+                    tok = self.tokenizer.eos_id
+                self.constraint_s += time.perf_counter() - t0
+            tokens[r] = tok
+        return tokens, forced
 
     def _advance(self, tokens: list[int], forced: set[int]) -> bool:
         """Append each row's token and end the rows that are done; False when none is left."""
@@ -214,9 +254,11 @@ class Batch:
         self.new_ids[ji].append(tok)
         reason = None
         if self.constraint is not None:
+            t0 = time.perf_counter()
             self.states[ji] = self.constraint.advance(self.states[ji], tok)
             if self.constraint.is_complete(self.states[ji]):
                 reason = "eoi"
+            self.constraint_s += time.perf_counter() - t0
         elif self.stream_end is not None:
             end, token_bytes = self.stream_end
             bs = token_bytes[tok] or b""

@@ -57,6 +57,7 @@ class TokenConstraint:
         self.trie = TokenTrie(token_bytes)
         self._per_interval: float | None = None
         self._cache: dict[int, tuple] = {}  # id(numpy mask) -> (mask, tensor, tensor with EOS)
+        self._single: dict[int, tuple] = {}  # id(allowed-bytes array) -> (array, bytes allowed)
         self.cache_hits = 0
         self.cache_misses = 0
         self.steer_failures = 0
@@ -99,6 +100,37 @@ class TokenConstraint:
         """The stream is finished: complete, and the grammar allows no byte after it."""
         g = state[0]
         return bool(self.grammar.is_complete(g)) and not self.grammar.allowed_bytes(g).any()
+
+    # one token at a time (the sampler's candidate path: no whole mask) -------------------------
+    def allows(self, state, token_id: int) -> bool:
+        """mask(state)[token_id] without building the mask: a few grammar steps. (The one case
+        where they differ, a state that allows no token where the mask allows EOS, the sampler
+        reaches only after every token was refused.)"""
+        if token_id == self.eos_id:
+            return self.may_end(state)
+        tb = self.token_bytes[token_id]
+        if not tb:
+            return False
+        g, step = state[0], self.grammar.step
+        for b in tb:
+            g = step(g, b)
+            if g is None:
+                return False
+        return True
+
+    def only_token(self, state) -> int | None:
+        """The token when the grammar leaves exactly one (a restart marker's bytes, the stuffing
+        00 after FF, EOI on a byte tokenizer), else None: appended without a model choice."""
+        g = state[0]
+        allowed = self.grammar.allowed_bytes(g)  # cached per state: the count is cached by identity
+        hit = self._single.get(id(allowed))
+        if hit is None or hit[0] is not allowed:
+            hit = self._single[id(allowed)] = (allowed, int(np.count_nonzero(allowed)))
+        if hit[1] != 1 or self.grammar.is_complete(g):
+            return None
+        arr = self.trie.mask(self.grammar, g)  # one byte allowed: few such states, cheap to cache
+        ids = np.flatnonzero(arr)
+        return int(ids[0]) if len(ids) == 1 else None
 
     # masks -------------------------------------------------------------------------------------
     def mask(self, state) -> torch.Tensor:
