@@ -6,7 +6,8 @@ A grammar is a deterministic automaton over the bytes of a codec's modelled stre
 - `step(state, byte) -> state | None`: the next state, None when the byte is refused;
 - `allowed_bytes(state) -> bool[256]`: what `step` accepts (a cached read-only array);
 - `is_complete(state)`: the stream may end here (a sampler then allows EOS);
-- `completion(state) -> bytes`: a short byte string after which the stream is complete.
+- `completion(state) -> bytes`: a short byte string after which the stream is complete;
+- `forced_byte(state) -> int | None`: the only byte allowed, when cheap to know (else None).
 States are immutable, hashable values (tuples, frozen dataclasses): masks are cached per state.
 
 `Grammar` (an ABC) gives every implementation the shared mechanics on top of `step`: `advance`
@@ -50,6 +51,8 @@ class ByteGrammar(Protocol):
 
     def completion(self, state: State) -> bytes: ...
 
+    def forced_byte(self, state: State) -> int | None: ...
+
     def start_offset(self, data: bytes) -> int: ...
 
 
@@ -89,6 +92,13 @@ class Grammar(ABC):
             m.flags.writeable = False
             cache[state] = m
         return m
+
+    def forced_byte(self, state: State) -> int | None:
+        """The only byte allowed in `state` when the grammar knows it cheaply, else None (always a
+        correct answer: a sampler then just does not skip the draw)."""
+        allowed = self.allowed_bytes(state)
+        idx = np.flatnonzero(allowed)
+        return int(idx[0]) if len(idx) == 1 else None
 
     def advance(self, state: State, byte: int) -> State:
         """The state after `byte`; raises GrammarError when the byte is not allowed."""
@@ -227,6 +237,11 @@ class TokenTrie:
             cache[key] = m
         return m
 
+    def cached(self, grammar: Grammar, state: State) -> np.ndarray | None:
+        """`mask(grammar, state)` when it is already cached, else None (nothing computed)."""
+        cache = self._masks.get(grammar)
+        return None if cache is None else cache.get(grammar.token_key(state, self.max_len))
+
     def walk(self, grammar: ByteGrammar, state: State) -> np.ndarray:
         """The generic walk behind `mask`: each node visited costs one `allowed_bytes` call."""
         mask = np.zeros(self.num_tokens, bool)
@@ -245,14 +260,14 @@ class TokenTrie:
         return mask
 
     def longest_prefix(self, data: bytes, allowed) -> int | None:
-        """The longest token whose bytes start `data` and for which `allowed[token]` holds."""
+        """The longest token whose bytes start `data` and for which `allowed(token)` holds."""
         node, best = 0, None
         for b in data:
             node = self.index[node].get(b)
             if node is None:
                 break
             for t in reversed(self.ends[node]):  # of equal byte strings the last id, as before
-                if bool(allowed[t]):
+                if allowed(t):
                     best = t
                     break
         return best

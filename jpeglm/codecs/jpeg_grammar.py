@@ -153,6 +153,7 @@ class JpegScanGrammar(Grammar):
         self._rows_np = np.full((1024, 256), -1, np.int32)
         self._nibbles: dict[tuple, list] = {}
         self._finish_cache: dict[tuple, bytes] = {}
+        self._bits_cache: dict[tuple, tuple] = {}
         self._min_interval: bytes | None = None
         self._header_np = np.frombuffer(self.header, np.uint8).astype(np.int64)
 
@@ -242,6 +243,18 @@ class JpegScanGrammar(Grammar):
         self._rows_np[d] = arr
         return row
 
+    def _one(self, d: int, byte: int) -> int:
+        """`_row(d)[byte]` without building the row: two memoised nibble steps. A sampler that
+        checks a few candidate tokens reaches many states once; a whole row (256 bytes) for each
+        would cost ~20x more."""
+        mid = self._nibble(self._states[d])[byte >> 4]
+        if mid is None:
+            return -1
+        nxt = self._nibble(mid)[byte & 15]
+        if nxt is None:
+            return -1
+        return END if nxt[1] == 4 else self._intern(nxt)
+
     def _nibble(self, st: tuple) -> list:
         """The bit-level state after each of the 16 four-bit values from `st` (None: invalid)."""
         out = self._nibbles.get(st)
@@ -277,7 +290,8 @@ class JpegScanGrammar(Grammar):
         """The state after `byte`, or None when the byte is not allowed (no exception: fast path)."""
         stage, n, d = state
         if stage == SCAN:
-            nd = self._row(d)[byte]
+            row = self._rows[d]
+            nd = row[byte] if row is not None else self._one(d, byte)
             if nd < 0:
                 return None
             if byte == 0xFF:
@@ -315,6 +329,14 @@ class JpegScanGrammar(Grammar):
             return self._only[self.header[n]]
         return self._none
 
+    def forced_byte(self, state: tuple) -> int | None:
+        """The stuffing 00, the marker bytes and the header are forced; inside the entropy-coded
+        data the answer is None without building the state's row."""
+        stage = state[0]
+        if stage == SCAN or stage == DONE:
+            return None
+        return int(np.flatnonzero(self.allowed_bytes(state))[0])
+
     def is_complete(self, state: tuple) -> bool:
         """True once EOI was written after the last MCU."""
         return state[0] == DONE
@@ -351,29 +373,12 @@ class JpegScanGrammar(Grammar):
         return bytes(out)
 
     def _finish_interval(self, st: tuple) -> bytes:
-        """Fewest bits from bit-level state `st` (at a byte boundary) to the end of its interval
-        (breadth-first over `_step`), 1-padded to whole bytes, FF-stuffed."""
+        """Fewest bits from bit-level state `st` (at a byte boundary) to the end of its interval,
+        1-padded to whole bytes, FF-stuffed."""
         hit = self._finish_cache.get(st)
         if hit is not None:
             return hit
-        prev: dict[tuple, tuple | None] = {st: None}
-        frontier = [st]
-        while _PAD not in prev:
-            nxt_frontier = []
-            for cur in frontier:
-                for bit in (1, 0):
-                    nxt = self._step(cur, bit)
-                    if nxt is not None and nxt not in prev:
-                        prev[nxt] = (cur, bit)
-                        nxt_frontier.append(nxt)
-            if not nxt_frontier:  # the liveness pruning guarantees this never happens
-                raise GrammarError(f"no way to finish the interval from {st}")
-            frontier = nxt_frontier
-        bits, cur = [], _PAD
-        while prev[cur] is not None:
-            cur, bit = prev[cur]
-            bits.append(bit)
-        bits.reverse()
+        bits = list(self._bits_to_end(st))
         bits += [1] * (-len(bits) % 8)
         out = bytearray()
         for i in range(0, len(bits), 8):
@@ -385,6 +390,40 @@ class JpegScanGrammar(Grammar):
             self._finish_cache.clear()
         self._finish_cache[st] = bytes(out)
         return bytes(out)
+
+    def _bits_to_end(self, st: tuple) -> tuple:
+        """Fewest bits from `st` to the end of its interval. Every path leaves the current block
+        through the one state `_end_block` gives, so this is the shortest way to finish the block
+        (breadth-first, within one block: small) + the cached answer from the next block's start."""
+        if st == _PAD:
+            return ()
+        hit = self._bits_cache.get(st)
+        if hit is not None:
+            return hit
+        target = self._end_block(st[0], st[4])
+        prev: dict[tuple, tuple | None] = {st: None}
+        frontier = [st]
+        while target not in prev:
+            nxt_frontier = []
+            for cur in frontier:
+                for bit in (1, 0):
+                    nxt = self._step(cur, bit)
+                    if nxt is not None and nxt not in prev:
+                        prev[nxt] = (cur, bit)
+                        nxt_frontier.append(nxt)
+            if not nxt_frontier:  # the liveness pruning guarantees this never happens
+                raise GrammarError(f"no way to finish the interval from {st}")
+            frontier = nxt_frontier
+        bits, cur = [], target
+        while prev[cur] is not None:
+            cur, bit = prev[cur]
+            bits.append(bit)
+        bits.reverse()
+        out = tuple(bits) + self._bits_to_end(target)  # recursion depth: the blocks left in the interval
+        if len(self._bits_cache) > 100_000:
+            self._bits_cache.clear()
+        self._bits_cache[st] = out
+        return out
 
     # --- tokens ---------------------------------------------------------------------------------
     def walk_trie(self, state: tuple, trie: TokenTrie) -> np.ndarray:

@@ -169,6 +169,11 @@ class Batch:
             logits = logits.masked_fill(~self.code_mask, NEG_INF)
         if c is not None and cfg.temperature > 0 and cfg.top_k != 1 and cfg.top_p == 1.0:
             return self._choose_candidates(logits)
+        return self._choose_masked(logits)
+
+    def _choose_masked(self, logits: torch.Tensor) -> tuple[list[int], set[int]]:
+        """Whole masks (cached per grammar state) -> temperature / top-k / top-p -> one draw per row."""
+        cfg, c = self.cfg, self.constraint
         forced: dict[int, int] = {}
         if c is not None:
             t0 = time.perf_counter()
@@ -216,7 +221,8 @@ class Batch:
             if tok is None:
                 noise = gumbel(scaled.shape[-1], self.gens[ji])
                 t0 = time.perf_counter()
-                tok = pick_allowed(scaled[r], noise, lambda t, st=st: c.allows(st, t), cfg.top_k)
+                tok = pick_allowed(scaled[r], noise, lambda t, st=st: c.allows(st, t), cfg.top_k,
+                                   lambda st=st: c.cached_mask(st))
                 if tok is None:  # nothing allowed (should not happen): end the row
                     tok = self.tokenizer.eos_id
                 self.constraint_s += time.perf_counter() - t0

@@ -57,7 +57,7 @@ class TokenConstraint:
         self.trie = TokenTrie(token_bytes)
         self._per_interval: float | None = None
         self._cache: dict[int, tuple] = {}  # id(numpy mask) -> (mask, tensor, tensor with EOS)
-        self._single: dict[int, tuple] = {}  # id(allowed-bytes array) -> (array, bytes allowed)
+        self._plans: dict = {}  # state -> the rest of the completion being forced (end steering)
         self.cache_hits = 0
         self.cache_misses = 0
         self.steer_failures = 0
@@ -122,22 +122,27 @@ class TokenConstraint:
         """The token when the grammar leaves exactly one (a restart marker's bytes, the stuffing
         00 after FF, EOI on a byte tokenizer), else None: appended without a model choice."""
         g = state[0]
-        allowed = self.grammar.allowed_bytes(g)  # cached per state: the count is cached by identity
-        hit = self._single.get(id(allowed))
-        if hit is None or hit[0] is not allowed:
-            hit = self._single[id(allowed)] = (allowed, int(np.count_nonzero(allowed)))
-        if hit[1] != 1 or self.grammar.is_complete(g):
+        b = self.grammar.forced_byte(g)
+        if b is None or self.grammar.is_complete(g):
             return None
-        arr = self.trie.mask(self.grammar, g)  # one byte allowed: few such states, cheap to cache
-        ids = np.flatnonzero(arr)
-        return int(ids[0]) if len(ids) == 1 else None
+        node = self.trie.index[0].get(b)  # forced: the one token of that byte, if no longer token starts with it
+        if node is None or self.trie.children[node] or len(self.trie.ends[node]) != 1:
+            return None
+        return self.trie.ends[node][0]
 
     # masks -------------------------------------------------------------------------------------
+    def cached_mask(self, state) -> torch.Tensor | None:
+        """`mask(state)` when the grammar state's mask is already cached, else None (no walk)."""
+        arr = self.trie.cached(self.grammar, state[0])
+        return None if arr is None else self._tensor(state[0], arr)
+
     def mask(self, state) -> torch.Tensor:
         """bool[vocab]: the tokens allowed next. Never all False: a state the grammar leaves no
         byte in (should not happen) allows EOS so the sequence ends instead of the sampler dying."""
         g = state[0]
-        arr = self.trie.mask(self.grammar, g)  # the same array object per cache key
+        return self._tensor(g, self.trie.mask(self.grammar, g))  # the same array object per cache key
+
+    def _tensor(self, g, arr: np.ndarray) -> torch.Tensor:
         hit = self._cache.get(id(arr))
         if hit is None or hit[0] is not arr:
             self.cache_misses += 1
@@ -153,7 +158,8 @@ class TokenConstraint:
 
     # end steering --------------------------------------------------------------------------------
     def completion(self, state) -> bytes | None:
-        return bytes(self.grammar.completion(state[0]))
+        plan = self._plans.get(state)  # the rest of a completion already being forced
+        return plan if plan is not None else bytes(self.grammar.completion(state[0]))
 
     def completion_length(self, state) -> int | None:
         """An upper bound on len(completion(state)) that changes only when a restart interval
@@ -177,7 +183,12 @@ class TokenConstraint:
         comp = self.completion(state)
         if not comp:
             return None if comp is None else self.eos_id
-        best = self.trie.longest_prefix(comp, self.mask(state))
+        best = self.trie.longest_prefix(comp, lambda t: self.allows(state, t))
+        if best is not None and best != self.eos_id:
+            # the next state's completion is the rest of this one: computed once per steered row
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            self._plans[self.advance(state, best)] = comp[len(self.token_bytes[best]):]
         if best is None:
             self.steer_failures += 1
             if self.steer_failures == 1:

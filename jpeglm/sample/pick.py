@@ -16,6 +16,7 @@ Each row draws its noise from its own generator, so a sample does not depend on 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 NEG_INF = float("-inf")
@@ -27,14 +28,17 @@ def gumbel(vocab: int, gen: torch.Generator) -> torch.Tensor:
     return torch.empty(vocab).exponential_(generator=gen).log_().neg_()
 
 
-def pick_allowed(scaled: torch.Tensor, noise: torch.Tensor, allows, top_k: int) -> int | None:
+def pick_allowed(scaled: torch.Tensor, noise: torch.Tensor, allows, top_k: int, cached_mask=None) -> int | None:
     """argmax over {allowed tokens in the top-k of the allowed tokens} of scaled + noise.
 
     `scaled`: float[V] logits already divided by the temperature (-inf: never), `noise`: float[V],
-    `allows(token) -> bool`. None when no token is allowed."""
-    vocab = scaled.shape[0]
+    `allows(token) -> bool`; `cached_mask() -> bool[V] | None`: the whole mask when it costs nothing
+    (it then gives the top-k threshold). None when no token is allowed. (numpy inside: on a few
+    hundred values its calls cost a fraction of torch's.)"""
+    s = scaled.detach().cpu().numpy().astype(np.float64, copy=False)
+    vocab = s.shape[0]
     k = top_k if 0 < top_k < vocab else 0
-    noisy = scaled + noise
+    noisy = s + noise.detach().cpu().numpy()
     seen: dict[int, bool] = {}
 
     def ok(t: int) -> bool:
@@ -43,44 +47,45 @@ def pick_allowed(scaled: torch.Tensor, noise: torch.Tensor, allows, top_k: int) 
             v = seen[t] = bool(allows(t))
         return v
 
-    kth_all = float(torch.topk(scaled, k).values[-1]) if k else NEG_INF
+    kth_all = float(np.partition(s, vocab - k)[vocab - k]) if k else NEG_INF
     thr: list[float] = []  # the k-th largest allowed logit, once needed
 
-    def in_top_k(t: int, logit: float) -> bool:
+    def in_top_k(t: int) -> bool:
+        logit = float(s[t])
         if not k or logit >= kth_all:
             return True  # fewer than k tokens of any kind are above it
         if not thr:
-            thr.append(NEG_INF)
-            order = torch.argsort(scaled, descending=True, stable=True).tolist()
-            vals = scaled[order].tolist()
-            n = 0
-            for tok, val in zip(order, vals):
-                if val == NEG_INF:
-                    break
-                if ok(tok):
-                    n += 1
-                    if n == k:
-                        thr[0] = val
+            m = cached_mask() if cached_mask is not None else None
+            if m is not None:
+                allowed = s[m.numpy()]
+                thr.append(float(np.partition(allowed, len(allowed) - k)[len(allowed) - k]) if len(allowed) >= k else NEG_INF)
+            else:
+                thr.append(NEG_INF)
+                order = np.argsort(-s, kind="stable")
+                n = 0
+                for tok in order.tolist():
+                    if s[tok] == NEG_INF:
                         break
+                    if ok(tok):
+                        n += 1
+                        if n == k:
+                            thr[0] = float(s[tok])
+                            break
         return logit >= thr[0]
 
     n_cand = min(CANDIDATES, vocab)
-    vals, idx = torch.topk(noisy, n_cand)
-    rounds = [(vals.tolist(), idx.tolist())]
-    done = 0
-    while rounds:
-        cand_vals, cand_idx = rounds.pop()
-        for v, t in zip(cand_vals[done:], cand_idx[done:]):
-            if v == NEG_INF:
+    first = np.argpartition(-noisy, n_cand - 1)[:n_cand] if n_cand < vocab else np.arange(vocab)
+    first = first[np.argsort(-noisy[first], kind="stable")]
+    for order in (first, None):
+        if order is None:  # every candidate refused: all tokens in noisy order (the first n_cand already seen)
+            if n_cand == vocab:
                 return None
-            if ok(t) and in_top_k(t, float(scaled[t])):
+            order = np.argsort(-noisy, kind="stable")[n_cand:]
+        for t in order.tolist():
+            if noisy[t] == NEG_INF:
+                return None
+            if ok(t) and in_top_k(t):
                 return t
-        if len(cand_idx) == vocab:
-            return None
-        # every candidate refused: all tokens in noisy order (the first n_cand already seen)
-        done = n_cand
-        order = torch.argsort(noisy, descending=True, stable=True)
-        rounds.append((noisy[order].tolist(), order.tolist()))
     return None
 
 
