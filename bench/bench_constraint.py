@@ -136,10 +136,10 @@ def main(argv=None) -> int:
         "",
         f"Machine: {platform.machine()} CPU, {args.threads} torch thread(s), no GPU. Command: `{cmd} --write bench/results/constraint.md`",
         "",
-        f"{args.num} unconditional constrained {size}x{size} samples per row (a JPEG each, end steering finishes it within "
+        (f"{args.num} unconditional constrained {size}x{size} samples per row (a JPEG each, end steering finishes it within "
         f"{args.budget} tokens), batch {args.batch}, top-k 50, T 1; tiny Llama (2 layers, hidden 64), random or trained "
         "briefly on the scans of a few photos. Constraint work = time in constraint code / generated tokens "
-        "(`Batch.constraint_s`). Goal: <= 50 us/token.",
+        "(`Batch.constraint_s`). Goal: <= 50 us/token."),
         "",
         "| tokenizer | model | choice | constraint us / token | tokens | tokens/s (whole loop) | strictly decodable |",
         "|---|---|---|---|---|---|---|",
@@ -150,10 +150,10 @@ def main(argv=None) -> int:
                      f"{r['tok_s']:.0f} | {r['strict']}/{r['n']} |")
     lines += [
         "",
-        "`candidates`: one Gumbel draw per row and step, the first allowed candidate in noisy order (top-k of the "
+        ("`candidates`: one Gumbel draw per row and step, the first allowed candidate in noisy order (top-k of the "
         "allowed tokens exact), forced tokens without a draw; the default whenever top-p is off and T > 0. `mask`: "
         "the whole token mask per row and step (cached per grammar state), then top-k and a multinomial draw; kept "
-        "for greedy decoding and top-p. Both sample the same distribution.",
+        "for greedy decoding and top-p. Both sample the same distribution."),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -1,0 +1,149 @@
+"""The constrained choice without whole masks (jpeglm/sample/pick.py): for the same noise it picks the
+token mask -> top-k -> argmax(noisy) picks, it samples softmax over the allowed top-k, forced tokens
+skip the draw, and a sample does not depend on the batch size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from jpeglm.codecs.jpeg import JpegCodec, JpegParams, header_length
+from jpeglm.sample import SamplerConfig, filter_logits, generate
+from jpeglm.sample.constrain import TokenConstraint, constraint_for
+from jpeglm.sample.pick import gumbel, pick_allowed, reference_pick
+from jpeglm.tokenizer import BpeTokenizer, ByteTokenizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("top_k", [0, 1, 3, 20, 50])
+def test_same_token_as_mask_first_for_fixed_noise(top_k):
+    g = torch.Generator().manual_seed(top_k)
+    for trial in range(300):
+        vocab = int(torch.randint(5, 120, (1,), generator=g))
+        scaled = torch.randn(vocab, generator=g) * float(torch.rand(1, generator=g) * 4)
+        if trial % 5 == 0:
+            scaled[torch.randint(0, vocab, (3,), generator=g)] = float("-inf")  # e.g. a code mask
+        frac = float(torch.rand(1, generator=g))
+        mask = torch.rand(vocab, generator=g) < frac
+        mask[int(torch.randint(0, vocab, (1,), generator=g))] = True
+        if not torch.isfinite(scaled[mask]).any():
+            continue
+        noise = gumbel(vocab, g)
+        want = reference_pick(scaled, noise, mask, top_k)
+        calls: list[int] = []
+        allowed = mask.tolist()
+
+        def allows(t, calls=calls, allowed=allowed):
+            calls.append(t)
+            return allowed[t]
+
+        assert pick_allowed(scaled, noise, allows, top_k) == want
+        assert len(set(calls)) == len(calls)  # each token checked at most once per pick
+        assert pick_allowed(scaled, noise, allows, top_k, lambda m=mask: m) == want  # threshold from a cached mask
+    # nothing allowed: None (the sampler then ends the row)
+    assert pick_allowed(torch.zeros(4), gumbel(4, g), lambda t: False, 2) is None
+
+
+def test_samples_the_constrained_distribution():
+    """Empirical frequencies over 20k draws match softmax over the allowed top-k (chi-square)."""
+    logits = torch.tensor([2.0, 1.5, 0.2, -0.3, 1.0, 0.0, -1.0])
+    mask = torch.tensor([False, True, True, False, True, True, True])
+    top_k, temperature, n = 3, 0.8, 20000
+    want = filter_logits(logits.masked_fill(~mask, float("-inf"))[None], temperature, top_k, 1.0).softmax(-1)[0]
+    g = torch.Generator().manual_seed(0)
+    scaled = logits / temperature
+    counts = np.zeros(len(logits))
+    for _ in range(n):
+        counts[pick_allowed(scaled, gumbel(len(logits), g), lambda t: bool(mask[t]), top_k)] += 1
+    expected = want.numpy() * n
+    assert counts[expected == 0].sum() == 0  # never a refused or cut token
+    chi2 = float((((counts - expected) ** 2)[expected > 0] / expected[expected > 0]).sum())
+    assert chi2 < 16.3  # 3 cells -> 2 dof; p = 0.0003
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return JpegCodec(JpegParams(size=64))
+
+
+@pytest.fixture(scope="module")
+def streams(codec, photos):
+    return [codec.encode(p) for p in photos]
+
+
+def tiny_llama(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_forced_tokens(codec, streams):
+    byte = ByteTokenizer()
+    c = constraint_for(codec, byte)
+    st = c.advance_bytes(c.start_state(), b"\x10\xff")  # after an entropy-coded FF only the stuffing 00
+    assert c.only_token(st) == byte.encode(b"\x00", bos=False, eos=False)[0]
+    assert c.only_token(c.start_state()) is None  # entropy-coded data: a real choice
+    data = streams[0]
+    hl = header_length(data)
+    end = c.advance_bytes(c.start_state(), data[hl:-1])  # inside EOI: D9 is the only byte
+    assert c.only_token(end) == byte.encode(b"\xd9", bos=False, eos=False)[0]
+    # a BPE vocabulary with tokens that start with 00 leaves a choice after FF: not forced
+    bpe = BpeTokenizer.train(streams, vocab_size=300)
+    cb = constraint_for(codec, bpe)
+    starts_00 = [t for t, tb in enumerate(cb.token_bytes) if tb and len(tb) > 1 and tb[0] == 0]
+    sb = cb.advance_bytes(cb.start_state(), b"\x10\xff")
+    assert cb.only_token(sb) is None if starts_00 else cb.only_token(sb) is not None
+
+
+def test_forced_tokens_skip_the_draw(codec, streams, monkeypatch):
+    """In the loop a token the grammar forces is appended without a draw; every other (not
+    steered) token is drawn once. The prompt stops right before the last restart marker, whose two
+    bytes are then forced."""
+    from jpeglm.sample import batch
+
+    data = streams[1]
+    last_rst = max(i for i in range(header_length(data), len(data) - 1)
+                   if data[i] == 0xFF and 0xD0 <= data[i + 1] <= 0xD7)
+
+    byte = ByteTokenizer()
+    drawn, forced = [], []
+    real_pick, real_only = batch.pick_allowed, TokenConstraint.only_token
+    monkeypatch.setattr(batch, "pick_allowed", lambda *a, **k: drawn.append(1) or real_pick(*a, **k))
+    def only_token(self, st):
+        t = real_only(self, st)
+        forced.append(t)
+        return t
+
+    monkeypatch.setattr(TokenConstraint, "only_token", only_token)
+    model = tiny_llama(byte.vocab_size)
+    samples = generate(model, byte, codec, [data[:last_rst]], 2, SamplerConfig(max_new_tokens=120, batch_size=2, seed=4))
+    n_forced = sum(t is not None for t in forced)
+    assert forced[:4] == [0xFF + 4, 0xFF + 4, data[last_rst + 1] + 4, data[last_rst + 1] + 4]  # FF RSTn, both rows
+    assert n_forced >= 4
+    assert len(drawn) == len(forced) - n_forced  # a draw exactly where the grammar forced nothing
+    assert len(forced) <= sum(s.n_new_tokens for s in samples)  # steered tokens ask neither
+    for s in samples:
+        assert codec.is_strictly_decodable(codec.to_file(s.symbols)) and s.finish == "eoi"
+
+
+def test_same_seed_same_file_at_batch_1_and_3(codec, streams):
+    bpe = BpeTokenizer.train(streams, vocab_size=300)
+    model = tiny_llama(bpe.vocab_size, seed=2)
+    prompts = [codec.prompt(streams[2], 0.25)]
+    run = lambda bs: [bytes(s.symbols) for s in generate(model, bpe, codec, prompts, 3, SamplerConfig(max_new_tokens=120, batch_size=bs, seed=11))]
+    a = run(1)
+    assert a == run(3)
+    assert len(set(a)) == 3
+    assert all(codec.is_strictly_decodable(codec.to_file(x)) for x in a)
