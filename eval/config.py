@@ -94,6 +94,11 @@ class EvalConfig:
     bpb: bool = _s(True, "compute bits per byte / per pixel on the held-out set")
     fid_backend: str = _same_as(FidSettings, "backend")
     fid_batch_size: int = _same_as(FidSettings, "batch_size")
+    fid_weights: str | None = _same_as(FidSettings, "weights")
+    reference: str | None = _s(None, "reference statistics (.npz from jpeglm fid --save-stats) to score FID against "
+                               "instead of the held-out images' features (precision/recall still use the held-out set)")
+    dist_timeout_s: float = _s(1800.0, "under torchrun/deepspeed: seconds a process waits for the others at a "
+                               "collective before it stops with an error (a rank that died)")
     fid_bootstrap: int = _s(0, "bootstrap resamples per FID for its standard deviation (0 = off)")
     device: str | None = _s(None, "torch device for models and FID (default: cuda when available)")
     strip_prompts: int = _s(3, "prompts shown per completion strip")
@@ -127,7 +132,8 @@ class EvalConfig:
 
     @property
     def fid_settings(self) -> FidSettings:
-        return FidSettings(backend=self.fid_backend, batch_size=self.fid_batch_size, device=self.device)
+        return FidSettings(backend=self.fid_backend, batch_size=self.fid_batch_size, weights=self.fid_weights,
+                           device=self.device)
 
     def sampler_record(self) -> dict:
         """The sampler settings as recorded in manifests and the report: without the seed, which

@@ -2,12 +2,15 @@
 
 For each system (a checkpoint; the codec comes from the checkpoint) and each setting (prompt
 ratios, then unconditional) on the same held-out images with the same seeds and sample counts:
-samples are drawn, written as PNGs + samples.npz (uint8 N,H,W,3) + manifest.json, and scored:
-- FID of the decoded samples against the held-out reals (eval/fid.py; samples whose decode
-  *failed* are left out of FID and counted in the decode-failure rate; repaired ones count);
+samples are drawn, written as PNGs + samples.npz (the ADM evaluator's input: arr_0, uint8 N,H,W,3) +
+manifest.json, and scored:
+- FID of the decoded samples against the held-out reals or `reference` statistics (eval/fid.py;
+  samples whose decode *failed* are left out of FID and counted in the decode-failure rate;
+  repaired ones count), and improved precision / recall (k=3) against the held-out reals;
 - decode-failure rate, tokens per image, sampling seconds per image;
 - bits per byte / per pixel of the held-out images under the model (non-overlapping windows of
-  the model's context when a sequence is longer than it);
+  the model's context when a sequence is longer than it), beside JPEG XL's lossless recompression
+  of the same files (eval/classical.py) for systems whose files are JPEGs;
 - for every codec (of the systems, plus `floor_codecs`) the reconstruction floor: PSNR and rFID of
   encode -> decode of the held-out set.
 Video systems (codec.media_kind == "video") are scored on frames: FID over all decoded frames
@@ -16,6 +19,11 @@ against the real clips' frames, and the decodable-frame rate; FVD only with I3D 
 The per-system work goes through `System` objects (sample / nll / codec), so tests can drive the
 harness with stand-ins; `ModelSystem` is the real one over jpeglm.checkpoint + jpeglm.sample.
 A system that fails to load or sample still gets its rows with the reason - never a crash.
+
+Many processes (torchrun / deepspeed, eval/parallel.py) split each setting's jobs; every sample is
+written with its seed and features as it finishes (eval/store.py), so a killed run resumes where it
+stopped, and scoring (eval/setting.py, rank 0) reads them back in index order with running sums:
+the same report for any number of processes, in memory that does not grow with the sample count.
 What is written is typed: report.json is an `EvalResults`, each setting's manifest.json a
 `SamplesManifest` (eval/records.py documents every key).
 """
@@ -23,24 +31,43 @@ What is written is typed: report.json is an `EvalResults`, each setting's manife
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
-import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jpeglm.eval.classical import jxl_reason, jxl_recompressed_bytes
+from jpeglm.eval.config import EvalConfig
+from jpeglm.eval.featstats import load_reference
+from jpeglm.eval.fid import FID, NUM_FEATURES
+from jpeglm.eval.parallel import Ranks, chunked
+from jpeglm.eval.records import (
+    EvalResults,
+    FloorResult,
+    SamplesManifest,
+    StripRef,
+    SystemResult,
+)
+from jpeglm.eval.report import make_strip, write_report
+from jpeglm.eval.setting import (
+    FeatureSet,
+    as_media,
+    draw,
+    feature_set,
+    fid_between,
+    frames_of,
+    plan_for,
+    score,
+    setting_name,
+)
+from jpeglm.eval.store import FeatureWriter, SampleStore
 from PIL import Image
 
-from jpeglm.eval.config import EvalConfig
-from jpeglm.eval.fid import FID, bootstrap_fid_std, images_key
-from jpeglm.eval.fvd import fvd_or_reason
-from jpeglm.eval.records import (DecodeFailure, EvalResults, FloorResult, SampleEntry, SamplesManifest, SettingRow, StripRef,
-                                 SystemResult)
-from jpeglm.eval.report import UNCOND, make_strip, prompt_view, write_report
 from jpeglm.config import atomic_write_text, save_config
 
 SETTING_SEED_STRIDE = 100_000  # setting k samples with seeds seed + 100000 k + i: disjoint, equal for all systems
@@ -109,24 +136,71 @@ class ModelSystem:
 # held-out data
 
 
-def load_heldout_images(folder: str, n: int, size: int) -> tuple[list[np.ndarray], list[str], list[dict]]:
-    """The first `n` readable images of `folder` (sorted), prepared at size x size."""
+class HeldOut:
+    """The held-out images, by file: each is opened and prepared when asked for (a few kept), so the
+    50k validation images of the published protocol never sit in memory at once."""
+
+    def __init__(self, paths: list[str], size: int, skipped: list[dict]):
+        self.paths, self.size, self.skipped = paths, size, skipped
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i < 0 or i >= len(self.paths):
+            raise IndexError(i)
+        if i not in self._cache:
+            from jpeglm.media import open_image, prepare_image
+
+            if len(self._cache) >= 64:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[i] = np.asarray(prepare_image(open_image(self.paths[i]), self.size))
+        return self._cache[i]
+
+    def key(self) -> str:
+        from jpeglm.eval.fid import files_key
+
+        return f"{files_key(self.paths)}-{self.size}"
+
+
+def heldout_images(folder: str, n: int, size: int) -> HeldOut:
+    """The first `n` readable images of `folder` (sorted), prepared at size x size when read."""
     from jpeglm.eval.fid import list_image_files
+
     from jpeglm.media import MediaError, open_image, prepare_image
 
-    files = list_image_files(folder)
-    images, names, skipped = [], [], []
-    for p in files:
-        if len(images) >= n:
+    paths, skipped = [], []
+    for p in list_image_files(folder):
+        if len(paths) >= n:
             break
         try:
-            images.append(np.asarray(prepare_image(open_image(p), size)))
-            names.append(str(p))
+            prepare_image(open_image(p), size)
+            paths.append(str(p))
         except MediaError as e:
             skipped.append({"path": str(p), "reason": str(e)})
-    if len(images) < 2:
-        raise ValueError(f"held-out folder {folder}: {len(images)} usable images; need at least 2")
-    return images, names, skipped
+    if len(paths) < 2:
+        raise ValueError(f"held-out folder {folder}: {len(paths)} usable images; need at least 2")
+    return HeldOut(paths, size, skipped)
+
+
+def load_heldout_images(folder: str, n: int, size: int) -> tuple[list[np.ndarray], list[str], list[dict]]:
+    """The first `n` readable images of `folder` (sorted), prepared at size x size, in memory."""
+    held = heldout_images(folder, n, size)
+    return [held[i] for i in range(len(held))], list(held.paths), held.skipped
+
+
+class Clips(list):
+    """Held-out clips in memory (video evals are small), with the cache key of their files."""
+
+    def __init__(self, clips, names, codec):
+        super().__init__(clips)
+        self.names, self.codec_cfg = names, json.dumps(codec.to_config(), sort_keys=True, default=str)
+
+    def key(self) -> str:
+        from jpeglm.eval.fid import files_key
+
+        return hashlib.sha256(f"{files_key(self.names)}{self.codec_cfg}".encode()).hexdigest()
 
 
 def load_heldout_videos(folder: str, n: int, codec) -> tuple[list[np.ndarray], list[str], list[dict]]:
@@ -143,152 +217,97 @@ def load_heldout_videos(folder: str, n: int, codec) -> tuple[list[np.ndarray], l
     return clips, names, skipped
 
 
-def as_media(a: np.ndarray):
-    """What a codec's encode gets: a PIL image for pictures (codecs take an RGB image of their own
-    size as canonical, without re-checking the minimum-side policy), the array for clips."""
-    return Image.fromarray(a) if a.ndim == 3 else a
-
-
-def frames_of(media: list[np.ndarray]) -> list[np.ndarray]:
-    """Images as they are; videos (T,H,W,3) flattened to their frames for FID."""
-    out = []
-    for m in media:
-        out.extend(list(m) if m.ndim == 4 else [m])
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# one setting of one system
-
-
-def setting_name(ratio: float | None) -> str:
-    return UNCOND if ratio is None else f"ratio={ratio:g}"
-
-
-def run_setting(system, reals: list[np.ndarray], ratio: float | None, k: int, cfg: EvalConfig, out_dir: Path,
-                fid: FID, real_feats: np.ndarray, manifest: SamplesManifest) -> tuple[SettingRow, list[dict]]:
-    """Sample one setting, write its files (`manifest` holds what every setting of the system
-    shares), score it; returns the row and the completion strip's rows. Exceptions become a row
-    with the reason."""
-    seed = cfg.seed + SETTING_SEED_STRIDE * k
-    row = SettingRow(setting=setting_name(ratio), prompt_ratio=ratio, seed=seed, samples_dir=str(out_dir))
-    video = system.codec.media_kind == "video"
-    t0 = time.perf_counter()
-    try:
-        if ratio is None:
-            n_unc = cfg.num_unconditional or len(reals) * cfg.num_samples
-            drawn = system.sample(None, n_unc, seed)
-        else:
-            prompts = [system.codec.prompt(system.codec.encode(as_media(r)), ratio) for r in reals]
-            drawn = system.sample(prompts, cfg.num_samples, seed)
-    except Exception as e:  # a broken system gets its row, with the reason
-        row.update(fid_reason=f"sampling failed: {type(e).__name__}: {e}", failure_rate=1.0,
-                   traceback=traceback.format_exc(limit=5))
-        return row, []
-    elapsed = time.perf_counter() - t0
-    n = len(drawn)
-    failed = [d.status == "failed" for d in drawn]
-    row.update(n_samples=n, failure_rate=(sum(failed) / n) if n else 1.0,
-               repaired_rate=(sum(d.status == "repaired" for d in drawn) / n) if n else 0.0,
-               tokens_per_image=float(np.mean([d.n_tokens for d in drawn])) if n else None,
-               seconds_per_image=elapsed / n if n else None)
-    if video:
-        got = [d.details.get("decoded_frames", 0) for d in drawn]
-        want = [d.details.get("expected_frames", 0) for d in drawn]
-        row.decoded_frame_rate = float(sum(got) / max(1, sum(want)))
-        # FVD of the decoded (not failed) clips against the real clips; a clear reason without weights
-        decoded_clips = [d.media for d, f in zip(drawn, failed) if not f]
-        row.fvd, row.fvd_reason = fvd_or_reason(cfg.i3d_weights, reals, decoded_clips, device=fid.device)
-    _write_samples(out_dir, drawn, dataclasses.replace(manifest, prompt_ratio=ratio))
-    good = [d.media for d, f in zip(drawn, failed) if not f]
-    fake_feats = fid.features(frames_of(good)) if len(frames_of(good)) >= 2 else None
-    res = fid.compute_from_features(real_feats, fake_feats) if fake_feats is not None else \
-        fid.result(None, len(real_feats), len(frames_of(good)), reason=f"{len(good)} of {n} samples decoded; FID needs >= 2")
-    row.update(fid=res.value, fid_reason=res.reason, fid_n=res.n_fake)
-    if cfg.fid_bootstrap and res.value is not None:
-        row.fid_std = bootstrap_fid_std(real_feats, fake_feats, reps=cfg.fid_bootstrap, seed=seed)
-    return row, _strip_rows(drawn, reals, ratio, cfg)
-
-
-def _write_samples(out_dir: Path, drawn: list[Drawn], manifest: SamplesManifest) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i, d in enumerate(drawn):
-        frame = d.media[0] if d.media.ndim == 4 else d.media
-        tmp = out_dir / f".{i:05d}.png.tmp"
-        Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(tmp, "PNG")
-        tmp.replace(out_dir / f"{i:05d}.png")
-    shapes = {d.media.shape for d in drawn}
-    if drawn and len(shapes) == 1:
-        tmp = out_dir / ".samples.tmp.npz"
-        np.savez_compressed(tmp, samples=np.stack([d.media for d in drawn]).astype(np.uint8))
-        tmp.replace(out_dir / "samples.npz")
-    manifest = dataclasses.replace(
-        manifest, num_samples=len(drawn),
-        samples=[SampleEntry(file=f"{i:05d}.png", seed=d.seed, prompt_index=d.prompt_index, status=d.status,
-                             reason=d.reason, n_tokens=d.n_tokens) for i, d in enumerate(drawn)],
-        decode_failures=[DecodeFailure(index=i, reason=d.reason) for i, d in enumerate(drawn) if d.status == "failed"])
-    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest.to_json(), indent=2, default=str) + "\n")
-
-
-def _strip_rows(drawn: list[Drawn], reals, ratio, cfg: EvalConfig) -> list[dict]:
-    def pic(m):
-        return m[len(m) // 2] if m.ndim == 4 else m  # video: the middle frame
-
-    rows = []
-    if ratio is None:
-        chunk = drawn[: cfg.strip_samples * cfg.strip_prompts]
-        for s in range(0, len(chunk), cfg.strip_samples):
-            part = chunk[s : s + cfg.strip_samples]
-            rows.append({"prompt": np.full_like(pic(part[0].media), 128), "samples": [pic(d.media) for d in part],
-                         "real": None, "failed": [d.status == "failed" for d in part]})
-        return rows
-    for pi in range(min(cfg.strip_prompts, len(reals))):
-        mine = [d for d in drawn if d.prompt_index == pi][: cfg.strip_samples]
-        real = pic(reals[pi])
-        rows.append({"prompt": prompt_view(real, ratio), "samples": [pic(d.media) for d in mine], "real": real,
-                     "failed": [d.status == "failed" for d in mine]})
-    return rows
+def real_features(fid: FID, reals, cache: Path, label: str) -> FeatureSet:
+    """Features of the held-out items (all frames for video), computed once in batches and kept in
+    OUT/cache (keyed by the files, the size and the network), then read back as a FeatureSet."""
+    key = hashlib.sha256(f"{reals.key()}\0{fid.backend}\0{fid.network_sha256}".encode()).hexdigest()[:32]
+    path = cache / f"{label}-{key}.npy"
+    if not path.is_file():
+        fw = FeatureWriter(path, NUM_FEATURES)
+        batch: list[np.ndarray] = []
+        for i in range(len(reals)):
+            batch.extend(frames_of([np.asarray(reals[i])]))
+            if len(batch) >= fid.batch_size or i == len(reals) - 1:
+                fw.add(fid.features(batch))
+                batch = []
+        fw.close()
+    return feature_set(path)
 
 
 # ------------------------------------------------------------------------------------------------
 # whole-system numbers
 
 
-def bits_per_byte(system, reals: list[np.ndarray]) -> dict:
+def _bpb_item(system, r: np.ndarray, jxl: bool) -> dict:
+    symbols = system.codec.encode(as_media(r))
+    ids = system.token_ids(symbols)
+    item = {"nll": system.nll(ids), "bytes": system.codec.stream_bytes(symbols), "tokens": len(ids),
+            "pixels": float(np.prod(np.asarray(system.codec.decode(symbols)[0]).shape[:-1]))}
+    if jxl:
+        item["jxl_bytes"] = jxl_recompressed_bytes(system.codec.to_file(symbols))
+    return item
+
+
+def _combine_bpb(items: list[dict]) -> dict:
+    nll = sum(x["nll"] for x in items)
+    nbytes = sum(x["bytes"] for x in items)
+    npix = sum(x["pixels"] for x in items)
+    bits = nll / math.log(2)
+    out = {"bpb": bits / nbytes if nbytes else None, "bpp": bits / npix if npix else None,
+           "nll_per_item": nll / len(items), "tokens_per_image": float(np.mean([x["tokens"] for x in items]))}
+    if items and "jxl_bytes" in items[0]:
+        jx = sum(x["jxl_bytes"] for x in items)
+        out.update(jxl_bpb=8.0 * jx / nbytes if nbytes else None, jxl_bytes_per_image=jx / len(items))
+    return out
+
+
+def bits_per_byte(system, reals) -> dict:
     """bpb and bpp of the held-out items under the model, and their full token counts. Pixels are
     those of the codec's decoded picture (its own size), so bpp compares across image sizes."""
-    nll = nbytes = npix = 0.0
-    ntok = []
-    for r in reals:
-        symbols = system.codec.encode(as_media(r))
-        ids = system.token_ids(symbols)
-        ntok.append(len(ids))
-        nll += system.nll(ids)
-        nbytes += system.codec.stream_bytes(symbols)
-        npix += float(np.prod(np.asarray(system.codec.decode(symbols)[0]).shape[:-1]))
-    bits = nll / math.log(2)
-    return {"bpb": bits / nbytes if nbytes else None, "bpp": bits / npix if npix else None,
-            "nll_per_item": nll / len(reals), "tokens_per_image": float(np.mean(ntok))}
+    return _combine_bpb([_bpb_item(system, reals[i], False) for i in range(len(reals))])
 
 
-def reconstruction_floor(codec, reals: list[np.ndarray], fid: FID, real_feats: np.ndarray, label: str) -> FloorResult:
-    """PSNR and rFID of encode -> decode on the held-out set: the best any model on this codec can do."""
-    recs, psnrs, failed, nbytes = [], [], 0, []
-    for r in reals:
+def bits_per_byte_parallel(system, reals, ranks, jxl: bool) -> dict | str | None:
+    """`bits_per_byte` with the items split across ranks; summed on rank 0 in item order (the same
+    number for any number of processes). On rank 0 the numbers, or the error text when an item
+    failed on any rank; None on the other ranks."""
+    try:
+        mine = [(i, _bpb_item(system, reals[i], jxl)) for i in range(ranks.rank, len(reals), ranks.world_size)]
+    except Exception as e:  # every rank still joins the gather, so one failure cannot hang the others
+        mine = f"{type(e).__name__}: {e}"
+    parts = ranks.gather(mine, "gathering bits per byte")
+    if parts is None:
+        return None
+    errors = [p for p in parts if isinstance(p, str)]
+    if errors:
+        return errors[0]
+    return _combine_bpb([x for _, x in sorted((p for part in parts for p in part), key=lambda t: t[0])])
+
+
+def reconstruction_floor(codec, reals, fid: FID, real: FeatureSet, label: str, cache: Path) -> FloorResult:
+    """PSNR and rFID of encode -> decode on the held-out set: the best any model on this codec can do.
+    Reconstructions are scored in batches (features on disk), never all held at once."""
+    psnrs, failed, nbytes, batch = [], 0, [], []
+    fw = FeatureWriter(cache / f"floor-{hashlib.sha256(label.encode()).hexdigest()[:16]}.npy", NUM_FEATURES)
+    for i in range(len(reals)):
+        r = np.asarray(reals[i])
         symbols = codec.encode(as_media(r))
         nbytes.append(codec.stream_bytes(symbols))
         media, rep = codec.decode(symbols)
         media = np.asarray(media)
         if rep.status == "failed":
             failed += 1
-            continue
-        ref = r if media.shape == r.shape else np.asarray(Image.fromarray(r).resize(media.shape[1::-1], Image.BILINEAR))
-        mse = float(np.mean((media.astype(np.float64) - ref.astype(np.float64)) ** 2))
-        psnrs.append(10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf"))
-        recs.append(media)
-    frames = frames_of(recs)
-    res = fid.compute_from_features(real_feats, fid.features(frames)) if len(frames) >= 2 else \
-        fid.result(None, len(real_feats), len(frames), reason="fewer than 2 reconstructions decoded")
+        else:
+            ref = r if media.shape == r.shape else np.asarray(Image.fromarray(r).resize(media.shape[1::-1], Image.BILINEAR))
+            mse = float(np.mean((media.astype(np.float64) - ref.astype(np.float64)) ** 2))
+            psnrs.append(10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf"))
+            batch.extend(frames_of([media]))
+        if batch and (len(batch) >= fid.batch_size or i == len(reals) - 1):
+            fw.add(fid.features(batch))
+            batch = []
+    recs = feature_set(fw.close())
+    res = fid_between(fid, real, recs) if recs.n >= 2 else \
+        fid.result(None, real.n, recs.n, reason="fewer than 2 reconstructions decoded")
     return FloorResult(codec=label, config=codec.to_config(), psnr=float(np.mean(psnrs)) if psnrs else None,
                        rfid=res.value, rfid_reason=res.reason, n=len(reals), decode_failures=failed,
                        bytes_per_image=float(np.mean(nbytes)))
@@ -315,11 +334,13 @@ def code_version() -> dict:
 # the run
 
 
-def evaluate(cfg: EvalConfig, systems: dict | None = None) -> dict:
+def evaluate(cfg: EvalConfig, systems: dict | None = None, ranks: Ranks | None = None) -> dict:
     """Run the protocol over cfg.systems and write the report. `systems` maps a system name to a
     ready object (name, codec, sample, nll, token_ids) used instead of loading its checkpoint -
-    that is how tests run stand-ins. Returns the JSON form of the results (OUT/report.json's
-    content, an `EvalResults`) plus `report_files`, the paths written."""
+    that is how tests run stand-ins. Under a launcher (RANK / WORLD_SIZE set) every process draws
+    its share and rank 0 scores and writes the report. Returns the JSON form of the results
+    (OUT/report.json's content, an `EvalResults`) plus `report_files`, the paths written; on the
+    other ranks {"rank": r, "report_files": None}."""
     for what, folder in (("images", cfg.images), ("videos", cfg.videos)):
         if folder and not Path(folder).is_dir():
             raise ValueError(f"held-out {what} folder {folder} does not exist")
@@ -327,96 +348,168 @@ def evaluate(cfg: EvalConfig, systems: dict | None = None) -> dict:
         raise ValueError("no held-out data: set images (a folder of images) and/or videos")
     if not cfg.systems:
         raise ValueError("no systems to evaluate: set systems: [{name, checkpoint}, ...]")
+    own = ranks is None
+    ranks = ranks or Ranks.from_env(cfg.dist_timeout_s)
+    try:
+        return _evaluate(cfg, systems or {}, ranks)
+    finally:
+        if own:
+            ranks.close()
+
+
+def protocol_record(cfg: EvalConfig, fid: FID) -> dict:
+    """What the samples in OUT depend on: a rerun with other values would mix two protocols."""
+    keep = ("images", "videos", "num_images", "image_size", "prompt_ratios", "unconditional", "num_samples",
+            "num_unconditional", "seed")
+    return {**{k: getattr(cfg, k) for k in keep}, "sampler": cfg.sampler_record(),
+            "fid": {"backend": fid.backend, "network_sha256": fid.network_sha256, "resize": fid.resize}}
+
+
+def _check_same(path: Path, record: dict, what: str) -> None:
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    diff = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+    if diff:
+        what_changed = ", ".join(f"{k}: {old.get(k)!r} there, {record.get(k)!r} now" for k in diff)
+        raise ValueError(f"{path.parent} holds samples of another {what} ({what_changed}); "
+                         "use another out folder or the same settings")
+
+
+def _evaluate(cfg: EvalConfig, overrides: dict, ranks: Ranks) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     fs = cfg.fid_settings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the small-N warning goes into the report instead of 100 lines
-        fid = FID(backend=fs.backend, device=fs.device, batch_size=fs.batch_size, cache_dir=out / "cache",
-                  warn_small_n=False)
+        fid = FID(backend=fs.backend, device=ranks.device(fs.device), batch_size=fs.batch_size, cache_dir=out / "cache",
+                  network_path=fs.weights, warn_small_n=False)
+    protocol = json.loads(json.dumps(protocol_record(cfg, fid), default=str))
+    _check_same(out / "protocol.json", protocol, "protocol")
+    ref = load_reference(cfg.reference, fid.network_sha256, fid.resize) if cfg.reference else None
+    ranks.barrier("checking the output folder")
+    if ranks.is_main:
+        save_config(cfg, out / "config.yaml")
+        atomic_write_text(out / "protocol.json", json.dumps(protocol, indent=2) + "\n")
     device = str(fid.device)
-    shared = SamplesManifest(fid=fid.settings(), code=code_version(), sampler=cfg.sampler_record(), base_seed=cfg.seed)
-    overrides = systems or {}
-    images = videos = None
     results = EvalResults(title=cfg.title, created=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                           fid=fid.settings())
-    codecs_seen: dict[str, Any] = {}
+    held: dict[str, Any] = {}
+    drawn_systems = []
     for sc in cfg.systems:
-        name = sc.name
-        entry = SystemResult(name=name, checkpoint=sc.checkpoint)
+        entry = SystemResult(name=sc.name, checkpoint=sc.checkpoint)
         results.systems.append(entry)
         try:
-            system = overrides[name] if name in overrides else ModelSystem(name, sc.checkpoint, cfg.sampler, device)
+            system = overrides[sc.name] if sc.name in overrides else ModelSystem(sc.name, sc.checkpoint, cfg.sampler, device)
         except Exception as e:
             entry.error = f"could not load: {type(e).__name__}: {e}"
             continue
         codec = system.codec
         entry.update(codec=codec.to_config(), media_kind=codec.media_kind)
-        if entry.media_kind == "video":
-            if videos is None:
-                if not cfg.videos:
-                    entry.error = "a video system needs a held-out video folder (videos: ...)"
-                    continue
-                videos = load_heldout_videos(cfg.videos, cfg.num_images, codec)
-                results.skipped_inputs += videos[2]
-            reals = videos[0]
-        else:
-            if images is None:
-                if not cfg.images:
-                    raise ValueError("no held-out image folder given (images: ...)")
-                images = load_heldout_images(cfg.images, cfg.num_images, cfg.image_size)
-                results.skipped_inputs += images[2]
-            reals = images[0]
-        if len(reals) < 2:
-            entry.error = "fewer than 2 held-out items"
+        reals = _reals_for(cfg, entry, codec, held, results)
+        if reals is None:
             continue
-        real_frames = frames_of(reals)
-        real_feats = fid.features(real_frames, cache_key=images_key(real_frames))
-        results.fid.setdefault("n_real", len(real_feats))
-        codecs_seen.setdefault(json.dumps(codec.to_config(), sort_keys=True, default=str), (name, codec, reals, real_feats))
-        mine = dataclasses.replace(shared, system=name, codec=codec.to_config())
-        plan = [(r, k) for k, r in enumerate(cfg.prompt_ratios)] + ([(None, len(cfg.prompt_ratios))] if cfg.unconditional else [])
-        for ratio, k in plan:
-            d = out / "systems" / name / setting_name(ratio).replace("=", "_")
-            row, strip_rows = run_setting(system, reals, ratio, k, cfg, d, fid, real_feats, mine)
+        sys_dir = out / "systems" / sc.name
+        sys_dir.mkdir(parents=True, exist_ok=True)
+        mine = {"checkpoint": sc.checkpoint, "codec": json.loads(json.dumps(codec.to_config(), default=str))}
+        _check_same(sys_dir / "system.json", mine, "system")
+        if ranks.is_main:
+            atomic_write_text(sys_dir / "system.json", json.dumps(mine, indent=2) + "\n")
+        settings = [(r, k) for k, r in enumerate(cfg.prompt_ratios)] + \
+            ([(None, len(cfg.prompt_ratios))] if cfg.unconditional else [])
+        plans = [(plan_for(r, k, len(reals), cfg, SETTING_SEED_STRIDE),
+                  SampleStore(sys_dir / setting_name(r).replace("=", "_"))) for r, k in settings]
+        total = sum(len(ranks.mine(chunked(p.n, cfg.sampler.batch_size))) for p, _ in plans)
+        with ranks.progress_bar(total, f"{sc.name}: sampling") as bar:
+            for plan, store in plans:
+                store.dir.mkdir(parents=True, exist_ok=True)
+                draw(system, reals, plan, store, fid, ranks, cfg.sampler.batch_size, bar)
+        if cfg.bpb and hasattr(system, "nll"):
+            jxl_why = jxl_reason(codec.file_suffix)
+            entry.jxl_reason = jxl_why
+            mine_bpb = bits_per_byte_parallel(system, reals, ranks, jxl=not jxl_why)
+            if ranks.is_main:
+                if isinstance(mine_bpb, str):
+                    entry.bpb_error = mine_bpb
+                else:
+                    entry.update(**mine_bpb)
+        del system  # the model is not needed to score: one on the device at a time
+        drawn_systems.append((entry, codec, reals, plans))
+    ranks.barrier("waiting for every process to finish sampling")
+    if not ranks.is_main:
+        return {"rank": ranks.rank, "report_files": None}
+    return _score_all(cfg, out, fid, ref, results, drawn_systems, held)
+
+
+def _reals_for(cfg, entry: SystemResult, codec, held: dict, results: EvalResults):
+    """The held-out items for a system's media kind (loaded once per kind), or None with entry.error set."""
+    if entry.media_kind == "video":
+        if "videos" not in held:
+            if not cfg.videos:
+                entry.error = "a video system needs a held-out video folder (videos: ...)"
+                return None
+            clips, names, skipped = load_heldout_videos(cfg.videos, cfg.num_images, codec)
+            held["videos"] = Clips(clips, names, codec)
+            results.skipped_inputs += skipped
+        reals = held["videos"]
+    else:
+        if "images" not in held:
+            if not cfg.images:
+                raise ValueError("no held-out image folder given (images: ...)")
+            held["images"] = heldout_images(cfg.images, cfg.num_images, cfg.image_size)
+            results.skipped_inputs += held["images"].skipped
+        reals = held["images"]
+    if len(reals) < 2:
+        entry.error = "fewer than 2 held-out items"
+        return None
+    return reals
+
+
+def _score_all(cfg, out: Path, fid: FID, ref: dict | None, results: EvalResults, drawn_systems, held) -> dict:
+    shared = SamplesManifest(fid=fid.settings(), code=code_version(), sampler=cfg.sampler_record(), base_seed=cfg.seed)
+    codecs_seen: dict[str, Any] = {}
+    ref_set = FeatureSet(None, ref["mu"], ref["sigma"], ref["count"] or 0) if ref else None
+    for entry, codec, reals, plans in drawn_systems:
+        heldout = real_features(fid, reals, out / "cache", "reals")
+        real = ref_set or heldout
+        results.fid.setdefault("n_real", real.n)
+        codecs_seen.setdefault(json.dumps(codec.to_config(), sort_keys=True, default=str), (entry.name, codec, reals, real))
+        mine = dataclasses.replace(shared, system=entry.name, codec=codec.to_config())
+        for plan, store in plans:
+            row, strip_rows = score(store, plan, cfg, fid, real, heldout, mine, codec.media_kind == "video", reals)
             if strip_rows:
-                p = out / "strips" / f"{name}-{setting_name(ratio).replace('=', '_')}.png"
+                p = out / "strips" / f"{entry.name}-{row.setting.replace('=', '_')}.png"
                 p.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(make_strip(strip_rows)).save(p)
                 entry.strips.append(StripRef(setting=row.setting, path=str(p.relative_to(out))))
             entry.rows.append(row)
-        if cfg.bpb and hasattr(system, "nll"):
-            try:
-                entry.update(**bits_per_byte(system, reals))
-            except Exception as e:
-                entry.bpb_error = f"{type(e).__name__}: {e}"
-    _floors(cfg, results, codecs_seen, fid, images)
+    _floors(cfg, out, results, codecs_seen, fid, held)
     _summarise(results, cfg)
     results.settings = {"held-out images": cfg.images, "held-out videos": cfg.videos, "items": cfg.num_images,
                         "image size": cfg.image_size, "prompt ratios": cfg.prompt_ratios,
                         "samples per prompt": cfg.num_samples, "base seed": cfg.seed, "sampler": cfg.sampler_record(),
+                        "reference statistics": ({"file": cfg.reference, "count": ref["count"]} if ref else None),
                         "code": code_version()}
     files = write_report(results, out)
     return {**results.to_json(), "report_files": {k: str(v) for k, v in files.items()}}
 
 
-def _floors(cfg, results, codecs_seen, fid, images) -> None:
+def _floors(cfg, out: Path, results, codecs_seen, fid, held) -> None:
     from jpeglm.codecs.base import codec_from_config
 
-    for _, (name, codec, reals, feats) in codecs_seen.items():
+    for name, codec, reals, real in codecs_seen.values():
         try:
-            results.floors.append(reconstruction_floor(codec, reals, fid, feats, f"{codec.name} ({name})"))
+            results.floors.append(reconstruction_floor(codec, reals, fid, real, f"{codec.name} ({name})", out / "cache"))
         except Exception as e:
             results.floors.append(FloorResult(codec=f"{codec.name} ({name})", rfid_reason=f"{type(e).__name__}: {e}"))
     for fc in cfg.floor_codecs:
         try:
             codec = codec_from_config(fc)
-            if images is None:
-                images = load_heldout_images(cfg.images, cfg.num_images, cfg.image_size)
-            frames = frames_of(images[0])
-            feats = fid.features(frames, cache_key=images_key(frames))
-            results.floors.append(reconstruction_floor(codec, images[0], fid, feats, codec.name))
+            if "images" not in held:
+                held["images"] = heldout_images(cfg.images, cfg.num_images, cfg.image_size)
+            reals = held["images"]
+            real = real_features(fid, reals, out / "cache", "reals")
+            results.floors.append(reconstruction_floor(codec, reals, fid, real, codec.name, out / "cache"))
         except Exception as e:
             results.floors.append(FloorResult(codec=fc.get("name", "?"), rfid_reason=f"{type(e).__name__}: {e}"))
 
@@ -439,4 +532,8 @@ def _summarise(results: EvalResults, cfg: EvalConfig) -> None:
         "Every image (samples of every system and the reals) is resized the same way to 299x299 for FID: "
         + results.fid["resize"] + ".",
         "Samples whose decode failed are left out of FID and counted in the failure rate; repaired ones are kept.",
+        "Precision / recall: improved precision and recall (Kynkaanniemi et al. 2019), k=3 nearest neighbours on the "
+        "same pool3 features, against the held-out images.",
+        "JPEG XL bits/byte: cjxl --lossless_jpeg=1 of each held-out item's JPEG file, 8 * bytes / modelled bytes "
+        "(the file's container and tables included), the classical model the LM's bits/byte stands beside.",
     ]

@@ -84,6 +84,10 @@ class SettingRow(Record):
     fid_std: float | None = _f(None, "bootstrap standard deviation of the FID (only with fid_bootstrap > 0)")
     fid_n: int | None = _f(None, "images in the FID (decoded samples; all their frames for video)")
     fid_reason: str = _f("", "why there is no FID, or the small-N note of the FID network")
+    precision: float | None = _f(None, "improved precision (Kynkaanniemi et al. 2019, k=3, pool3 features): share of "
+                                 "decoded samples inside the held-out images' k-NN manifold")
+    recall: float | None = _f(None, "improved recall (k=3): share of held-out images inside the samples' k-NN manifold")
+    pr_reason: str = _f("", "why there is no precision / recall")
     failure_rate: float | None = _f(None, "share of samples whose decode failed (left out of the FID)")
     repaired_rate: float | None = _f(None, "share of samples the codec repaired (kept in the FID)")
     tokens_per_image: float | None = _f(None, "mean tokens per sample, prompt + new tokens")
@@ -117,6 +121,10 @@ class SystemResult(Record):
     nll_per_item: float | None = _f(None, "mean NLL (nats) of one held-out item")
     tokens_per_image: float | None = _f(None, "mean tokens of one whole held-out item (BOS and EOS included)")
     bpb_error: str | None = _f(None, "why bpb could not be computed")
+    jxl_bpb: float | None = _f(None, "JPEG XL lossless recompression (cjxl --lossless_jpeg=1) of the held-out JPEG "
+                               "files: 8 * its bytes / modelled bytes, beside bpb")
+    jxl_bytes_per_image: float | None = _f(None, "mean cjxl --lossless_jpeg=1 file size of one held-out item (bytes)")
+    jxl_reason: str = _f("", "why there is no JPEG XL figure ('not measured: ...')")
     rows: list[SettingRow] = _f(list, "one row per setting")
     strips: list[StripRef] = _f(list, "completion strips")
 

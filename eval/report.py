@@ -162,7 +162,7 @@ def settings_order(results: EvalResults) -> list[str]:
 
 def _headline(results: EvalResults) -> tuple[list[str], list[list[str]]]:
     cols = settings_order(results)
-    header = ["system"] + [f"FID {c}" for c in cols] + ["bits/byte", "decode failures"]
+    header = ["system"] + [f"FID {c}" for c in cols] + ["bits/byte", "decode failures", "JPEG XL bits/byte"]
     body = []
     for s in results.systems:
         by = {r.setting: r for r in s.rows}
@@ -171,7 +171,8 @@ def _headline(results: EvalResults) -> tuple[list[str], list[list[str]]]:
         for c in cols:
             r = by.get(c)
             cells.append("n/a" if r is None else _fid_cell(r))
-        cells += [_fmt(s.bpb, 3), _fmt(float(np.mean(fails)), pct=True) if fails else "n/a"]
+        jxl = _fmt(s.jxl_bpb, 3) if s.jxl_bpb is not None else ("not measured" if s.jxl_reason else "n/a")
+        cells += [_fmt(s.bpb, 3), _fmt(float(np.mean(fails)), pct=True) if fails else "n/a", jxl]
         body.append(cells)
     return header, body
 
@@ -183,11 +184,12 @@ def _fid_cell(row: SettingRow) -> str:
 
 
 def _details(results: EvalResults) -> tuple[list[str], list[list[str]]]:
-    header = ["system", "setting", "FID", "n", "decode failures", "tokens / image", "s / image", "note"]
+    header = ["system", "setting", "FID", "n", "precision", "recall", "decode failures", "tokens / image", "s / image",
+              "note"]
     body = []
     for s in results.systems:
         if s.error and not s.rows:
-            body.append([s.name, "-", "n/a", "0", "n/a", "n/a", "n/a", s.error])
+            body.append([s.name, "-", "n/a", "0", "n/a", "n/a", "n/a", "n/a", "n/a", s.error])
         for r in s.rows:
             note = r.fid_reason or ""
             if r.decoded_frame_rate is not None:
@@ -196,7 +198,7 @@ def _details(results: EvalResults) -> tuple[list[str], list[list[str]]]:
                 fvd = f"FVD {_fmt(r.fvd)}" if r.fvd is not None else r.fvd_reason
                 note = (note + "; " if note else "") + fvd
             body.append([
-                s.name, r.setting, _fid_cell(r), str(r.n_samples),
+                s.name, r.setting, _fid_cell(r), str(r.n_samples), _fmt(r.precision, 3), _fmt(r.recall, 3),
                 _fmt(r.failure_rate, pct=True), _fmt(r.tokens_per_image, 0),
                 _fmt(r.seconds_per_image, 3), note,
             ])

@@ -39,15 +39,21 @@ class FakeSystem:
         self.tok = ByteTokenizer()
 
     def sample(self, prompts, num_samples, seed):
+        """Sample k has seed `seed + k`; a prompt is answered by the held-out image it was cut from (the
+        harness passes the prompts of a chunk of jobs), an unconditional sample by image `seed % n`."""
         n = len(self.reals)
-        idx = [(i, pi) for pi in range(len(prompts)) for i in range(num_samples)] if prompts is not None else \
-              [(i, None) for i in range(num_samples)]
+        if prompts is not None:
+            streams = [self.codec.encode(Image.fromarray(r)) for r in self.reals]
+            which = [next(j for j, s in enumerate(streams) if s.startswith(bytes(p))) for p in prompts]
+            idx = [(which[pi], pi) for pi in range(len(prompts)) for _ in range(num_samples)]
+        else:
+            idx = [((seed + k) % n, None) for k in range(num_samples)]
         out = []
-        for k, (i, pi) in enumerate(idx):
+        for k, (j, pi) in enumerate(idx):
             rng = np.random.default_rng(seed + k)
-            base = self.reals[pi if pi is not None else k % n].astype(np.float64)
+            base = self.reals[j].astype(np.float64)
             img = np.clip(base + rng.normal(0, self.noise, base.shape), 0, 255).astype(np.uint8) if self.noise else \
-                self.reals[pi if pi is not None else k % n].copy()
+                self.reals[j].copy()
             status = "failed" if self.fail else "ok"
             out.append(Drawn(np.zeros_like(img) if self.fail else img, status, "bad scan" if self.fail else "",
                              seed + k, pi, 100, {}))
@@ -187,7 +193,7 @@ def test_harness_with_stand_ins_ranks_systems_and_survives_failures(tmp_path, he
     assert len(more) == 6 and [Path(x["path"]).name for x in skipped] == ["zz_broken.png"] and skipped[0]["reason"]
     # files: samples, npz, manifest with seeds and FID provenance; floors; the three report formats
     d = Path(cfg.out) / "systems" / "noisy" / "ratio_0.5"
-    npz = np.load(d / "samples.npz")["samples"]
+    npz = np.load(d / "samples.npz")["arr_0"]
     assert npz.shape == (6, SIZE, SIZE, 3) and npz.dtype == np.uint8
     m = json.loads((d / "manifest.json").read_text())
     assert [s["seed"] for s in m["samples"]] == list(range(6)) and m["prompt_ratio"] == 0.5
@@ -302,7 +308,7 @@ def test_video_system_scored_on_frames(tmp_path):
     assert row["decoded_frame_rate"] == pytest.approx(10 / 15)
     assert row["fid"] is not None and row["fid_n"] == 2 * codec.params.frames  # every frame of both clips
     assert row["fvd"] is None and "I3D weights not supplied" in row["fvd_reason"]
-    npz = np.load(Path(cfg.out) / "systems" / "avc" / "ratio_0.5" / "samples.npz")["samples"]
+    npz = np.load(Path(cfg.out) / "systems" / "avc" / "ratio_0.5" / "samples.npz")["arr_0"]
     assert npz.shape == (2, codec.params.frames, codec.params.height, codec.params.width, 3)
     floor = res["floors"][0]
     assert floor["codec"].startswith("avc") and floor["psnr"] > 25

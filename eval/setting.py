@@ -1,0 +1,253 @@
+"""One system under one setting: draw its samples (this rank's chunks, resumable), then score them (rank 0).
+
+Jobs: sample i of a setting (prompted: prompt i // num_samples; unconditional: none) has the seed
+`setting seed + i`, whatever process draws it. The jobs are cut into chunks of the sampler's batch
+size; each rank draws its chunks (eval/parallel.py) and writes every sample as soon as its chunk is
+done, with its features (eval/store.py). Scoring reads the per-sample files in index order and
+accumulates features as running sums (eval/featstats.py), so neither images nor all features of
+50k samples sit in memory, and a killed run that is started again only draws what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+from jpeglm.eval.featstats import (
+    FeatureFile,
+    RunningStats,
+    frechet_from_stats,
+    precision_recall,
+)
+from jpeglm.eval.fid import NUM_FEATURES, bootstrap_fid_std
+from jpeglm.eval.parallel import chunked
+from jpeglm.eval.records import DecodeFailure, SampleEntry, SamplesManifest, SettingRow
+from jpeglm.eval.report import UNCOND, prompt_view
+from jpeglm.eval.store import FeatureWriter, SampleStore
+
+from jpeglm.config import atomic_write_text
+
+PR_K = 3  # k of the k-NN balls of improved precision / recall (Kynkäänniemi et al. 2019)
+
+
+def setting_name(ratio: float | None) -> str:
+    return UNCOND if ratio is None else f"ratio={ratio:g}"
+
+
+def as_media(a: np.ndarray):
+    """What a codec's encode gets: a PIL image for pictures (codecs take an RGB image of their own
+    size as canonical, without re-checking the minimum-side policy), the array for clips."""
+    from PIL import Image
+
+    return Image.fromarray(a) if a.ndim == 3 else a
+
+
+def frames_of(media) -> list[np.ndarray]:
+    """Images as they are; videos (T,H,W,3) flattened to their frames for FID."""
+    out = []
+    for m in media:
+        out.extend(list(m) if m.ndim == 4 else [m])
+    return out
+
+
+@dataclass
+class Plan:
+    """The jobs of one setting."""
+
+    ratio: float | None
+    seed: int
+    n: int
+    per_prompt: int  # samples per prompt (prompted settings)
+
+    def prompt_index(self, i: int) -> int | None:
+        return None if self.ratio is None else i // self.per_prompt
+
+
+def plan_for(ratio: float | None, k: int, n_items: int, cfg, seed_stride: int) -> Plan:
+    seed = cfg.seed + seed_stride * k
+    if ratio is None:
+        return Plan(None, seed, cfg.num_unconditional or n_items * cfg.num_samples, cfg.num_samples)
+    return Plan(ratio, seed, n_items * cfg.num_samples, cfg.num_samples)
+
+
+def _runs(idx: list[int]) -> list[list[int]]:
+    """Consecutive runs of sorted indices: each is one sampling call with consecutive seeds."""
+    out: list[list[int]] = []
+    for i in idx:
+        if out and out[-1][-1] == i - 1:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def draw(system, reals, plan: Plan, store: SampleStore, fid, ranks, chunk_size: int, bar=None) -> None:
+    """Draw this rank's unfinished samples of the setting and write each as its chunk finishes."""
+    codec = system.codec
+    for ci, chunk in ranks.mine(list(enumerate(chunked(plan.n, chunk_size)))):
+        todo = [i for i in chunk if not store.done(i)]
+        if bar is not None:
+            bar.update(1)
+        if not todo:
+            continue
+        store.clear_error(ci)
+        try:
+            for run in _runs(todo):
+                prompts = None
+                if plan.ratio is not None:
+                    cache: dict[int, object] = {}
+                    for i in run:
+                        pi = plan.prompt_index(i)
+                        if pi not in cache:
+                            cache[pi] = codec.prompt(codec.encode(as_media(reals[pi])), plan.ratio)
+                    prompts = [cache[plan.prompt_index(i)] for i in run]
+                import time
+
+                t0 = time.perf_counter()
+                drawn = system.sample(prompts, 1, plan.seed + run[0]) if prompts is not None else \
+                    system.sample(None, len(run), plan.seed + run[0])
+                seconds = (time.perf_counter() - t0) / max(1, len(run))
+                if len(drawn) != len(run):
+                    raise RuntimeError(f"the system returned {len(drawn)} samples for {len(run)} jobs")
+                _write_drawn(store, run, drawn, plan, fid, seconds)
+        except Exception as e:  # noqa: BLE001 - a broken system gets its row with the reason, never a crash
+            store.set_error(ci, f"sampling failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+            return
+
+
+def _write_drawn(store, run, drawn, plan, fid, seconds) -> None:
+    good = [d.status != "failed" for d in drawn]
+    frames = [frames_of([np.asarray(d.media)]) for d in drawn]
+    flat = [f for fs, g in zip(frames, good) if g for f in fs]
+    feats = fid.features(flat).astype(np.float32) if flat else np.zeros((0, NUM_FEATURES), np.float32)
+    at = 0
+    for i, d, fs, g in zip(run, drawn, frames, good):
+        mine = feats[at : at + len(fs)] if g else np.zeros((0, NUM_FEATURES), np.float32)
+        at += len(fs) if g else 0
+        side = {"seed": plan.seed + i, "prompt_index": plan.prompt_index(i), "status": d.status, "reason": d.reason,
+                "n_tokens": int(d.n_tokens), "details": dict(d.details or {}), "seconds": seconds}
+        store.write(i, np.asarray(d.media), side, mine)
+
+
+# ------------------------------------------------------------------------------------------------
+# scoring (rank 0)
+
+
+@dataclass
+class FeatureSet:
+    """Features of a set of images on disk (for precision / recall and small-N FID) and their stats.
+    `file` is None for reference statistics loaded from a file (FID only)."""
+
+    file: FeatureFile | None
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+
+
+def feature_set(path, stats: RunningStats | None = None, block: int = 4096) -> FeatureSet:
+    ff = FeatureFile(path)
+    if stats is None:
+        stats = RunningStats(ff.shape[1])
+        for s in range(0, len(ff), block):
+            stats.add(ff[s : s + block])
+    sigma = stats.sigma if stats.n >= 2 else np.zeros((ff.shape[1],) * 2)
+    return FeatureSet(ff, stats.mean, sigma, stats.n)
+
+
+def fid_between(fid, real: FeatureSet, fake: FeatureSet):
+    """FidResult of fake against real: exact in either form. Small sets (n_real + n_fake <= 2048, their
+    features fit in a few MB) go through the features' span projection; larger ones, or reference
+    statistics without features, through the running mean and covariance."""
+    if real.n < 2 or fake.n < 2:
+        return fid.result(None, real.n, fake.n, reason=f"FID needs >= 2 images per set ({real.n} real, {fake.n} generated)")
+    if real.file is not None and real.n + fake.n <= NUM_FEATURES:
+        return fid.compute_from_features(real.file[:].astype(np.float64), fake.file[:].astype(np.float64))
+    return fid.result(frechet_from_stats(real.mu, real.sigma, fake.mu, fake.sigma), real.n, fake.n)
+
+
+def pr_or_reason(real: FeatureSet | None, fake: FeatureSet, device) -> tuple[float | None, float | None, str]:
+    if real is None or real.file is None:
+        return None, None, "needs the held-out features (reference statistics alone have none)"
+    if real.n <= PR_K or fake.n <= PR_K:
+        return None, None, f"needs more than {PR_K} images per set ({real.n} real, {fake.n} generated)"
+    p, r = precision_recall(real.file, fake.file, k=PR_K, device=device)
+    return p, r, ""
+
+
+def score(store: SampleStore, plan: Plan, cfg, fid, real: FeatureSet, pr_real: FeatureSet | None,
+          manifest: SamplesManifest, video: bool, reals) -> tuple[SettingRow, list[dict]]:
+    """The setting's row from its files, plus the aggregates (features.npy, samples.npz, manifest.json)."""
+    row = SettingRow(setting=setting_name(plan.ratio), prompt_ratio=plan.ratio, seed=plan.seed, samples_dir=str(store.dir))
+    errors = store.errors()
+    missing = [i for i in range(plan.n) if not store.done(i)]
+    if errors or missing:
+        head = errors[0].split("\n", 1) if errors else [f"{len(missing)} of {plan.n} samples were not drawn", ""]
+        row.update(fid_reason=head[0], failure_rate=1.0, traceback=head[1] if len(head) > 1 and head[1] else None)
+        return row, []
+    side = [store.sidecar(i) for i in range(plan.n)]
+    n = plan.n
+    failed = [s["status"] == "failed" for s in side]
+    row.update(n_samples=n, failure_rate=sum(failed) / n, repaired_rate=sum(s["status"] == "repaired" for s in side) / n,
+               tokens_per_image=float(np.mean([s["n_tokens"] for s in side])),
+               seconds_per_image=float(sum(s["seconds"] for s in side) / n))
+    stats = RunningStats(NUM_FEATURES)
+    fw = FeatureWriter(store.dir / "features.npy", NUM_FEATURES)
+    for i in range(n):
+        f = store.features(i)
+        if len(f):
+            stats.add(f)
+            fw.add(f)
+    fake = feature_set(fw.close(), stats)
+    if video:
+        got = sum(s["details"].get("decoded_frames", 0) for s in side)
+        want = sum(s["details"].get("expected_frames", 0) for s in side)
+        row.decoded_frame_rate = float(got / max(1, want))
+        from jpeglm.eval.fvd import fvd_or_reason
+
+        clips = [store.media(i) for i in range(n) if not failed[i]]
+        row.fvd, row.fvd_reason = fvd_or_reason(cfg.i3d_weights, list(reals), clips, device=fid.device)
+    store.write_npz(n)
+    _write_manifest(store, side, dataclasses.replace(manifest, prompt_ratio=plan.ratio))
+    n_good = n - sum(failed)
+    if fake.n >= 2:
+        res = fid_between(fid, real, fake)
+    else:
+        res = fid.result(None, real.n, fake.n, reason=f"{n_good} of {n} samples decoded; FID needs >= 2")
+    row.update(fid=res.value, fid_reason=res.reason, fid_n=res.n_fake)
+    row.precision, row.recall, row.pr_reason = pr_or_reason(pr_real, fake, fid.device)
+    if cfg.fid_bootstrap and res.value is not None and real.file is not None:
+        row.fid_std = bootstrap_fid_std(real.file[:], fake.file[:], reps=cfg.fid_bootstrap, seed=plan.seed)
+    return row, _strip_rows(store, side, plan, reals, cfg)
+
+
+def _write_manifest(store: SampleStore, side: list[dict], manifest: SamplesManifest) -> None:
+    manifest = dataclasses.replace(
+        manifest, num_samples=len(side),
+        samples=[SampleEntry(file=f"{store.name(i)}.png", seed=s["seed"], prompt_index=s["prompt_index"],
+                             status=s["status"], reason=s["reason"], n_tokens=s["n_tokens"]) for i, s in enumerate(side)],
+        decode_failures=[DecodeFailure(index=i, reason=s["reason"]) for i, s in enumerate(side) if s["status"] == "failed"])
+    atomic_write_text(store.dir / "manifest.json", json.dumps(manifest.to_json(), indent=2, default=str) + "\n")
+
+
+def _strip_rows(store: SampleStore, side: list[dict], plan: Plan, reals, cfg) -> list[dict]:
+    def pic(m):
+        return m[len(m) // 2] if m.ndim == 4 else m  # video: the middle frame
+
+    rows = []
+    if plan.ratio is None:
+        idx = list(range(min(plan.n, cfg.strip_samples * cfg.strip_prompts)))
+        for s in range(0, len(idx), cfg.strip_samples):
+            part = idx[s : s + cfg.strip_samples]
+            media = [pic(store.media(i)) for i in part]
+            rows.append({"prompt": np.full_like(media[0], 128), "samples": media, "real": None,
+                         "failed": [side[i]["status"] == "failed" for i in part]})
+        return rows
+    for pi in range(min(cfg.strip_prompts, len(reals))):
+        part = [i for i in range(pi * plan.per_prompt, min(plan.n, (pi + 1) * plan.per_prompt))][: cfg.strip_samples]
+        real = pic(np.asarray(reals[pi]))
+        rows.append({"prompt": prompt_view(real, plan.ratio), "samples": [pic(store.media(i)) for i in part],
+                     "real": real, "failed": [side[i]["status"] == "failed" for i in part]})
+    return rows
