@@ -354,7 +354,7 @@ def frechet_distance(real_features: np.ndarray, fake_features: np.ndarray, proje
     real, fake = torch.from_numpy(real_np), torch.from_numpy(fake_np)
     ident = _Precomputed()
     ident.num_features = real.shape[1]
-    metric = FrechetInceptionDistance(feature=ident)
+    metric = FrechetInceptionDistance(feature=ident, sync_on_compute=False)  # local numbers, also under torchrun
     metric.update(real, real=True)
     metric.update(fake, real=False)
     return float(metric.compute())
