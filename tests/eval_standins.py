@@ -46,8 +46,9 @@ def feature_net(path) -> str:
 
 class StandIn:
     def __init__(self, folder: str, size: int, noise: float = 40.0, sleep: float = 0.0, log: str | None = None):
-        from jpeglm.codecs.jpeg import JpegCodec, JpegParams
         from jpeglm.eval.harness import load_heldout_images
+
+        from jpeglm.codecs.jpeg import JpegCodec, JpegParams
         from jpeglm.tokenizer import ByteTokenizer
 
         self.codec = JpegCodec(JpegParams(size=size))
@@ -91,9 +92,10 @@ def _pil(a):
 
 
 def run(config: str, sleep: float, log: str | None) -> int:
-    from jpeglm.config import load_config
     from jpeglm.eval.config import EvalConfig
     from jpeglm.eval.harness import evaluate
+
+    from jpeglm.config import load_config
 
     cfg = load_config(EvalConfig, config)
     systems = {s.name: StandIn(cfg.images, cfg.image_size, noise=20.0 + 30 * i, sleep=sleep, log=log)

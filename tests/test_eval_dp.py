@@ -22,7 +22,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from eval_standins import StandIn, feature_net  # noqa: E402
+from eval_standins import StandIn, feature_net
 
 SIZE = 32
 
@@ -62,9 +62,10 @@ def setup(tmp_path_factory, photos):
 
 
 def _run_inprocess(cfg_path: Path, **kw) -> dict:
-    from jpeglm.config import load_config
     from jpeglm.eval.config import EvalConfig
     from jpeglm.eval.harness import evaluate
+
+    from jpeglm.config import load_config
 
     cfg = load_config(EvalConfig, cfg_path)
     systems = {s.name: StandIn(cfg.images, cfg.image_size, noise=20.0 + 30 * i, **kw) for i, s in enumerate(cfg.systems)}
@@ -128,7 +129,7 @@ def test_two_processes_give_the_same_files_and_report(setup, one):
     cfg2 = config("two")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(HERE / "eval_standins.py"), "run", str(cfg2)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert '"rank": "1", "report": null' in proc.stdout and '"rank": "0", "report": {' in proc.stdout
     out2 = d / "two"
@@ -179,8 +180,7 @@ def test_a_rank_that_dies_stops_the_other_with_a_clear_error(tmp_path):
 
 
 def test_other_protocol_in_the_same_folder_is_refused(setup, one):
-    _, out1 = one
-    d, config = setup
+    _, config = setup
     cfg = config("one", num_samples=3)
     with pytest.raises(ValueError, match="another protocol.*num_samples"):
         _run_inprocess(cfg)
