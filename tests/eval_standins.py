@@ -9,6 +9,7 @@
 
     python tests/eval_standins.py run CONFIG.yaml [--sleep S] [--log FILE]   # evaluate() with StandIn
     python tests/eval_standins.py die                                        # rank 1 leaves, rank 0 waits
+    python tests/eval_standins.py sample OUT --prompt A.png B.png            # jpeglm sample, tiny Llama
 """
 
 from __future__ import annotations
@@ -105,6 +106,32 @@ def run(config: str, sleep: float, log: str | None) -> int:
     return 0
 
 
+def sample(out: str, prompts: list[str]) -> int:
+    """`jpeglm sample`'s run() over a tiny random Llama (checkpoint loading stood in), 2 samples per prompt."""
+    import argparse
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import jpeglm.cli.sample as cli
+    from jpeglm.codecs.jpeg import JpegCodec, JpegParams
+    from jpeglm.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
+                                         pad_token_id=3)).eval()
+    loaded = SimpleNamespace(model=model, tokenizer=tok, codec=JpegCodec(JpegParams(size=32)), meta={})
+    cli._load = lambda path, device: loaded
+    args = argparse.Namespace(model="ckpt", prompt=prompts, prompt_ratio=0.5, prompt_frames=None, num=2,
+                              temperature=1.0, top_k=50, top_p=1.0, seed=0, batch_size=1, max_new_tokens=80,
+                              constrain=True, steer=True, device="cpu", backend="torch", overwrite=False, out=out)
+    return cli.run(args)
+
+
 def die() -> int:
     """Two processes by hand: rank 1 joins and exits; rank 0's barrier must end in a ParallelError."""
     from jpeglm.eval.parallel import ParallelError, Ranks
@@ -122,9 +149,12 @@ def die() -> int:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["run", "die"])
-    ap.add_argument("config", nargs="?")
+    ap.add_argument("mode", choices=["run", "die", "sample"])
+    ap.add_argument("config", nargs="?", help="run: the eval config; sample: the output folder")
+    ap.add_argument("--prompt", nargs="*", default=[])
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--log", default=None)
     a = ap.parse_args()
+    if a.mode == "sample":
+        sys.exit(sample(a.config, a.prompt))
     sys.exit(run(a.config, a.sleep, a.log) if a.mode == "run" else die())

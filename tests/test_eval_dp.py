@@ -184,3 +184,22 @@ def test_other_protocol_in_the_same_folder_is_refused(setup, one):
     cfg = config("one", num_samples=3)
     with pytest.raises(ValueError, match="another protocol.*num_samples"):
         _run_inprocess(cfg)
+
+
+@pytest.mark.slow
+def test_jpeglm_sample_two_processes_write_the_same_files(tmp_path, photo_dir):
+    prompts = [str(p) for p in sorted(photo_dir.iterdir())[:2]]
+    script = [str(HERE / "eval_standins.py"), "sample"]
+    one = subprocess.run([sys.executable, *script, str(tmp_path / "one"), "--prompt", *prompts], env=_env(),
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(_free_port()), *script, str(tmp_path / "two"), "--prompt",
+                          *prompts], env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert two.returncode == 0, two.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "one").glob("*.jpg"))
+    assert names == ["p000_s000.jpg", "p000_s001.jpg", "p001_s000.jpg", "p001_s001.jpg"]
+    for n in names:
+        assert (tmp_path / "one" / n).read_bytes() == (tmp_path / "two" / n).read_bytes(), n
+    m1, m2 = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("one", "two"))
+    assert [(f["seed"], f["prompt_index"]) for f in m1["files"]] == [(f["seed"], f["prompt_index"]) for f in m2["files"]]

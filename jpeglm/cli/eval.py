@@ -1,5 +1,7 @@
 """`jpeglm eval --config configs/eval/X.yaml [--set key=value ...] [--FIELD value ...]`: the flags of
-the eval harness (jpeglm.eval.harness).
+the eval harness (jpeglm.eval.harness). The same command runs under
+`torchrun --nproc_per_node N --no-python jpeglm eval ...` (or `deepspeed --no_python`): the processes
+split the samples, rank 0 prints and writes the report; a rerun of a killed run resumes.
 
 Every field of `EvalConfig` but the lists of systems and floor codecs is a flag, generated from the
 field and its help: top-level fields by name (`--out`, `--device`, `--num-samples`), the sampler's
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jpeglm.config import ConfigError
+    from jpeglm.eval.parallel import ParallelError
 
     overrides = [*args.set, *flags.config_overrides(EvalConfig, args)]
     try:
@@ -36,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"jpeglm eval: error: {e}")
         return 2
+    except ParallelError as e:
+        print(f"jpeglm eval: error: {e}")
+        return 3
+    if results.get("report_files") is None:  # a rank other than 0 under torchrun/deepspeed: rank 0 reports
+        return 0
     print(Path(results["report_files"]["md"]).read_text().split("## Details")[0].strip())
     print(f"\nreport: {results['report_files']['html']}")
     for s in results["systems"]:

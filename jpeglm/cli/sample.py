@@ -9,6 +9,10 @@ failed run leaves nothing half-written):
                           sheet_unconditional.png without prompts
     manifest.json         settings, seeds, token counts, times, per-file decode report and, for
                           JPEG, whether Pillow opens the file strictly (no LOAD_TRUNCATED_IMAGES)
+
+Under `torchrun --nproc_per_node N --no-python jpeglm sample ...` (or deepspeed) the jobs (prompt x
+seed) are split across the processes (jpeglm.eval.parallel), one device each; every sample keeps
+its own seed, so the files are the same for any N, and rank 0 gathers them and writes --out.
 """
 
 from __future__ import annotations
@@ -46,11 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from jpeglm.eval.parallel import ParallelError
+
     try:
         manifest = sample_to_dir(args)
     except SampleError as e:
         print(f"jpeglm sample: error: {e}", file=sys.stderr)
         return 2
+    except ParallelError as e:
+        print(f"jpeglm sample: error: {e}", file=sys.stderr)
+        return 3
+    if manifest is None:  # another rank than 0: rank 0 wrote the files
+        return 0
     n = len(manifest["files"])
     line = f"wrote {n} samples to {args.out} in {manifest['seconds']:.1f}s"
     if manifest.get("strict_decodable_rate") is not None:
@@ -122,9 +133,10 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 
 
-def sample_to_dir(args) -> dict:
-    """The whole command as a function tests call: returns the manifest it wrote."""
-    from jpeglm.sample import PromptTooLongError, SamplerConfig, generate
+def sample_to_dir(args) -> dict | None:
+    """The whole command as a function tests call: returns the manifest it wrote (None on ranks > 0)."""
+    from jpeglm.eval.parallel import Ranks
+    from jpeglm.sample import PromptTooLongError, SamplerConfig
 
     out = Path(args.out)
     from jpeglm.cli import flags
@@ -137,7 +149,10 @@ def sample_to_dir(args) -> dict:
         raise SampleError("--num must be >= 1")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise SampleError(f"--out {out} exists and is not an empty directory (use --overwrite to replace it)")
-    device = args.device or _default_device()
+    ranks = Ranks.from_env()
+    if ranks.world_size > 1 and args.backend == "vllm":
+        raise SampleError("--backend vllm runs in one process (vLLM shards the model itself); start it without torchrun")
+    device = ranks.device(args.device) or _default_device()
     loaded = _load(args.model, device)
     codec, tokenizer = loaded.codec, loaded.tokenizer
     full, prompts = _encode_prompts(codec, list(args.prompt), args.prompt_ratio, args.prompt_frames) if args.prompt else ([], None)
@@ -149,12 +164,14 @@ def sample_to_dir(args) -> dict:
 
             samples = generate_vllm(_export_dir(loaded, args.model), tokenizer, codec, prompts, args.num, cfg)
         else:
-            samples = generate(loaded.model, tokenizer, codec, prompts, args.num, cfg, device)
+            samples = _generate_split(loaded.model, tokenizer, codec, prompts, args.num, cfg, device, ranks)
     except PromptTooLongError as e:
         raise SampleError(str(e)) from e
     except ImportError as e:
         raise SampleError(str(e)) from e
     seconds = time.perf_counter() - t0
+    if samples is None:
+        return None
 
     tmp = _prepare_out(out, args.overwrite)
     try:
@@ -164,6 +181,33 @@ def sample_to_dir(args) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _generate_split(model, tokenizer, codec, prompts, num: int, cfg, device, ranks):
+    """`generate` with the jobs (prompt x seed, in generate's order) cut into batch-sized chunks and
+    dealt to the ranks; chunk [a, b) samples with seeds seed + a .. seed + b - 1, as one call would.
+    Rank 0 gets every sample in order, the other ranks None."""
+    import dataclasses
+
+    from jpeglm.eval.parallel import chunked
+    from jpeglm.sample import generate
+
+    if ranks.world_size == 1:
+        return generate(model, tokenizer, codec, prompts, num, cfg, device)
+    n = num * (len(prompts) if prompts is not None else 1)
+    mine = []
+    for run in ranks.mine(chunked(n, cfg.batch_size)):
+        sub = dataclasses.replace(cfg, seed=cfg.seed + run[0])
+        if prompts is None:
+            got = generate(model, tokenizer, codec, None, len(run), sub, device)
+        else:
+            got = generate(model, tokenizer, codec, [prompts[i // num] for i in run], 1, sub, device)
+            got = [dataclasses.replace(x, prompt_index=i // num) for x, i in zip(got, run)]
+        mine.extend(zip(run, got))
+    parts = ranks.gather(mine, "gathering the samples")
+    if parts is None:
+        return None
+    return [x for _, x in sorted((p for part in parts for p in part), key=lambda t: t[0])]
 
 
 def _export_dir(loaded, model_arg: str) -> str:
