@@ -30,6 +30,7 @@ from jpeglm.eval.store import FeatureWriter, SampleStore
 
 from jpeglm.config import atomic_write_text
 
+STATS_BLOCK = 512  # samples per running-sum update (one 2048x2048 product each)
 PR_K = 3  # k of the k-NN balls of improved precision / recall (Kynkäänniemi et al. 2019)
 
 
@@ -195,11 +196,15 @@ def score(store: SampleStore, plan: Plan, cfg, fid, real: FeatureSet, pr_real: F
                seconds_per_image=float(sum(s["seconds"] for s in side) / n))
     stats = RunningStats(NUM_FEATURES)
     fw = FeatureWriter(store.dir / "features.npy", NUM_FEATURES)
-    for i in range(n):
+    block: list[np.ndarray] = []
+    for i in range(n):  # blocks of STATS_BLOCK samples by index: the same sums for any number of processes
         f = store.features(i)
         if len(f):
-            stats.add(f)
+            block.append(f)
             fw.add(f)
+        if block and ((i + 1) % STATS_BLOCK == 0 or i == n - 1):
+            stats.add(np.concatenate(block))
+            block = []
     fake = feature_set(fw.close(), stats)
     if video:
         got = sum(s["details"].get("decoded_frames", 0) for s in side)

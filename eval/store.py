@@ -59,7 +59,10 @@ class SampleStore:
         _atomic_npy(self.dir / "features" / f"{self.name(i)}.npy", feats)
         if media.ndim == 4:
             _atomic_npy(self.dir / "media" / f"{self.name(i)}.npy", media)
-        atomic_write_text(self.dir / f"{self.name(i)}.json", json.dumps(sidecar, sort_keys=True, default=str) + "\n")
+        # renamed into place last (no fsync: a killed process leaves the old state or the new, and a
+        # sample whose sidecar is missing is simply drawn again)
+        atomic_write_bytes(self.dir / f"{self.name(i)}.json",
+                           (json.dumps(sidecar, sort_keys=True, default=str) + "\n").encode(), sync=False)
 
     def sidecar(self, i: int) -> dict:
         return json.loads((self.dir / f"{self.name(i)}.json").read_text())
