@@ -70,7 +70,7 @@ def child(n: int, work: Path, size: int, inception: bool, heldout: int) -> dict:
         held.mkdir(parents=True)
         rng = np.random.default_rng(12345)
         for i in range(heldout):
-            Image.fromarray(picture(rng, size)).save(held / f"{i:05d}.png")
+            Image.fromarray(picture(rng, max(size, 256))).save(held / f"{i:05d}.png")  # prepared down to size
     weights = None
     if not inception:
         from eval_standins import feature_net

@@ -19,6 +19,7 @@ import numpy as np
 from jpeglm.eval.featstats import (
     FeatureFile,
     RunningStats,
+    frechet_from_features,
     frechet_from_stats,
     precision_recall,
 )
@@ -159,13 +160,13 @@ def feature_set(path, stats: RunningStats | None = None, block: int = 4096) -> F
 
 
 def fid_between(fid, real: FeatureSet, fake: FeatureSet):
-    """FidResult of fake against real: exact in either form. Small sets (n_real + n_fake <= 2048, their
-    features fit in a few MB) go through the features' span projection; larger ones, or reference
-    statistics without features, through the running mean and covariance."""
+    """FidResult of fake against real, exact in either form (eval/featstats.py): small sets
+    (n_real + n_fake <= 2048, their features a few MB) from the features, larger ones or reference
+    statistics without features from the running mean and covariance."""
     if real.n < 2 or fake.n < 2:
         return fid.result(None, real.n, fake.n, reason=f"FID needs >= 2 images per set ({real.n} real, {fake.n} generated)")
     if real.file is not None and real.n + fake.n <= NUM_FEATURES:
-        return fid.compute_from_features(real.file[:].astype(np.float64), fake.file[:].astype(np.float64))
+        return fid.result(frechet_from_features(real.file[:], fake.file[:]), real.n, fake.n)
     return fid.result(frechet_from_stats(real.mu, real.sigma, fake.mu, fake.sigma), real.n, fake.n)
 
 

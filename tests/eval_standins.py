@@ -23,14 +23,14 @@ import time
 import numpy as np
 
 
-def feature_net(path) -> str:
+def feature_net(path, seed: int = 0) -> str:
     import torch
     from torch import nn
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            g = torch.Generator().manual_seed(0)
+            g = torch.Generator().manual_seed(seed)
             self.proj = nn.Parameter(torch.randn(3 * 8 * 8, 2048, generator=g) / 8, requires_grad=False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
