@@ -111,17 +111,18 @@ def frechet_from_features(real: np.ndarray, fake: np.ndarray) -> float:
 
 
 def save_reference(path: str | os.PathLike, stats: RunningStats, network_sha256: str, resize: str, network: str = "",
-                   backend: str = "") -> dict:
-    """Write mu, sigma, count, the network's sha256 and the resize as an `.npz` (atomically)."""
+                   backend: str = "", image_size: int = 0) -> dict:
+    """Write mu, sigma, count, the network's sha256 and the resize as an `.npz` (atomically);
+    `image_size`: the side the images were prepared at first (0: used as they are)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npz")
     meta = {"format": REF_FORMAT, "network_sha256": network_sha256, "resize": resize, "network": network,
             "backend": backend}
-    np.savez(tmp, mu=stats.mean, sigma=stats.sigma, count=np.int64(stats.n),
+    np.savez(tmp, mu=stats.mean, sigma=stats.sigma, count=np.int64(stats.n), image_size=np.int64(image_size),
              **{k: np.array(v) for k, v in meta.items()})
     os.replace(tmp, path)
-    return {**meta, "count": stats.n}
+    return {**meta, "count": stats.n, "image_size": image_size}
 
 
 def load_reference(path: str | os.PathLike, network_sha256: str | None = None, resize: str | None = None) -> dict:
@@ -138,6 +139,7 @@ def load_reference(path: str | os.PathLike, network_sha256: str | None = None, r
                          "write one with jpeglm fid --save-stats)")
     out = {"mu": np.asarray(data["mu"], np.float64), "sigma": np.asarray(data["sigma"], np.float64),
            "count": int(data["count"]) if "count" in data else None,
+           "image_size": int(data["image_size"]) if "image_size" in data else 0,
            **{k: str(data[k]) for k in ("network_sha256", "resize", "network", "backend") if k in data}}
     if out["sigma"].shape != (out["mu"].size, out["mu"].size):
         raise StatsError(f"{path}: mu {out['mu'].shape} and sigma {out['sigma'].shape} do not match")
@@ -161,7 +163,8 @@ def folder_stats(engine, folder) -> tuple[RunningStats, list[tuple[str, str]]]:
     files = list_image_files(folder)
     for k, p in enumerate(files):
         try:
-            window.append(np.asarray(open_image(p, min_side=1)))
+            im = open_image(p, min_side=1) if image_size is None else prepare_image(open_image(p), image_size)
+            window.append(np.asarray(im))
         except MediaError as e:
             skipped.append((str(p), str(e)))
         if window and (len(window) == engine.batch_size or k == len(files) - 1):

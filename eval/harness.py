@@ -387,6 +387,9 @@ def _evaluate(cfg: EvalConfig, overrides: dict, ranks: Ranks) -> dict:
     protocol = json.loads(json.dumps(protocol_record(cfg, fid), default=str))
     _check_same(out / "protocol.json", protocol, "protocol")
     ref = load_reference(cfg.reference, fid.network_sha256, fid.resize) if cfg.reference else None
+    if ref and ref["image_size"] and ref["image_size"] != cfg.image_size:
+        raise ValueError(f"{cfg.reference} holds images prepared at {ref['image_size']}x{ref['image_size']}, this eval's "
+                         f"image_size is {cfg.image_size}")
     ranks.barrier("checking the output folder")
     if ranks.is_main:
         save_config(cfg, out / "config.yaml")

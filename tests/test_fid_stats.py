@@ -133,7 +133,7 @@ def test_eval_reference_stats_give_the_folder_fid(tmp_path, folders, net):
 
     a, _ = net
     ref = tmp_path / "ref.npz"
-    assert _fid_cli("--save-stats", ref, folders / "real", "--weights", a, "--device", "cpu") == 0
+    assert _fid_cli("--save-stats", ref, folders / "real", "--weights", a, "--device", "cpu", "--image-size", 64) == 0
     rows = {}
     for name, reference in (("plain", None), ("ref", str(ref))):
         cfg = EvalConfig(systems=[{"name": "s", "checkpoint": "-"}], images=str(folders / "real"), out=str(tmp_path / name),

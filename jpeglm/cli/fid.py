@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of generated images, searched recursively (not with --save-stats)")
     parser.add_argument("--save-stats", default=None, metavar="FILE.npz",
                         help="write the reference statistics of DIR_A (mu, sigma, count, network sha256, resize) and stop")
+    parser.add_argument("--image-size", type=int, default=None, metavar="N",
+                        help="with --save-stats: prepare each image as jpeglm eval does (centre square crop, "
+                        "antialiased resize to NxN) first, for an eval config's `reference:` (its image_size)")
     flags.add_fields(parser, FidSettings)
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the full result as JSON to FILE")
 
@@ -55,17 +58,19 @@ def run(args: argparse.Namespace) -> int:
         fs = flags.build(FidSettings, args)
         if args.save_stats and args.dir_b is not None:
             raise ValueError("--save-stats takes one folder (DIR_A); leave DIR_B out")
+        if args.image_size is not None and not args.save_stats:
+            raise ValueError("--image-size applies to --save-stats")
         if not args.save_stats and args.dir_b is None:
             raise ValueError("give two folders (DIR_A DIR_B), a statistics file and a folder, or --save-stats FILE DIR")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the small-N warning is printed below, once
             if args.save_stats:
                 engine = _engine(fs)
-                stats, skipped = folder_stats(engine, args.dir_a)
+                stats, skipped = folder_stats(engine, args.dir_a, args.image_size)
                 if stats.n < 2:
                     raise FidError(f"{args.dir_a}: {stats.n} readable images; statistics need at least 2")
                 meta = save_reference(args.save_stats, stats, engine.network_sha256, engine.resize, engine.network,
-                                      engine.backend)
+                                      engine.backend, args.image_size or 0)
                 for path, reason in skipped:
                     print(f"skipped {path}: {reason}", file=sys.stderr)
                 print(f"wrote {args.save_stats}: {meta['count']} images, network sha256 {meta['network_sha256']}, "
