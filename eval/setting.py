@@ -56,7 +56,7 @@ def frames_of(media) -> list[np.ndarray]:
 
 
 @dataclass
-class Plan:
+class SettingPlan:
     """The jobs of one setting."""
 
     ratio: float | None
@@ -68,11 +68,11 @@ class Plan:
         return None if self.ratio is None else i // self.per_prompt
 
 
-def plan_for(ratio: float | None, k: int, n_items: int, cfg, seed_stride: int) -> Plan:
+def plan_for(ratio: float | None, k: int, n_items: int, cfg, seed_stride: int) -> SettingPlan:
     seed = cfg.seed + seed_stride * k
     if ratio is None:
-        return Plan(None, seed, cfg.num_unconditional or n_items * cfg.num_samples, cfg.num_samples)
-    return Plan(ratio, seed, n_items * cfg.num_samples, cfg.num_samples)
+        return SettingPlan(None, seed, cfg.num_unconditional or n_items * cfg.num_samples, cfg.num_samples)
+    return SettingPlan(ratio, seed, n_items * cfg.num_samples, cfg.num_samples)
 
 
 def _runs(idx: list[int]) -> list[list[int]]:
@@ -86,7 +86,7 @@ def _runs(idx: list[int]) -> list[list[int]]:
     return out
 
 
-def draw(system, reals, plan: Plan, store: SampleStore, fid, ranks, chunk_size: int, bar=None) -> None:
+def draw(system, reals, plan: SettingPlan, store: SampleStore, fid, ranks, chunk_size: int, bar=None) -> None:
     """Draw this rank's unfinished samples of the setting and write each as its chunk finishes."""
     codec = system.codec
     for ci, chunk in ranks.mine(list(enumerate(chunked(plan.n, chunk_size)))):
@@ -179,7 +179,7 @@ def pr_or_reason(real: FeatureSet | None, fake: FeatureSet, device) -> tuple[flo
     return p, r, ""
 
 
-def score(store: SampleStore, plan: Plan, cfg, fid, real: FeatureSet, pr_real: FeatureSet | None,
+def score(store: SampleStore, plan: SettingPlan, cfg, fid, real: FeatureSet, pr_real: FeatureSet | None,
           manifest: SamplesManifest, video: bool, reals) -> tuple[SettingRow, list[dict]]:
     """The setting's row from its files, plus the aggregates (features.npy, samples.npz, manifest.json)."""
     row = SettingRow(setting=setting_name(plan.ratio), prompt_ratio=plan.ratio, seed=plan.seed, samples_dir=str(store.dir))
@@ -238,7 +238,7 @@ def _write_manifest(store: SampleStore, side: list[dict], manifest: SamplesManif
     atomic_write_text(store.dir / "manifest.json", json.dumps(manifest.to_json(), indent=2, default=str) + "\n")
 
 
-def _strip_rows(store: SampleStore, side: list[dict], plan: Plan, reals, cfg) -> list[dict]:
+def _strip_rows(store: SampleStore, side: list[dict], plan: SettingPlan, reals, cfg) -> list[dict]:
     def pic(m):
         return m[len(m) // 2] if m.ndim == 4 else m  # video: the middle frame
 
