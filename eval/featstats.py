@@ -151,13 +151,13 @@ def load_reference(path: str | os.PathLike, network_sha256: str | None = None, r
     return out
 
 
-def folder_stats(engine, folder) -> tuple[RunningStats, list[tuple[str, str]]]:
+def folder_stats(engine, folder, image_size: int | None = None) -> tuple[RunningStats, list[tuple[str, str]]]:
     """Running stats of the features of every image in `folder` (recursive, sorted), read
     `engine.batch_size` files at a time (the batches `FID.features` makes of a one-size folder),
-    and the (path, reason) of unreadable files."""
+    and the (path, reason) of unreadable files. With `image_size`, each image is first prepared as
+    `jpeglm eval` prepares its held-out images (centre square crop, antialiased resize)."""
     from jpeglm.eval.fid import NUM_FEATURES, list_image_files
-
-    from jpeglm.media import MediaError, open_image
+    from jpeglm.media import MediaError, open_image, prepare_image
 
     stats, skipped, window = RunningStats(NUM_FEATURES), [], []
     files = list_image_files(folder)
@@ -238,7 +238,7 @@ def _covered(points, centres, radii: np.ndarray, block: int, device) -> int:
     return n
 
 
-def precision_recall(real, fake, k: int = 3, block: int = 4096, device="cpu") -> tuple[float, float]:
+def precision_recall(real, fake, k: int = 3, block: int = 1024, device="cpu") -> tuple[float, float]:
     """Improved precision and recall (k-NN manifolds, Kynkäänniemi et al. 2019) of `fake` against `real`.
     `real` / `fake`: (N, D) arrays or `FeatureFile`s (anything with len() and row slices)."""
     if len(real) <= k or len(fake) <= k:

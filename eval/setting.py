@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import traceback
 from dataclasses import dataclass
 
@@ -29,7 +30,6 @@ from jpeglm.eval.records import DecodeFailure, SampleEntry, SamplesManifest, Set
 from jpeglm.eval.report import UNCOND, prompt_view
 from jpeglm.eval.store import FeatureWriter, SampleStore
 
-from jpeglm.config import atomic_write_text
 
 STATS_BLOCK = 512  # samples per running-sum update (one 2048x2048 product each)
 PR_K = 3  # k of the k-NN balls of improved precision / recall (Kynkäänniemi et al. 2019)
@@ -189,12 +189,19 @@ def score(store: SampleStore, plan: SettingPlan, cfg, fid, real: FeatureSet, pr_
         head = errors[0].split("\n", 1) if errors else [f"{len(missing)} of {plan.n} samples were not drawn", ""]
         row.update(fid_reason=head[0], failure_rate=1.0, traceback=head[1] if len(head) > 1 and head[1] else None)
         return row, []
-    side = [store.sidecar(i) for i in range(plan.n)]
     n = plan.n
-    failed = [s["status"] == "failed" for s in side]
-    row.update(n_samples=n, failure_rate=sum(failed) / n, repaired_rate=sum(s["status"] == "repaired" for s in side) / n,
-               tokens_per_image=float(np.mean([s["n_tokens"] for s in side])),
-               seconds_per_image=float(sum(s["seconds"] for s in side) / n))
+    failed = np.zeros(n, bool)  # one pass over the sidecars, keeping only sums and one flag per sample
+    repaired = tokens = seconds = got = want = 0
+    for i in range(n):
+        s = store.sidecar(i)
+        failed[i] = s["status"] == "failed"
+        repaired += s["status"] == "repaired"
+        tokens += s["n_tokens"]
+        seconds += s["seconds"]
+        got += s["details"].get("decoded_frames", 0)
+        want += s["details"].get("expected_frames", 0)
+    row.update(n_samples=n, failure_rate=float(failed.mean()), repaired_rate=repaired / n, tokens_per_image=tokens / n,
+               seconds_per_image=seconds / n)
     stats = RunningStats(NUM_FEATURES)
     fw = FeatureWriter(store.dir / "features.npy", NUM_FEATURES)
     block: list[np.ndarray] = []
@@ -208,15 +215,13 @@ def score(store: SampleStore, plan: SettingPlan, cfg, fid, real: FeatureSet, pr_
             block = []
     fake = feature_set(fw.close(), stats)
     if video:
-        got = sum(s["details"].get("decoded_frames", 0) for s in side)
-        want = sum(s["details"].get("expected_frames", 0) for s in side)
         row.decoded_frame_rate = float(got / max(1, want))
         from jpeglm.eval.fvd import fvd_or_reason
 
         clips = [store.media(i) for i in range(n) if not failed[i]]
         row.fvd, row.fvd_reason = fvd_or_reason(cfg.i3d_weights, list(reals), clips, device=fid.device)
     store.write_npz(n)
-    _write_manifest(store, side, dataclasses.replace(manifest, prompt_ratio=plan.ratio))
+    _write_manifest(store, n, dataclasses.replace(manifest, prompt_ratio=plan.ratio))
     n_good = n - sum(failed)
     if fake.n >= 2:
         res = fid_between(fid, real, fake)
@@ -226,19 +231,37 @@ def score(store: SampleStore, plan: SettingPlan, cfg, fid, real: FeatureSet, pr_
     row.precision, row.recall, row.pr_reason = pr_or_reason(pr_real, fake, fid.device)
     if cfg.fid_bootstrap and res.value is not None and real.file is not None:
         row.fid_std = bootstrap_fid_std(real.file[:], fake.file[:], reps=cfg.fid_bootstrap, seed=plan.seed)
-    return row, _strip_rows(store, side, plan, reals, cfg)
+    return row, _strip_rows(store, failed, plan, reals, cfg)
 
 
-def _write_manifest(store: SampleStore, side: list[dict], manifest: SamplesManifest) -> None:
-    manifest = dataclasses.replace(
-        manifest, num_samples=len(side),
-        samples=[SampleEntry(file=f"{store.name(i)}.png", seed=s["seed"], prompt_index=s["prompt_index"],
-                             status=s["status"], reason=s["reason"], n_tokens=s["n_tokens"]) for i, s in enumerate(side)],
-        decode_failures=[DecodeFailure(index=i, reason=s["reason"]) for i, s in enumerate(side) if s["status"] == "failed"])
-    atomic_write_text(store.dir / "manifest.json", json.dumps(manifest.to_json(), indent=2, default=str) + "\n")
+def _write_manifest(store: SampleStore, n: int, manifest: SamplesManifest) -> None:
+    """manifest.json, its `samples` streamed from the sidecars one at a time (50k entries never sit in
+    memory as records); `decode_failures` are the failed ones."""
+    head = dataclasses.replace(manifest, num_samples=n, samples=[], decode_failures=[]).to_json()
+    failures = []
+    tmp = store.dir / ".manifest.json.tmp"
+    with open(tmp, "w") as f:
+        for k, (key, value) in enumerate(head.items()):
+            f.write(("{\n  " if k == 0 else ",\n  ") + json.dumps(key) + ": ")
+            if key == "samples":
+                f.write("[")
+                for i in range(n):
+                    s = store.sidecar(i)
+                    entry = SampleEntry(file=f"{store.name(i)}.png", seed=s["seed"], prompt_index=s["prompt_index"],
+                                        status=s["status"], reason=s["reason"], n_tokens=s["n_tokens"])
+                    f.write(("\n    " if i == 0 else ",\n    ") + json.dumps(entry.to_json(), default=str))
+                    if s["status"] == "failed":
+                        failures.append(DecodeFailure(index=i, reason=s["reason"]).to_json())
+                f.write("\n  ]" if n else "]")
+            elif key == "decode_failures":
+                f.write(json.dumps(failures, default=str))
+            else:
+                f.write(json.dumps(value, default=str))
+        f.write("\n}\n")
+    os.replace(tmp, store.dir / "manifest.json")
 
 
-def _strip_rows(store: SampleStore, side: list[dict], plan: SettingPlan, reals, cfg) -> list[dict]:
+def _strip_rows(store: SampleStore, failed: np.ndarray, plan: SettingPlan, reals, cfg) -> list[dict]:
     def pic(m):
         return m[len(m) // 2] if m.ndim == 4 else m  # video: the middle frame
 
@@ -249,11 +272,11 @@ def _strip_rows(store: SampleStore, side: list[dict], plan: SettingPlan, reals, 
             part = idx[s : s + cfg.strip_samples]
             media = [pic(store.media(i)) for i in part]
             rows.append({"prompt": np.full_like(media[0], 128), "samples": media, "real": None,
-                         "failed": [side[i]["status"] == "failed" for i in part]})
+                         "failed": [bool(failed[i]) for i in part]})
         return rows
     for pi in range(min(cfg.strip_prompts, len(reals))):
         part = [i for i in range(pi * plan.per_prompt, min(plan.n, (pi + 1) * plan.per_prompt))][: cfg.strip_samples]
         real = pic(np.asarray(reals[pi]))
         rows.append({"prompt": prompt_view(real, plan.ratio), "samples": [pic(store.media(i)) for i in part],
-                     "real": real, "failed": [side[i]["status"] == "failed" for i in part]})
+                     "real": real, "failed": [bool(failed[i]) for i in part]})
     return rows
