@@ -398,7 +398,8 @@ class FID:
         self.warn_small_n = warn_small_n
         if backend == "fid-helper":
             self.extractor: nn.Module = InceptionFeatures(network_path)
-            self.network = NETWORK_NAME
+            self.network = NETWORK_NAME if network_path is None else \
+                f"TorchScript feature network {Path(network_path).name} (given by path)"
             self.resize = RESIZE_METHOD
         else:
             self.extractor = _FidelityFeatures(network_path)
