@@ -402,15 +402,18 @@ def _evaluate(cfg: EvalConfig, overrides: dict, ranks: Ranks) -> dict:
     for sc in cfg.systems:
         entry = SystemResult(name=sc.name, checkpoint=sc.checkpoint)
         results.systems.append(entry)
+        system = reals = None
         try:
             system = overrides[sc.name] if sc.name in overrides else ModelSystem(sc.name, sc.checkpoint, cfg.sampler, device)
         except Exception as e:
             entry.error = f"could not load: {type(e).__name__}: {e}"
-            continue
-        codec = system.codec
-        entry.update(codec=codec.to_config(), media_kind=codec.media_kind)
-        reals = _reals_for(cfg, entry, codec, held, results)
-        if reals is None:
+        if system is not None:
+            codec = system.codec
+            entry.update(codec=codec.to_config(), media_kind=codec.media_kind)
+            reals = _reals_for(cfg, entry, codec, held, results)
+        failed_ranks = ranks.agree(reals is not None, f"loading system {sc.name}")
+        if failed_ranks:  # every rank skips it together, or the others would wait for it in a collective
+            entry.error = entry.error or f"could not load on rank(s) {failed_ranks} (see their output)"
             continue
         sys_dir = out / "systems" / sc.name
         sys_dir.mkdir(parents=True, exist_ok=True)

@@ -143,6 +143,11 @@ class Ranks:
             raise self._lost(what, e) from e
         return box[0]
 
+    def agree(self, ok: bool, what: str) -> list[int]:
+        """The ranks where `ok` is False (the same list on every rank), so all of them skip together."""
+        parts = self.gather(bool(ok), what)
+        return self.broadcast([r for r, v in enumerate(parts) if not v] if parts is not None else None, what)
+
     def _lost(self, what: str, e: Exception) -> ParallelError:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return ParallelError(f"rank {self.rank} of {self.world_size}: another process stopped or timed out "
