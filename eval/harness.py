@@ -68,7 +68,7 @@ from jpeglm.eval.setting import (
 from jpeglm.eval.store import FeatureWriter, SampleStore
 from PIL import Image
 
-from jpeglm.config import atomic_write_text, save_config
+from jpeglm.config import atomic_write_bytes, atomic_write_text, save_config
 
 SETTING_SEED_STRIDE = 100_000  # setting k samples with seeds seed + 100000 k + i: disjoint, equal for all systems
 
@@ -267,12 +267,25 @@ def bits_per_byte(system, reals) -> dict:
     return _combine_bpb([_bpb_item(system, reals[i], False) for i in range(len(reals))])
 
 
-def bits_per_byte_parallel(system, reals, ranks, jxl: bool) -> dict | str | None:
+def _bpb_cached(system, r, jxl: bool, path: Path | None) -> dict:
+    """One item's numbers, kept in `path` (JSON) so a resumed run does not run the model over it again."""
+    if path is not None and path.is_file():
+        item = json.loads(path.read_text())
+        if not jxl or "jxl_bytes" in item:
+            return item
+    item = _bpb_item(system, r, jxl)
+    if path is not None:
+        atomic_write_bytes(path, json.dumps(item).encode(), sync=False)
+    return item
+
+
+def bits_per_byte_parallel(system, reals, ranks, jxl: bool, cache: Path | None = None) -> dict | str | None:
     """`bits_per_byte` with the items split across ranks; summed on rank 0 in item order (the same
-    number for any number of processes). On rank 0 the numbers, or the error text when an item
-    failed on any rank; None on the other ranks."""
+    number for any number of processes). Each item's numbers are kept in `cache`/NNNNN.json. On rank
+    0 the numbers, or the error text when an item failed on any rank; None on the other ranks."""
     try:
-        mine = [(i, _bpb_item(system, reals[i], jxl)) for i in range(ranks.rank, len(reals), ranks.world_size)]
+        mine = [(i, _bpb_cached(system, reals[i], jxl, cache / f"{i:05d}.json" if cache else None))
+                for i in range(ranks.rank, len(reals), ranks.world_size)]
     except Exception as e:  # every rank still joins the gather, so one failure cannot hang the others
         mine = f"{type(e).__name__}: {e}"
     parts = ranks.gather(mine, "gathering bits per byte")
@@ -433,7 +446,7 @@ def _evaluate(cfg: EvalConfig, overrides: dict, ranks: Ranks) -> dict:
         if cfg.bpb and hasattr(system, "nll"):
             jxl_why = jxl_reason(codec.file_suffix)
             entry.jxl_reason = jxl_why
-            mine_bpb = bits_per_byte_parallel(system, reals, ranks, jxl=not jxl_why)
+            mine_bpb = bits_per_byte_parallel(system, reals, ranks, jxl=not jxl_why, cache=sys_dir / "bpb")
             if ranks.is_main:
                 if isinstance(mine_bpb, str):
                     entry.bpb_error = mine_bpb

@@ -91,7 +91,7 @@ def _files(out: Path) -> dict[str, bytes]:
             data = p.read_bytes()
             if p.suffix == ".json" and p.stem.isdigit():
                 side = json.loads(data)
-                side.pop("seconds")
+                side.pop("seconds", None)
                 data = json.dumps(side, sort_keys=True).encode()
             got[str(p.relative_to(out))] = data
     return got
