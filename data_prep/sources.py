@@ -126,11 +126,12 @@ class HFSource(Source):
         self.media_kind = media_kind
         self.label = label
         self._ds = None
+        self._all = None  # every column (read_column reads labels from it)
         self.name = Path(where).name if kind != "hub" else where
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_ds"] = None  # workers reopen the (memory-mapped) dataset instead of pickling it
+        state["_ds"] = state["_all"] = None  # workers reopen the (memory-mapped) dataset instead of pickling it
         return state
 
     def _load(self):
@@ -163,8 +164,22 @@ class HFSource(Source):
         feature = ds.features[self.column]
         if isinstance(feature, (datasets.Image, getattr(datasets, "Video", ()))):
             ds = ds.cast_column(self.column, type(feature)(decode=False))
+        self._all = ds
         self._ds = ds.select_columns([self.column])
         return self._ds
+
+    def read_column(self, name: str) -> tuple[list, list[str] | None]:
+        """All values of column `name` in row order, and its class names when it is a ClassLabel
+        (`jpeglm prep --labels column:NAME`)."""
+        import datasets
+
+        self._load()
+        ds = self._all
+        if name not in ds.column_names:
+            raise SourceError(f"input {self.label}: no column {name!r} (has {', '.join(ds.column_names)})")
+        feature = ds.features[name]
+        names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+        return list(ds[name]), names
 
     def _guess_column(self, ds) -> str:
         import datasets

@@ -45,10 +45,14 @@ class Record:
     n_symbols: int
     n_bytes: float
     n_pixels: int
+    label: int | None = None  # class id (prep --labels); None: an unconditional dataset
 
     def meta(self) -> dict:
-        return {"key": self.key, "n_tokens": int(len(self.tokens)), "n_symbols": int(self.n_symbols),
+        meta = {"key": self.key, "n_tokens": int(len(self.tokens)), "n_symbols": int(self.n_symbols),
                 "n_bytes": self.n_bytes, "n_pixels": int(self.n_pixels)}
+        if self.label is not None:  # only then: unconditional records stay as they were
+            meta["label"] = int(self.label)
+        return meta
 
 
 @dataclass
@@ -98,6 +102,11 @@ def write_chunk(root, chunk: ChunkResult, dtype: np.dtype) -> dict:
             "num_bytes": float(sum(r.n_bytes for r in records)),
             "num_pixels": int(sum(r.n_pixels for r in records)),
         }
+        if any(r.label is not None for r in records):  # records per class id (labelled preps only)
+            counts: dict[str, int] = {}
+            for r in records:
+                counts[str(r.label)] = counts.get(str(r.label), 0) + 1
+            marker["splits"][split]["class_counts"] = dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
     store.write_files(files)
     store.write_bytes(marker_name(chunk.index), _json_bytes(marker))  # last: the chunk is done
     return marker
