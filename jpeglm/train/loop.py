@@ -60,6 +60,15 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
 
 
+def class_dropout_rate(cfg: TrainConfig, tokenizer) -> float:
+    """data.class_dropout, or its default: 0.1 for a labelled dataset, 0 otherwise."""
+    from jpeglm.train.data import DEFAULT_CLASS_DROPOUT
+
+    if cfg.data.class_dropout is not None:
+        return cfg.data.class_dropout
+    return DEFAULT_CLASS_DROPOUT if tokenizer.num_classes else 0.0
+
+
 def prepare(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base: Path | None = None) -> Plan:
     """Validate config, data, tokenizer and output dir; raise ConfigError/ShardError/TrainError."""
     from jpeglm.shards import ShardError, ShardSet
@@ -99,6 +108,9 @@ def prepare(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_ba
     first = train_shards[0]
     if len(first) and int(first.max()) >= vocab:
         raise ShardError(f"{data_dir}: token id {int(first.max())} in train record 0 is outside the tokenizer's {vocab} ids")
+    if cfg.data.class_dropout and not tokenizer.num_classes:
+        raise TrainError(f"data.class_dropout={cfg.data.class_dropout} needs a labelled dataset (jpeglm prep --labels); "
+                         f"{data_dir} has no classes")
     if cfg.data.packing == "pad" and cfg.data.seq_len < 3:
         raise TrainError("pad packing needs seq_len >= 3 (BOS, a token, EOS)")
 
@@ -191,7 +203,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base
     from transformers import LlamaForCausalLM
 
     from jpeglm.train import distributed
-    from jpeglm.train.data import BatchOrder, build_sequences, collate, val_records
+    from jpeglm.train.data import BatchOrder, ClassDropout, build_sequences, collate, val_records
 
     plan = prepare(cfg, data_dir, out_dir, resume, config_base)
     dist = distributed.init()
@@ -205,6 +217,9 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     tok = plan.tokenizer
     seqs = build_sequences(plan.train_shards, cfg.data.packing, cfg.data.seq_len, tok.pad_id, cfg.data.long_records)
+    dropout_rate = class_dropout_rate(cfg, tok)
+    if dropout_rate > 0:  # classifier-free guidance: the class token becomes the null class at this rate
+        seqs = ClassDropout(seqs, plan.train_shards, tok, dropout_rate, cfg.seed)
     vals, val_long = ([], 0)
     if plan.val_shards is not None and len(plan.val_shards):
         # whole records up to the model's context, not data.seq_len: bits per byte needs whole
@@ -265,6 +280,8 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base
         t0 = time.perf_counter()
         lr = sched.get_last_lr()[0]
         loss_sum, n_tok = 0.0, 0
+        if isinstance(seqs, ClassDropout):
+            seqs.epoch = order.epoch  # the drops depend on (seed, epoch, record): resumed runs see the same
         for idx in order.next_step(dist.rank):
             batch = {k: v.to(dist.device) for k, v in collate([seqs[i] for i in idx]).items()}
             loss = engine(**batch).loss
