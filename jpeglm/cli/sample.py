@@ -4,7 +4,8 @@ Output directory (written into a temporary directory beside `--out` and renamed 
 failed run leaves nothing half-written):
     p000_s000.jpg ...     one file per sample: .jpg for JPEG (tables spliced back), .png for vq /
                           pixel, .mp4 for H.264 (plus p000_s000_frames.png, a contact sheet of frames);
-                          unconditional samples are named u_s000...
+                          unconditional samples are named u_s000...; class-conditional ones
+                          p000_c001_s000 / u_c001_s000 (class id 1: its name is in the manifest)
     sheet_p000.png        per prompt: prompt | samples | the prompt's full original (images);
                           sheet_unconditional.png without prompts
     manifest.json         settings, seeds, token counts, times, per-file decode report and, for
@@ -38,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-ratio", type=float, default=0.5, help="fraction of the picture (top MCU / code / pixel rows, first frames) kept from each prompt")
     p.add_argument("--prompt-frames", type=int, default=None, help="video only: number of leading frames kept from the prompt video (overrides --prompt-ratio)")
     p.add_argument("--num", type=int, default=4, help="samples per prompt (or unconditional samples without --prompt)")
+    p.add_argument("--class", dest="class_names", action="append", default=[], metavar="NAME",
+                   help="class-conditional models: sample --num of this class (repeatable); without it a labelled "
+                        "model samples unconditionally (its null class)")
+    p.add_argument("--classes", choices=["all"], default=None,
+                   help="all: --num samples of every class the model knows (class-balanced)")
     flags.add_fields(p.add_argument_group("sampling"), SamplerConfig)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--backend", choices=["torch", "vllm"], default="torch", help="torch: our batched KV-cache sampler; vllm: vLLM on a GPU (optional extra, no grammar constraint)")
@@ -141,6 +147,15 @@ def sample_to_dir(args) -> dict:
     loaded = _load(args.model, device)
     codec, tokenizer = loaded.codec, loaded.tokenizer
     full, prompts = _encode_prompts(codec, list(args.prompt), args.prompt_ratio, args.prompt_frames) if args.prompt else ([], None)
+    classes = class_ids(tokenizer, list(getattr(args, "class_names", []) or []), getattr(args, "classes", None))
+    from jpeglm.sample.sampler import check_classes
+
+    try:
+        check_classes(tokenizer, classes, cfg.cfg_scale)
+    except ValueError as e:
+        raise SampleError(str(e).replace("cfg_scale=", "--cfg-scale ")) from e
+    if classes is not None and args.backend == "vllm":
+        raise SampleError("--class / --classes need --backend torch")
 
     t0 = time.perf_counter()
     try:
@@ -149,7 +164,7 @@ def sample_to_dir(args) -> dict:
 
             samples = generate_vllm(_export_dir(loaded, args.model), tokenizer, codec, prompts, args.num, cfg)
         else:
-            samples = generate(loaded.model, tokenizer, codec, prompts, args.num, cfg, device)
+            samples = generate(loaded.model, tokenizer, codec, prompts, args.num, cfg, device, classes=classes)
     except PromptTooLongError as e:
         raise SampleError(str(e)) from e
     except ImportError as e:
@@ -164,6 +179,23 @@ def sample_to_dir(args) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def class_ids(tokenizer, names: list[str], which: str | None) -> list[int] | None:
+    """--class NAME ... / --classes all -> class ids (None: unconditional); unknown names list the known."""
+    if names and which:
+        raise SampleError("give --class NAME or --classes all, not both")
+    if not names and not which:
+        return None
+    if not tokenizer.num_classes:
+        raise SampleError("--class / --classes need a class-conditional model (trained on data prepared with --labels); "
+                          "this one has no classes")
+    if which == "all":
+        return list(range(tokenizer.num_classes))
+    try:
+        return [tokenizer.class_index(n) for n in names]
+    except KeyError as e:
+        raise SampleError(f"--class: {e.args[0]}") from None
 
 
 def _export_dir(loaded, model_arg: str) -> str:
@@ -222,6 +254,8 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
     counters: dict = {}
     for s in samples:
         stem = "u" if s.prompt_index is None else f"p{s.prompt_index:03d}"
+        if s.label is not None:
+            stem += f"_c{s.label:03d}"
         k = counters.get(stem, 0)
         counters[stem] = k + 1
         name = f"{stem}_s{k:03d}{codec.file_suffix}"
@@ -229,6 +263,7 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
         per_prompt.setdefault(s.prompt_index, []).append(_still(codec, s.media))
         files.append({
             "file": name,
+            **({"label": s.label, "class": tokenizer.class_names[s.label]} if s.label is not None else {}),
             "prompt": None if s.prompt_index is None else str(args.prompt[s.prompt_index]),
             "prompt_index": s.prompt_index,
             "seed": s.seed,
@@ -259,6 +294,7 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
         "prompt_ratio": args.prompt_ratio if args.prompt else None,
         "prompt_frames": args.prompt_frames,
         "num_per_prompt": args.num,
+        "classes": [tokenizer.class_names[c] for c in sorted({s.label for s in samples if s.label is not None})] or None,
         "sampler": dataclasses.asdict(cfg),
         "codec": codec.to_config(),
         "tokenizer_kind": getattr(tokenizer, "kind", type(tokenizer).__name__),
