@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sample import SHAPES, llama, photos  # noqa: E402 - the sampling benchmark's models and photos
+from bench_sample import SHAPES, llama, photos  # the sampling benchmark's models and photos
 
-from jpeglm.codecs.jpeg import JpegCodec  # noqa: E402
-from jpeglm.sample import SamplerConfig, generate  # noqa: E402
-from jpeglm.tokenizer import ByteTokenizer  # noqa: E402
+from jpeglm.codecs.jpeg import JpegCodec
+from jpeglm.sample import SamplerConfig, generate
+from jpeglm.tokenizer import ByteTokenizer
 
 NUM_CLASSES = 1000  # ImageNet's: the vocabulary of a class-conditional model compared with LlamaGen / VAR
 

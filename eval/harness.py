@@ -77,11 +77,19 @@ class ModelSystem:
         loaded = load_for_inference(checkpoint, device=device)
         self.model, self.tokenizer, self.codec, self.meta = loaded.model, loaded.tokenizer, loaded.codec, loaded.meta
 
-    def sample(self, prompts: list | None, num_samples: int, seed: int) -> list[Drawn]:
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The model's classes (empty: not class-conditional); see eval/conditional.py."""
+        return tuple(self.tokenizer.class_names)
+
+    def sample(self, prompts: list | None, num_samples: int, seed: int, classes: list[int] | None = None,
+               cfg_scale: float | None = None) -> list[Drawn]:
         from jpeglm.sample import generate
 
         cfg = dataclasses.replace(self.sampler, seed=seed)
-        out = generate(self.model, self.tokenizer, self.codec, prompts, num_samples, cfg, self.device)
+        if cfg_scale is not None:
+            cfg = dataclasses.replace(cfg, cfg_scale=cfg_scale)
+        out = generate(self.model, self.tokenizer, self.codec, prompts, num_samples, cfg, self.device, classes=classes)
         return [Drawn(np.asarray(x.media), x.report.status, x.report.reason, x.seed, x.prompt_index,
                       int(x.n_prompt_tokens + x.n_new_tokens), dict(x.report.details or {})) for x in out]
 
@@ -386,6 +394,18 @@ def evaluate(cfg: EvalConfig, systems: dict | None = None) -> dict:
                 Image.fromarray(make_strip(strip_rows)).save(p)
                 entry.strips.append(StripRef(setting=row.setting, path=str(p.relative_to(out))))
             entry.rows.append(row)
+        from jpeglm.eval.conditional import class_settings
+
+        for guided, k in class_settings(system, cfg, len(plan)):  # class-conditional: class-balanced, per scale
+            row, strip_rows = run_setting(guided, reals, None, k, cfg, out / "systems" / name / guided.setting.replace(
+                "=", "_").replace(" ", "_"), fid, real_feats, mine)
+            guided.label_row(row)
+            if strip_rows:
+                p = out / "strips" / f"{name}-{guided.setting.replace('=', '_').replace(' ', '_')}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(make_strip(strip_rows)).save(p)
+                entry.strips.append(StripRef(setting=row.setting, path=str(p.relative_to(out))))
+            entry.rows.append(row)
         if cfg.bpb and hasattr(system, "nll"):
             try:
                 entry.update(**bits_per_byte(system, reals))
@@ -426,12 +446,14 @@ def _summarise(results: EvalResults, cfg: EvalConfig) -> None:
     n = min([r.fid_n or 0 for r in rows if r.fid is not None] or [0])
     results.fid["n_note"] = f"N={n} per setting"
     best = []
-    for ratio in [*cfg.prompt_ratios, None]:
+    from jpeglm.eval.conditional import setting_name as class_setting
+
+    for key in [*map(setting_name, [*cfg.prompt_ratios, None]), *map(class_setting, cfg.cfg_scales)]:
         cands = [(r.fid, s.name) for s in results.systems for r in s.rows
-                 if r.setting == setting_name(ratio) and r.fid is not None]
+                 if r.setting == key and r.fid is not None]
         if cands:
             v, who = min(cands)
-            best.append(f"{setting_name(ratio)}: {who} ({v:.1f})")
+            best.append(f"{key}: {who} ({v:.1f})")
     results.summary = ("Lowest FID - " + "; ".join(best) + ".") if best else "No FID could be computed."
     results.notes += [
         f"FID on N={n} samples per setting against {results.fid.get('n_real', 'the')} held-out images: "

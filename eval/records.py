@@ -93,6 +93,8 @@ class SettingRow(Record):
     fvd_reason: str = _f("", "video: why there is no FVD")
     samples_dir: str = _f("", "folder of this setting's PNGs, samples.npz and manifest.json")
     traceback: str | None = _f(None, "the last frames of the traceback when sampling failed")
+    cfg_scale: float | None = _f(None, "class-balanced settings: the classifier-free guidance scale; None otherwise")
+    classes: list | None = _f(None, "class-balanced settings: the class names, in sample order (samples_per_class each)")
 
 
 @dataclass
@@ -149,7 +151,8 @@ class EvalResults(Record):
     notes: list = _f(list, "caveats printed under the tables")
     skipped_inputs: list = _f(list, "held-out files that could not be read: {path, reason}")
     settings: dict = _f(dict, "the protocol, by readable names (held-out folders, items, sampler, seeds, code version)")
-    files: dict | None = _f(None, "the report's files, relative to the output folder: json, md, html, plot (None without a plot)")
+    files: dict | None = _f(None, "the report's files, relative to the output folder: json, md, html, plot (None without a plot), "
+                            "cfg_plot (FID against cfg_scale; only with class-conditional systems)")
 
 
 # ------------------------------------------------------------------------------------------------
