@@ -172,6 +172,7 @@ def claim_output(root, settings: dict, overwrite: bool, shared: bool = False) ->
     `overwrite`, which deletes the previous prep's files first. `shared`: other processes (parts
     of the same prep on other machines) may be writing here now, so their temporaries stay."""
     root = Store.of(root)
+    settings = json.loads(_json_bytes(settings))  # as read back (tuples become lists), or a rerun never matches
     settings_path = f"{PARTS_DIR}/{SETTINGS}"
     if root.exists() and not root.is_dir():
         raise PrepError(f"--out {root} is a file, not a folder")
