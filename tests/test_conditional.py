@@ -18,20 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jpeglm.data_prep.pipeline import PrepError, prep
-from jpeglm.data_prep.sources import open_source
 from PIL import Image
 
 from jpeglm.codecs.pixel import PixelCodec, PixelParams
 from jpeglm.config import load_config
+from jpeglm.data_prep.pipeline import PrepError, prep
+from jpeglm.data_prep.sources import open_source
 from jpeglm.shards import ShardSet
-from jpeglm.tokenizer import (
-    NULL_CLASS,
-    BpeTokenizer,
-    ByteTokenizer,
-    CodeTokenizer,
-    load_tokenizer,
-)
+from jpeglm.tokenizer import NULL_CLASS, BpeTokenizer, ByteTokenizer, CodeTokenizer, load_tokenizer
 from jpeglm.train.config import TrainConfig
 
 COLOURS = {"blue": (20, 40, 230), "red": (230, 30, 20)}  # class ids in sorted order: blue 0, red 1
