@@ -320,3 +320,23 @@ def test_eval_is_class_balanced_per_guidance_scale_with_a_plot(tmp_path):
     out = Path(cfg.out)
     assert res["files"]["cfg_plot"] == "fid_vs_cfg.png" and (out / "fid_vs_cfg.png").is_file()
     assert "![FID against cfg_scale](fid_vs_cfg.png)" in (out / "report.md").read_text()
+
+
+def test_prep_cli_labels_from_a_dataset_column(tmp_path):
+    """`jpeglm prep --labels column:NAME` on a saved dataset keeps its ClassLabel names and ids."""
+    import datasets
+
+    from jpeglm.cli import main as cli
+
+    imgs = [Image.fromarray(np.full((64, 64, 3), c, np.uint8)) for c in ((0, 0, 250), (250, 0, 0), (250, 0, 0))]
+    features = datasets.Features({"image": datasets.Image(), "kind": datasets.ClassLabel(names=["sky", "fire", "grass"])})
+    datasets.Dataset.from_dict({"image": imgs, "kind": [0, 1, 1]}, features=features).save_to_disk(tmp_path / "ds")
+    out = tmp_path / "out"
+    assert cli(["prep", "--codec", "jpeg", "--size", "16", "--input", str(tmp_path / "ds"), "--labels", "column:kind",
+                "--out", str(out), "--val-fraction", "0", "--no-progress"]) == 0
+    classes = json.loads((out / "manifest.json").read_text())["classes"]
+    assert classes["names"] == ["sky", "fire", "grass"] and classes["counts"] == [1, 2, 0]
+    shards = ShardSet(out, "train")
+    assert [shards.meta(i)["label"] for i in range(3)] == [0, 1, 1]
+    assert cli(["prep", "--codec", "jpeg", "--input", str(tmp_path / "ds"), "--labels", "column:nope",
+                "--out", str(tmp_path / "out2"), "--no-progress"]) == 2
