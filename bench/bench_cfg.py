@@ -10,7 +10,8 @@ tokens (vocab 1277), unconstrained sampling, top-k 50, T 1; every row runs the w
 medians. Two settings: unconditional start (BOS, class) and a prompt (the top 4/16 MCU rows of a
 canonical 256x256 JPEG: the prefill matters then).
 
-    python bench/bench_cfg.py [--quick] [--threads 1] [--reps 3] [--shapes tiny 25m] [--write bench/results/cfg.md]
+    python bench/bench_cfg.py [--quick] [--threads 1] [--reps 3] [--shapes tiny 25m] [--device cpu|cuda]
+                              [--write bench/results/cfg.md]
 
 Run it on an idle machine for figures you compare (then `python bench/make_benchmarks_md.py`).
 """
@@ -46,20 +47,27 @@ class _NoEos:
         return getattr(self._tok, name)
 
 
-def _once(model, tok, codec, prompt, batch: int, new: int, scale: float) -> float:
+def _once(model, tok, codec, prompt, batch: int, new: int, scale: float, device: str = "cpu") -> float:
     cfg = SamplerConfig(max_new_tokens=new, batch_size=batch, constrain=False, cfg_scale=scale)
+    _sync(device)
     t = time.perf_counter()
-    samples = generate(model, _NoEos(tok), codec, None if prompt is None else [prompt], batch, cfg, classes=[7])
+    samples = generate(model, _NoEos(tok), codec, None if prompt is None else [prompt], batch, cfg, device, classes=[7])
+    _sync(device)
     secs = time.perf_counter() - t
     return sum(s.n_new_tokens for s in samples) / secs
 
 
-def measure(model, tok, codec, prompt, batch: int, new: int, reps: int) -> tuple[float, float, float]:
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(model, tok, codec, prompt, batch: int, new: int, reps: int, device: str = "cpu") -> tuple[float, float, float]:
     """Median tokens/s plain and guided, and the median per-pair time ratio guided / plain."""
     pairs = []
     for _ in range(reps):
-        plain = _once(model, tok, codec, prompt, batch, new, 1.0)
-        guided = _once(model, tok, codec, prompt, batch, new, 2.0)
+        plain = _once(model, tok, codec, prompt, batch, new, 1.0, device)
+        guided = _once(model, tok, codec, prompt, batch, new, 2.0, device)
         pairs.append((plain, guided))
     return (statistics.median(p for p, _ in pairs), statistics.median(g for _, g in pairs),
             statistics.median(p / g for p, g in pairs))
@@ -71,6 +79,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--reps", type=int, default=3, help="interleaved plain/guided pairs per row (medians)")
     ap.add_argument("--shapes", nargs="+", default=["tiny", "25m"], choices=sorted(SHAPES), help="model shapes")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     ap.add_argument("--write", type=Path, default=None, help="also write the results as markdown (bench/results/cfg.md)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -78,7 +87,7 @@ def main(argv=None) -> None:
     tok = ByteTokenizer().with_classes([f"class_{i}" for i in range(NUM_CLASSES)])
     codec = JpegCodec()
     prompt = codec.prompt(codec.encode(photos()[0]), 0.25)
-    device = "cpu"
+    device = args.device
     lines = [
         "# Classifier-free guidance: cost over plain class-conditional sampling (bench/bench_cfg.py)", "",
         f"Machine: {torch.get_num_threads()} torch thread(s) on {device}, torch {torch.__version__}. Random Llamas, "
@@ -91,11 +100,11 @@ def main(argv=None) -> None:
     print("\n".join(lines), flush=True)
     rows = []
     for shape in shapes:
-        model = llama(shape, tok.vocab_size)
-        _once(model, tok, codec, None, 2, 4, 2.0)  # warm-up
+        model = llama(shape, tok.vocab_size).to(device)
+        _once(model, tok, codec, None, 2, 4, 2.0, device)  # warm-up
         for start, p in (("BOS + class", None), (f"prompt ({len(prompt)} bytes)", prompt)):
             for batch in (1, 8):
-                plain, guided, ratio = measure(model, tok, codec, p, batch, new, reps)
+                plain, guided, ratio = measure(model, tok, codec, p, batch, new, reps, device)
                 row = f"| {shape} | {start} | {batch} | {plain:.0f} | {guided:.0f} | {'**' if batch == 8 else ''}{ratio:.2f}x{'**' if batch == 8 else ''} |"
                 rows.append(row)
                 print(row, flush=True)
