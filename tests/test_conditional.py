@@ -186,6 +186,36 @@ def test_class_dropout_is_deterministic_per_epoch_and_near_its_rate(labelled):
         ClassDropout(seqs, shards, CodeTokenizer(512), 0.1, 0)
 
 
+def test_class_dropout_resumes_exactly_with_the_data_order(labelled):
+    """What the training loop does each step (epoch from the order, then the order's next batch), straight
+    through and resumed from the order's saved state at step 7 (mid-epoch, after two epoch boundaries)."""
+    from jpeglm.train.data import BatchOrder, ClassDropout, build_sequences
+
+    _, result = labelled
+    shards = ShardSet(result.out, "train")
+    tok = shards.tokenizer()
+    seqs = build_sequences(shards, "pad", 20, tok.pad_id)
+
+    def steps(order, dropout, n):
+        out = []
+        for _ in range(n):
+            dropout.epoch = order.epoch
+            out.append([dropout[i]["input_ids"].tolist() for ids in order.next_step(0) for i in ids])
+        return out
+
+    def fresh():
+        return BatchOrder(len(seqs), 5, 1, 1, seed=4), ClassDropout(seqs, shards, tok, 0.3, seed=4)
+
+    straight = steps(*fresh(), 12)
+    order, dropout = fresh()
+    first = steps(order, dropout, 7)
+    state = order.state_dict()
+    order, dropout = fresh()  # a new process: nothing but the saved order state
+    order.load_state_dict(state)
+    assert first + steps(order, dropout, 5) == straight
+    assert any(row[1] == tok.null_class_id for batch in straight for row in batch)
+
+
 # --- sampling ------------------------------------------------------------------------------------------
 def _own_colour_margin(samples, label: int) -> float:
     """Mean over samples of (distance to the other class's colour - distance to its own) of the mean colour."""
