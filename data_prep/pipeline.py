@@ -619,8 +619,9 @@ def summary_line(result: PrepResult) -> str:
     sk = m["skipped_by_reason"]
     skipped = f"skipped {len(m['skipped'])}" + (f" ({', '.join(f'{k}: {v}' for k, v in sk.items())})" if sk else "")
     rate = result.items_done_now / result.seconds if result.seconds > 0 else 0.0
+    classes = f" in {len(m['classes']['names'])} classes" if "classes" in m else ""
     return (
-        f"prep: {m['num_records']} records (train {m['splits']['train']['num_records']}, val {m['splits']['val']['num_records']}), "
+        f"prep: {m['num_records']} records{classes} (train {m['splits']['train']['num_records']}, val {m['splits']['val']['num_records']}), "
         f"{m['num_tokens']} tokens ({m['tokens_per_item']['mean']:.0f}/record), {skipped}, "
         f"{result.seconds:.1f} s ({rate:.1f} items/s this run) -> {result.out}"
     )
