@@ -100,12 +100,12 @@ def _from_column(spec: str, name: str, source, items: list[Item]) -> Labels:
 
 def _from_file(spec: str, path: Path, items: list[Item]) -> Labels:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is no part of "file"
             reader = csv.DictReader(f)
             if reader.fieldnames is None or not {"file", "label"} <= set(reader.fieldnames):
                 raise ValueError(f"--labels file:{path}: the header must have the columns file and label "
                                  f"(has {', '.join(reader.fieldnames or [])})")
-            rows = [(str(r["file"] or "").strip(), str(r["label"] or "").strip()) for r in reader]
+            rows = [(str(r["file"] or "").strip().replace("\\", "/"), str(r["label"] or "").strip()) for r in reader]
     except OSError as e:
         raise ValueError(f"--labels file:{path}: cannot read it ({e.strerror or e})") from None
     except (csv.Error, UnicodeDecodeError) as e:
