@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jpeglm.errors import UserError
+
 IMAGE_EXTS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico .jp2 .avif .heic".split()
 )
@@ -33,7 +35,7 @@ _SKIMAGE_EXTS = (".png", ".jpg")
 _MEDIA_COLUMNS = ("image", "img", "video", "frames", "picture", "photo")
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """An --input that cannot be listed at all (missing path, offline hub, no media column)."""
 
 

@@ -24,15 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from jpeglm.data_prep.store import Store
 
 from jpeglm.config import current_umask
-from jpeglm.data_prep.store import Store
+from jpeglm.errors import UserError
 from jpeglm.shards import MANIFEST, PARTS_DIR, SPLITS, TOKENIZER_DIR, shard_name
 
 SETTINGS = "settings.json"
 
 
-class PrepError(RuntimeError):
+class PrepError(UserError, RuntimeError):
     """A prep that cannot start or finish (mixed settings, nothing written, bad output dir)."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from jpeglm.config import atomic_write_text
+from jpeglm.errors import UserError
 
 META_FILE = "jpeglm.yaml"
 LATEST = "latest"
@@ -31,7 +32,7 @@ FORMAT = "jpeglm-checkpoint"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A path that is not a loadable checkpoint, or an export that could not be written."""
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jpeglm.errors import UserError
+
 FORMAT = "jpeglm-shards"
 VERSION = 1
 SPLITS = ("train", "val")
@@ -38,7 +40,7 @@ UINT16_MAX_VOCAB = 65536  # ids 0..65535 fit uint16; a bigger vocabulary needs u
 REQUIRED_KEYS = ("format", "version", "codec", "tokenizer", "dtype", "splits", "num_records")
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A dataset directory that is missing, incomplete or corrupt."""
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from jpeglm.config import atomic_write_bytes, atomic_write_text
+from jpeglm.errors import UserError
 
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
@@ -45,7 +46,7 @@ NULL_CLASS = -1  # `label=NULL_CLASS`: the null class token (the unconditional p
 NULL_CLASS_TOKEN = "<class_null>"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer directory or input that cannot be used."""
 
 
@@ -340,7 +341,8 @@ class ByteTokenizer(Tokenizer):
         return [None] * NUM_SPECIALS + [bytes([b]) for b in range(256)] + [None] * self.num_extra
 
     def _hf_tokenizer(self):
-        from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+        from tokenizers import Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
 
         vocab = {s: i for i, s in enumerate(SPECIALS)}
         vocab.update({chr(BYTE_CHAR_OFFSET + b): NUM_SPECIALS + b for b in range(256)})
@@ -390,7 +392,8 @@ class CodeTokenizer(Tokenizer):
         return {**super().to_config(), "num_codes": self.num_codes}
 
     def _hf_tokenizer(self):
-        from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import models, pre_tokenizers
 
         vocab = {s: i for i, s in enumerate(SPECIALS)}
         vocab.update({f"c{c}": NUM_SPECIALS + c for c in range(self.num_codes)})
@@ -551,7 +554,8 @@ class BpeTokenizer(Tokenizer):
         return [(left, right) for *_, left, right in found]
 
     def _hf_tokenizer(self):
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
 
         sp = self.sp
         vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}

@@ -18,14 +18,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jpeglm.config import ConfigError, atomic_write_text, load_yaml, save_config, to_dict
-from jpeglm.train.config import ModelConfig, TrainConfig, resolve_deepspeed_config, resolve_model_config
+from jpeglm.config import (
+    ConfigError,
+    atomic_write_text,
+    load_yaml,
+    save_config,
+    to_dict,
+)
+from jpeglm.errors import UserError
+from jpeglm.train.config import (
+    ModelConfig,
+    TrainConfig,
+    resolve_deepspeed_config,
+    resolve_model_config,
+)
 
 # keys of config.yaml that may differ between a run and its --resume (training longer is resuming)
 RESUMABLE_CHANGES = {"max_steps"}
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """Training cannot start or continue (bad input, or a run that went non-finite)."""
 
 
@@ -39,7 +51,7 @@ class Plan:
     ds_config: dict
     data_dir: Path
     out_dir: Path
-    resume_from: Path | None  # OUT/ds when resuming from a DeepSpeed checkpoint
+    resume_from: Path | None  # OUT/ds/step-N when resuming from a DeepSpeed checkpoint (checked: train/resume.py)
     train_shards: object
     val_shards: object | None
     tokenizer: object
@@ -126,7 +138,9 @@ def prepare(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_ba
         if diffs:
             raise TrainError(f"cannot --resume {out_dir}: its config differs in {', '.join(diffs)}")
         if (out_dir / "ds" / "latest").is_file():
-            resume_from = out_dir / "ds"
+            from jpeglm.train.resume import checked_tag
+
+            resume_from = out_dir / "ds" / checked_tag(out_dir / "ds")  # DeepSpeed unpickles: only our own state
     return Plan(cfg, model_cfg, ds_config, data_dir, out_dir, resume_from, train_shards, val_shards, tokenizer)
 
 
@@ -244,7 +258,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base
 
     start = 0
     if plan.resume_from is not None:
-        path, client = engine.load_checkpoint(str(plan.resume_from))
+        path, client = engine.load_checkpoint(str(plan.resume_from.parent), tag=plan.resume_from.name)
         if path is None:
             raise TrainError(f"could not load the DeepSpeed checkpoint in {plan.resume_from}")
         start = int(client["step"])
@@ -348,12 +362,18 @@ def validate(engine, records, batch_size: int, pad_id: int, dist) -> dict:
 
 def save_checkpoint(engine, out: Path, step: int, order, cfg: TrainConfig, hf_cfg, tokenizer, meta: dict, dist) -> None:
     """DeepSpeed state (for --resume) then the HF export; both collective, exports on rank 0."""
-    from jpeglm.train import distributed
     from jpeglm.checkpoint import export_hf, export_name, prune
+    from jpeglm.train import distributed
+    from jpeglm.train.resume import record_files, write_latest
 
     tag = export_name(step)
     client = {"step": step, "data": order.state_dict()}
-    engine.save_checkpoint(str(out / "ds"), tag=tag, client_state=client)  # writes ds/latest last
+    # ds/latest is ours to write, after the record of what was saved (train/resume.py)
+    engine.save_checkpoint(str(out / "ds"), tag=tag, client_state=client, save_latest=False)
+    distributed.barrier()
+    if dist.is_main:
+        record_files(out / "ds", tag)
+        write_latest(out / "ds", tag)
     state = distributed.full_state_dict(engine)
     if dist.is_main:
         export_hf(out, step, hf_cfg, state, tokenizer, meta, cfg.keep_last)
