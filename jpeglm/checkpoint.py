@@ -25,6 +25,7 @@ import yaml
 
 from jpeglm.config import atomic_write_text
 from jpeglm.errors import UserError
+from jpeglm.safepath import inside
 
 META_FILE = "jpeglm.yaml"
 LATEST = "latest"
@@ -135,7 +136,7 @@ def resolve_export(path: str | os.PathLike) -> Path:
         latest = ck / LATEST
         if not latest.is_file():
             raise CheckpointError(f"{path}: a run directory without a finished export (no checkpoints/latest)")
-        path = ck / latest.read_text().strip()
+        path = inside(ck, latest.read_text(errors="replace").strip(), what=f"the export named by {latest}")
         if not path.is_dir():
             raise CheckpointError(f"{latest} names {path.name}, which does not exist")
     return path

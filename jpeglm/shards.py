@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from jpeglm.errors import UserError
+from jpeglm.safepath import check_tree_inside, inside
 
 FORMAT = "jpeglm-shards"
 VERSION = 1
@@ -100,6 +101,9 @@ class _Shard:
             expected = int(entry["num_records"])
         except (KeyError, TypeError, ValueError) as e:
             raise ShardError(f"{root / MANIFEST}: bad shard entry {entry!r} in split {split!r}") from e
+        if "/" in self.name or "\\" in self.name:
+            raise ShardError(f"{root / MANIFEST}: shard name {self.name!r} is not a plain file name; refused")
+        inside(root, f"{split}/{self.name}.bin", what="shard")  # no `..`, no symlink out of the dataset
         self.bin, self.idx_path, self.jsonl = shard_paths(root, split, self.name)
         self.dtype = dtype
         for p in (self.bin, self.idx_path):
@@ -226,7 +230,7 @@ class ShardSet:
         """The tokenizer saved beside the shards (`load_tokenizer(dir/tokenizer)`)."""
         from jpeglm.tokenizer import load_tokenizer
 
-        path = self.root / self.manifest["tokenizer"].get("path", TOKENIZER_DIR)
+        path = check_tree_inside(self.root, self.manifest["tokenizer"].get("path", TOKENIZER_DIR), what="tokenizer path")
         if not path.is_dir():
             raise ShardError(f"{path}: the dataset's tokenizer directory is missing")
         return load_tokenizer(path)

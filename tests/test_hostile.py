@@ -145,3 +145,93 @@ def test_resume_refuses_deepspeed_state_it_did_not_save(finished_run, small_data
     (run / "ds" / "step-0000002" / "jpeglm_files.json").unlink()
     with pytest.raises(UserError, match="jpeglm_files.json: missing"):
         prepare(_cfg(), small_data, run, resume=True)
+
+
+# ------------------------------------------------------------------------------------------
+# 2. no path read from a file leaves its folder
+# ------------------------------------------------------------------------------------------
+def _vq_model(path: Path) -> Path:
+    from jpeglm.baselines.vq_train import VqConfig, save_checkpoint
+    from jpeglm.codecs.vq_model import VqAutoencoder, VqModelConfig
+
+    mc = VqModelConfig(image_size=32, channels=4, channel_mult=(1, 2), num_res_blocks=1, codebook_bits=4, entropy_group_bits=4)
+    return save_checkpoint(VqAutoencoder(mc), VqConfig(model=mc), path)
+
+
+def test_safepath_refuses_dotdot_absolute_and_symlinks_out(tmp_path):
+    from jpeglm.safepath import UnsafePathError, inside
+
+    base = tmp_path / "ds"
+    (base / "sub").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    os.symlink(tmp_path / "secret", base / "link")
+    os.symlink(base / "sub", base / "ok_link")
+    assert inside(base, "sub") == base / "sub" and inside(base, "ok_link") == base / "ok_link"
+    for bad, why in (("../secret", r"\.\."), ("sub/../../secret", r"\.\."), (str(tmp_path / "secret"), "absolute"),
+                     ("link", "symlink"), ("link/x", "symlink"), ("", "usable")):
+        with pytest.raises(UnsafePathError, match=why):
+            inside(base, bad)
+
+
+def test_manifest_and_checkpoint_paths_stay_inside(tmp_path, small_data):
+    import shutil
+
+    from jpeglm.checkpoint import CheckpointError, resolve_export
+    from jpeglm.codecs.base import codec_from_config
+    from jpeglm.codecs.vq import VqCodec
+    from jpeglm.safepath import UnsafePathError
+    from jpeglm.shards import ShardSet
+    from jpeglm.train.loop import prepare
+
+    outside = _vq_model(tmp_path / "outside_model")
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    cfg = VqCodec.from_pretrained(outside).to_config()
+    for model_dir in ("../outside_model", str(outside)):
+        with pytest.raises(UnsafePathError, match="outside_model"):
+            codec_from_config({**cfg, "params": {**cfg["params"], "model_dir": model_dir}}, base_dir=ds)
+    os.symlink(outside, ds / "vq_model")  # a symlink inside the dataset
+    with pytest.raises(UnsafePathError, match="symlink"):
+        codec_from_config({**cfg, "params": {**cfg["params"], "model_dir": "vq_model"}}, base_dir=ds)
+    (ds / "vq_model").unlink()
+    (ds / "vq_model").mkdir()
+    shutil.copy(outside / "vq_config.yaml", ds / "vq_model")
+    os.symlink(outside / "model.safetensors", ds / "vq_model" / "model.safetensors")  # one file links out
+    with pytest.raises(UnsafePathError, match="model.safetensors"):
+        codec_from_config({**cfg, "params": {**cfg["params"], "model_dir": "vq_model"}}, base_dir=ds)
+    # copying a codec's files (prep, export) never copies a symlink's target from outside
+    codec = VqCodec.from_pretrained(outside)
+    os.replace(outside / "vq_config.yaml", tmp_path / "cfg.yaml")
+    os.symlink(tmp_path / "cfg.yaml", outside / "vq_config.yaml")
+    with pytest.raises(UnsafePathError, match="vq_config.yaml"):
+        codec.bundle(tmp_path / "export")
+
+    # a dataset whose manifest names a shard or a tokenizer outside it; a codec that cannot rebuild
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    m = json.loads((data / "manifest.json").read_text())
+    bad = json.loads(json.dumps(m))
+    bad["splits"]["train"]["shards"][0]["name"] = "../../x"
+    (data / "manifest.json").write_text(json.dumps(bad))
+    with pytest.raises(UserError, match=r"\.\./\.\./x"):
+        ShardSet(data, "train")
+    bad = {**m, "tokenizer": {**m["tokenizer"], "path": "../../tok"}}
+    (data / "manifest.json").write_text(json.dumps(bad))
+    with pytest.raises(UserError, match=r"\.\./\.\./tok"):
+        ShardSet(data, "train").tokenizer()
+    bad = {**m, "codec": {**cfg, "params": {**cfg["params"], "model_dir": "../outside_model"}}}
+    (data / "manifest.json").write_text(json.dumps(bad))
+    from tests.test_train import tiny_cfg
+
+    with pytest.raises(UserError, match="outside_model"):
+        prepare(tiny_cfg(), data, tmp_path / "run")
+    (data / "manifest.json").write_text(json.dumps({**m, "codec": {"name": "no-such-codec", "params": {}}}))
+    with pytest.raises(UserError, match="no-such-codec"):
+        prepare(tiny_cfg(), data, tmp_path / "run")
+    # checkpoints/latest naming a folder outside the run
+    run = tmp_path / "run2"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("../../outside_model\n")
+    with pytest.raises(UserError, match=r"\.\./\.\./outside_model"):
+        resolve_export(run)
+    assert CheckpointError

@@ -107,6 +107,10 @@ def prepare(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_ba
     if len(train_shards) == 0:
         raise ShardError(f"{data_dir}: the train split has no records")
     val_shards = ShardSet(data_dir, "val") if "val" in train_shards.manifest["splits"] else None
+    try:  # the codec must rebuild (a known name, valid params, its files inside the dataset)
+        train_shards.codec()
+    except (KeyError, TypeError, ValueError) as e:
+        raise ShardError(f"{data_dir / 'manifest.json'}: its codec cannot be rebuilt ({e}); re-run `jpeglm prep`") from e
     tokenizer = train_shards.tokenizer()
     vocab = int(tokenizer.vocab_size)
     declared = train_shards.manifest["tokenizer"].get("vocab_size")
