@@ -89,6 +89,8 @@ class PrepSettings:
                                 "and is the unit of resume (workers share a chunk when there are few)", metavar="K")
     limit: int | None = _s(None, "use only the first N input items (in sorted order)", metavar="N")
     min_side: int = _s(64, "skip images (and videos) whose shorter side is below this many pixels, rather than upscale them")
+    max_file_bytes: int = _s(256 << 20, "skip image files larger than this many bytes without reading them (a huge or "
+                             "sparse file is never read whole into memory); videos are streamed and not limited", metavar="N")
     part: str | None = _s(None, "encode only chunks c with c %% N == I (0-based), so N machines sharing --out split one "
                           "prep; the last part to finish writes the manifest. Same bytes as one run", metavar="I/N")
     overwrite: bool = _s(False, "delete a previous prep in --out (e.g. one made with other settings) and start over")
@@ -138,7 +140,7 @@ def is_val(key: str, seed: int, val_fraction: float) -> bool:
     """Deterministic split: sha256(seed, key) as a number in [0, 1) below val_fraction -> val."""
     if val_fraction <= 0:
         return False
-    h = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    h = hashlib.sha256(f"{seed}\0{key}".encode("utf-8", "surrogatepass")).digest()  # any str key hashes
     return int.from_bytes(h[:8], "big") / 2.0**64 < val_fraction
 
 
@@ -202,7 +204,7 @@ def _init_worker(setup: _Setup, counter=None) -> str | None:
     _W.update(
         labels=setup.labels, why_unlabelled=setup.why_unlabelled,
         codec=codec, tokenizer=tok, source=setup.source,
-        dtype=np.dtype(setup.dtype), min_side=s.min_side, clip_rule=setup.clip_rule, byte_table=None, checked=False,
+        dtype=np.dtype(setup.dtype), min_side=s.min_side, max_file_bytes=s.max_file_bytes, clip_rule=setup.clip_rule, byte_table=None, checked=False,
     )
     if tok.kind == "byte":
         # A byte-level tokenizer maps each byte to one id: a 256-entry table taken from the
@@ -260,12 +262,22 @@ def _record(key: str, symbols, n_pixels: int, label: int | None = None) -> Recor
     return Record(key, ids, len(symbols), codec.stream_bytes(symbols), int(n_pixels), label)
 
 
+def _check_size(src, limit: int) -> None:
+    """Refuse a file (or cell) over `limit` bytes before anything reads it whole."""
+    from jpeglm.media import MediaError
+
+    size = os.stat(src).st_size if isinstance(src, (str, os.PathLike)) else len(src) if isinstance(src, (bytes, bytearray)) else 0
+    if size > limit:
+        raise MediaError(f"file too large: {size} bytes, over max_file_bytes {limit} (not read)")
+
+
 def _encode_image(item: Item, src, label: int | None = None):
     from jpeglm.media import open_image
 
     codec = _W["codec"]
     # Opening here (not inside the codec) gives every codec the same checks and skip reasons;
     # the codec then crops and resizes the opened picture as its own parameters say.
+    _check_size(src, _W["max_file_bytes"])
     img = open_image(src, min_side=_W["min_side"])
     symbols = codec.encode(img)
     # bits per pixel are counted at the size a system is judged at (pixel codec: eval_size, not its grid)
@@ -449,6 +461,8 @@ def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings
     }
     if labels is not None:  # only then: an unconditional prep resumes with the settings it always had
         settings["labels"] = labels.fingerprint()
+    if s.max_file_bytes != PrepSettings.max_file_bytes:  # recorded when it differs: older preps resume as they were
+        settings["max_file_bytes"] = s.max_file_bytes
     claim_output(store, settings, s.overwrite, shared=s.part is not None)
     save_tokenizer(store, tok_files)
     manifest_codec = _bundle(codec, store)

@@ -235,3 +235,84 @@ def test_manifest_and_checkpoint_paths_stay_inside(tmp_path, small_data):
     with pytest.raises(UserError, match=r"\.\./\.\./outside_model"):
         resolve_export(run)
     assert CheckpointError
+
+
+# ------------------------------------------------------------------------------------------
+# 3. nothing hangs or floods memory; 4. one bad name never stops a prep
+# ------------------------------------------------------------------------------------------
+def _small_jpeg(path: Path, seed: int = 0) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, quality=50)
+    return path
+
+
+def _prep(src: Path, out: Path, **kw):
+    from jpeglm.codecs.jpeg import JpegCodec
+    from jpeglm.data_prep.pipeline import prep
+    from jpeglm.data_prep.sources import open_source
+
+    return prep(open_source(str(src)), JpegCodec, out, progress=False, log=None, **kw)
+
+
+def test_dead_prep_worker_detection_has_a_test():
+    text = (Path(__file__).parent / "test_prep_engines.py").read_text()
+    assert "worker process died" in text  # landed with data_prep/engines.py (issue 19, item 3)
+
+
+def test_symlink_loops_are_walked_once(tmp_path):
+    from jpeglm.data_prep.sources import open_source
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    _small_jpeg(src / "a.jpg")
+    _small_jpeg(src / "sub" / "b.jpg", 1)
+    _small_jpeg(tmp_path / "elsewhere" / "c.jpg", 2)
+    os.symlink("..", src / "sub" / "loop")  # a loop back to the root
+    os.symlink(src / "sub", src / "again")  # a second name for a folder inside the tree
+    os.symlink(tmp_path / "elsewhere", src / "ext1")  # a folder outside, linked twice
+    os.symlink(tmp_path / "elsewhere", src / "sub" / "ext2")
+    keys = [it.key for it in open_source(str(src)).items()]
+    assert keys == ["a.jpg", "ext1/c.jpg", "sub/b.jpg"]
+
+
+def test_huge_sparse_file_is_skipped_unread(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    _small_jpeg(src / "ok.jpg")
+    with open(src / "huge.jpg", "wb") as f:  # 1 GB, sparse: costs no disk
+        f.truncate(1 << 30)
+    read = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.name) or real(self))
+    res = _prep(src, tmp_path / "out", val_fraction=0.0)
+    assert res.num_records == 1 and "huge.jpg" not in read
+    (skip,) = res.skipped
+    assert skip["path"] == "huge.jpg" and "max_file_bytes" in skip["reason"]
+    settings = json.loads((tmp_path / "out" / "parts" / "settings.json").read_text())
+    assert "max_file_bytes" not in settings  # the default: a prep started before the setting resumes
+
+
+def test_undecodable_names_and_unreadable_folders_are_skip_records(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    (src / "locked").mkdir(parents=True)
+    _small_jpeg(src / "ok.jpg")
+    bad = os.fsdecode(b"caf\xe9.jpg")  # latin-1 bytes: not UTF-8
+    _small_jpeg(src / bad, 3)
+    _small_jpeg(src / "locked" / "x.jpg")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as root, chmod 000 does not stop reading: refuse as the OS would
+        if isinstance(path, str) and path.endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    res = _prep(src, tmp_path / "out", val_fraction=0.5)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
+    keys = sorted(json.loads(line)["key"] for split in ("train", "val")
+                  for f in (tmp_path / "out" / split).glob("*.jsonl") for line in f.read_text().splitlines())
+    assert keys == ["caf\\xe9.jpg", "ok.jpg"] and res.num_records == 2
+    assert manifest["skipped"] == [{"path": "locked/", "reason": "unreadable folder: Permission denied"}]
