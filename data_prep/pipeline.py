@@ -394,6 +394,17 @@ def prep(source: Source, codec_factory: Callable, out: str | Path, settings: Pre
     t0 = time.time()
     s = replace(settings or PrepSettings(), **overrides)
     store = Store(out)
+    if store.local is None:  # an object store has no locks: one writer per URL is up to the caller
+        return _prep(source, codec_factory, store, s, t0, tokenizer, clip_rule, log)
+    from jpeglm.lock import OutputLock
+
+    # one prep per folder (the parts of one prep share it); the kernel drops it if this run dies
+    with OutputLock(store.local, "jpeglm prep" if s.part is None else f"jpeglm prep --part {s.part}", shared=s.part is not None):
+        return _prep(source, codec_factory, store, s, t0, tokenizer, clip_rule, log)
+
+
+def _prep(source: Source, codec_factory: Callable, store: Store, s: PrepSettings, t0: float, tokenizer, clip_rule,
+          log) -> PrepResult:
     plan = _plan(source, codec_factory, store, s, tokenizer, clip_rule, log)
     todo = [c for c in range(len(plan.chunks)) if c not in plan.done and _in_part(c, s.part_index)]
     todo_items = sum(len(plan.chunks[c]) for c in todo)

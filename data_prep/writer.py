@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from jpeglm.data_prep.store import Store
+from jpeglm.lock import LOCK_NAME
 
 from jpeglm.config import current_umask
 from jpeglm.errors import UserError
@@ -178,7 +179,7 @@ def claim_output(root, settings: dict, overwrite: bool, shared: bool = False) ->
     if root.exists() and not root.is_dir():
         raise PrepError(f"--out {root} is a file, not a folder")
     if root.is_dir():
-        foreign = [n for n in root.listdir() if n not in _our_entries() and not _is_our_temporary(n)]
+        foreign = [n for n in root.listdir() if n not in _our_entries() and not _is_our_temporary(n) and n != LOCK_NAME]
         if foreign:
             raise PrepError(
                 f"--out {root} holds files that are not a jpeglm prep ({', '.join(foreign[:5])}); choose an empty or new folder"

@@ -316,3 +316,45 @@ def test_undecodable_names_and_unreadable_folders_are_skip_records(tmp_path, mon
                   for f in (tmp_path / "out" / split).glob("*.jsonl") for line in f.read_text().splitlines())
     assert keys == ["caf\\xe9.jpg", "ok.jpg"] and res.num_records == 2
     assert manifest["skipped"] == [{"path": "locked/", "reason": "unreadable folder: Permission denied"}]
+
+
+# ------------------------------------------------------------------------------------------
+# 5. one writer per output folder
+# ------------------------------------------------------------------------------------------
+def test_lock_refuses_a_second_writer_and_takes_over_a_stale_lock(tmp_path):
+    import socket
+
+    from jpeglm.lock import LOCK_NAME, LockError, OutputLock
+
+    out = tmp_path / "out"
+    with OutputLock(out, "jpeglm train"):
+        holder = json.loads((out / LOCK_NAME).read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(LockError, match=rf"being written by jpeglm train \(pid {os.getpid()} on "):
+            OutputLock(out, "jpeglm prep").acquire()
+    # a dead run's lock file (kill -9: the kernel dropped its flock) is stale and is taken over
+    (out / LOCK_NAME).write_text(json.dumps({"what": "jpeglm train", "pid": 999999999, "host": "h", "started": 0}))
+    with OutputLock(out, "jpeglm train") as lock:
+        assert lock.stale["pid"] == 999999999
+    # parts of one prep share the folder; a plain prep is refused while they run
+    with OutputLock(out, "part 0", shared=True), OutputLock(out, "part 1", shared=True):
+        with pytest.raises(LockError):
+            OutputLock(out, "jpeglm prep").acquire()
+
+
+def test_train_and_prep_refuse_a_folder_another_run_holds(tmp_path, small_data):
+    from jpeglm.lock import LockError, OutputLock
+    from jpeglm.train.loop import train
+    from tests.test_train import tiny_cfg
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _small_jpeg(src / "a.jpg")
+    with OutputLock(tmp_path / "run", "jpeglm train"):
+        with pytest.raises(LockError, match=rf"{tmp_path / 'run'} is being written by jpeglm train \(pid {os.getpid()}"):
+            train(tiny_cfg(max_steps=1), small_data, tmp_path / "run", resume=True)
+    with OutputLock(tmp_path / "prep", "jpeglm prep"):
+        with pytest.raises(LockError, match="jpeglm prep"):
+            _prep(src, tmp_path / "prep")
+    res = _prep(src, tmp_path / "prep", val_fraction=0.0)  # the lock file does not make the folder foreign
+    assert res.num_records == 1

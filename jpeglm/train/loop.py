@@ -217,6 +217,17 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base: Path | None = None) -> TrainResult:
+    """Train into `out_dir`, holding its lock (jpeglm.lock: a second run into it is refused)."""
+    import contextlib
+
+    from jpeglm.lock import OutputLock
+
+    main = int(os.environ.get("RANK", "0")) == 0  # set by the launchers; a plain run is rank 0
+    with OutputLock(out_dir, "jpeglm train") if main else contextlib.nullcontext():
+        return _train(cfg, data_dir, out_dir, resume, config_base)
+
+
+def _train(cfg: TrainConfig, data_dir, out_dir, resume: bool, config_base: Path | None) -> TrainResult:
     import torch
     from transformers import LlamaForCausalLM
 
