@@ -601,7 +601,8 @@ def _manifest(store: Store, plan: _Plan) -> dict:
         shards, totals = [], Counter()
         for c in range(len(chunks)):
             s = done[c]["splits"][split]
-            shards.append({"name": shard_name(c), "num_records": s["num_records"], "num_tokens": s["num_tokens"]})
+            shards.append({"name": shard_name(c), "num_records": s["num_records"], "num_tokens": s["num_tokens"],
+                           **({"max_id": s["max_id"]} if "max_id" in s else {})})  # markers of older preps lack it
             for k in ("num_records", "num_tokens", "num_symbols", "num_bytes", "num_pixels"):
                 totals[k] += s[k]
             if s["num_records"]:

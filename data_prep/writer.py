@@ -103,6 +103,8 @@ def write_chunk(root, chunk: ChunkResult, dtype: np.dtype) -> dict:
             "num_symbols": int(sum(r.n_symbols for r in records)),
             "num_bytes": float(sum(r.n_bytes for r in records)),
             "num_pixels": int(sum(r.n_pixels for r in records)),
+            # the largest token id: training checks it against the vocabulary as the shard opens
+            "max_id": int(max((int(r.tokens.max()) for r in records if len(r.tokens)), default=-1)),
         }
         if any(r.label is not None for r in records):  # records per class id (labelled preps only)
             counts: dict[str, int] = {}

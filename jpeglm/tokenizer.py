@@ -341,8 +341,7 @@ class ByteTokenizer(Tokenizer):
         return [None] * NUM_SPECIALS + [bytes([b]) for b in range(256)] + [None] * self.num_extra
 
     def _hf_tokenizer(self):
-        from tokenizers import Regex, decoders, models, pre_tokenizers
-        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
         vocab = {s: i for i, s in enumerate(SPECIALS)}
         vocab.update({chr(BYTE_CHAR_OFFSET + b): NUM_SPECIALS + b for b in range(256)})
@@ -392,8 +391,7 @@ class CodeTokenizer(Tokenizer):
         return {**super().to_config(), "num_codes": self.num_codes}
 
     def _hf_tokenizer(self):
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers
 
         vocab = {s: i for i, s in enumerate(SPECIALS)}
         vocab.update({f"c{c}": NUM_SPECIALS + c for c in range(self.num_codes)})
@@ -554,8 +552,7 @@ class BpeTokenizer(Tokenizer):
         return [(left, right) for *_, left, right in found]
 
     def _hf_tokenizer(self):
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
         sp = self.sp
         vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}

@@ -358,3 +358,116 @@ def test_train_and_prep_refuse_a_folder_another_run_holds(tmp_path, small_data):
             _prep(src, tmp_path / "prep")
     res = _prep(src, tmp_path / "prep", val_fraction=0.0)  # the lock file does not make the folder foreign
     assert res.num_records == 1
+
+
+# ------------------------------------------------------------------------------------------
+# 6. early, one-line errors instead of late crashes
+# ------------------------------------------------------------------------------------------
+def _cli(argv, capsys) -> tuple[int, str]:
+    from jpeglm.cli import main
+
+    rc = main(argv)
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def test_token_ids_beyond_the_vocabulary_are_found_as_shards_open(tmp_path, small_data):
+    import shutil
+
+    from jpeglm.shards import ShardError, ShardSet
+    from jpeglm.train.loop import prepare
+    from tests.test_train import tiny_cfg
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    bin_path = data / "val" / "shard-00000.bin"  # not train record 0: the last val record
+    ids = np.fromfile(bin_path, np.uint16)
+    ids[-2] = 9999
+    ids.tofile(bin_path)
+    with pytest.raises(ShardError, match=r"val/shard-00000.bin: token id 9999 is outside the tokenizer's 276 ids"):
+        prepare(tiny_cfg(), data, tmp_path / "run")
+    m = json.loads((data / "manifest.json").read_text())
+    m["splits"]["val"]["shards"][0]["max_id"] = 9999  # recorded by prep: no scan needed
+    (data / "manifest.json").write_text(json.dumps(m))
+    ids[-2] = 5
+    ids.tofile(bin_path)
+    with pytest.raises(ShardError, match="token id 9999"):
+        ShardSet(data, "val").check_ids(276)
+    # prep records the largest id of every shard
+    src = tmp_path / "in"
+    src.mkdir()
+    _small_jpeg(src / "a.jpg")
+    res = _prep(src, tmp_path / "prepped", val_fraction=0.0)
+    (entry,) = res.manifest["splits"]["train"]["shards"]
+    assert entry["max_id"] == int(ShardSet(tmp_path / "prepped", "train")[0].max())
+
+
+def test_corrupt_tokenizer_is_one_line_and_exit_2(tmp_path, small_data, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    for f in (data / "tokenizer").iterdir():
+        f.write_text("{ not json")
+    rc, err = _cli(["train", "--config", "tiny-cpu", "--data", str(data), "--out", str(tmp_path / "run")], capsys)
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "tokenizer is unreadable" in err and str(data / "tokenizer") in err
+
+
+def test_broken_checkpoint_files_are_one_line_errors(tmp_path, finished_run, capsys):
+    import shutil
+
+    from jpeglm.checkpoint import CheckpointError, load_for_inference
+
+    good = finished_run / "checkpoints" / "step-0000002"
+    cut = shutil.copytree(good, tmp_path / "cut")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors|truncated"):
+        load_for_inference(cut)
+    bad_yaml = shutil.copytree(good, tmp_path / "yaml")
+    (bad_yaml / "jpeglm.yaml").write_text("codec: [unclosed\n  - : :")
+    with pytest.raises(CheckpointError, match="jpeglm.yaml: malformed"):
+        load_for_inference(bad_yaml)
+    for broken in (cut, bad_yaml):
+        rc, err = _cli(["sample", "--model", str(broken), "--num", "1", "--out", str(tmp_path / "s")], capsys)
+        assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and str(broken) in err
+
+
+def test_torn_last_log_line_is_dropped_on_resume(tmp_path):
+    from jpeglm.train.loop import _truncate_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    _truncate_log(log, 2)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2]
+
+
+def test_full_disk_during_an_export_keeps_the_previous_one(tmp_path, finished_run, monkeypatch):
+    import errno
+    import shutil
+
+    import yaml
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig
+
+    import jpeglm.checkpoint as ck
+    from jpeglm.tokenizer import load_tokenizer
+
+    run = _copy_run(finished_run, tmp_path / "run")
+    good = run / "checkpoints" / "step-0000002"
+    before = {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()}
+    meta = yaml.safe_load((good / "jpeglm.yaml").read_text())
+    meta = {k: meta[k] for k in ("codec", "tokenizer", "train", "model", "data")}
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "atomic_write_text", full)
+    with pytest.raises(ck.CheckpointError, match=r"step-0000003: .*No space left.*free some space.*step-0000002"):
+        ck.export_hf(run, 3, LlamaConfig.from_pretrained(good), load_file(str(good / "model.safetensors")),
+                     load_tokenizer(good), meta, keep_last=1)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-0000002"
+    assert {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-0000002"]
+    assert shutil

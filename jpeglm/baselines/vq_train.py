@@ -24,13 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jpeglm.codecs.vq_model import (
-    PatchDiscriminator,
-    VggPerceptual,
-    VqAutoencoder,
-    VqModelConfig,
-    hinge_d_loss,
-)
+from jpeglm.codecs.vq_model import PatchDiscriminator, VggPerceptual, VqAutoencoder, VqModelConfig, hinge_d_loss
 from jpeglm.config import atomic_write_text, save_config, to_dict
 from jpeglm.errors import UserError
 

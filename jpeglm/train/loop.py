@@ -18,20 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jpeglm.config import (
-    ConfigError,
-    atomic_write_text,
-    load_yaml,
-    save_config,
-    to_dict,
-)
-from jpeglm.errors import UserError
-from jpeglm.train.config import (
-    ModelConfig,
-    TrainConfig,
-    resolve_deepspeed_config,
-    resolve_model_config,
-)
+from jpeglm.config import ConfigError, atomic_write_text, load_yaml, save_config, to_dict
+from jpeglm.errors import UserError, disk_full_hint
+from jpeglm.train.config import ModelConfig, TrainConfig, resolve_deepspeed_config, resolve_model_config
 
 # keys of config.yaml that may differ between a run and its --resume (training longer is resuming)
 RESUMABLE_CHANGES = {"max_steps"}
@@ -121,9 +110,9 @@ def prepare(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_ba
             f"the model config pins vocab_size={model_cfg.vocab_size} but the dataset's tokenizer has {vocab} tokens; "
             "leave vocab_size unset (it is taken from the tokenizer)"
         )
-    first = train_shards[0]
-    if len(first) and int(first.max()) >= vocab:
-        raise ShardError(f"{data_dir}: token id {int(first.max())} in train record 0 is outside the tokenizer's {vocab} ids")
+    for shards in (train_shards, val_shards):  # every shard, as it opens: never a crash at step N
+        if shards is not None:
+            shards.check_ids(vocab)
     if cfg.data.class_dropout and not tokenizer.num_classes:
         raise TrainError(f"data.class_dropout={cfg.data.class_dropout} needs a labelled dataset (jpeglm prep --labels); "
                          f"{data_dir} has no classes")
@@ -384,11 +373,15 @@ def save_checkpoint(engine, out: Path, step: int, order, cfg: TrainConfig, hf_cf
     tag = export_name(step)
     client = {"step": step, "data": order.state_dict()}
     # ds/latest is ours to write, after the record of what was saved (train/resume.py)
-    engine.save_checkpoint(str(out / "ds"), tag=tag, client_state=client, save_latest=False)
-    distributed.barrier()
-    if dist.is_main:
-        record_files(out / "ds", tag)
-        write_latest(out / "ds", tag)
+    try:
+        engine.save_checkpoint(str(out / "ds"), tag=tag, client_state=client, save_latest=False)
+        distributed.barrier()
+        if dist.is_main:
+            record_files(out / "ds", tag)
+            write_latest(out / "ds", tag)
+    except OSError as e:
+        raise TrainError(f"could not save the DeepSpeed checkpoint {out / 'ds' / tag}: {e}{disk_full_hint(e)}; "
+                         "the previous checkpoint is kept (--resume continues from it)") from e
     state = distributed.full_state_dict(engine)
     if dist.is_main:
         export_hf(out, step, hf_cfg, state, tokenizer, meta, cfg.keep_last)
@@ -400,7 +393,14 @@ def _truncate_log(path: Path, last_step: int) -> None:
     """On resume, drop log lines past the checkpoint: those steps are about to be redone."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line torn by a kill or a full disk: that step is redone anyway
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= last_step:
+            keep.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
