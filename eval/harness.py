@@ -230,12 +230,25 @@ def _write_samples(out_dir: Path, drawn: list[Drawn], manifest: SamplesManifest)
         tmp = out_dir / ".samples.tmp.npz"
         np.savez_compressed(tmp, samples=np.stack([d.media for d in drawn]).astype(np.uint8))
         tmp.replace(out_dir / "samples.npz")
+    else:
+        (out_dir / "samples.npz").unlink(missing_ok=True)  # an earlier eval's, of other samples
+    _remove_stale_samples(out_dir, len(drawn))
     manifest = dataclasses.replace(
         manifest, num_samples=len(drawn),
         samples=[SampleEntry(file=f"{i:05d}.png", seed=d.seed, prompt_index=d.prompt_index, status=d.status,
                              reason=d.reason, n_tokens=d.n_tokens) for i, d in enumerate(drawn)],
         decode_failures=[DecodeFailure(index=i, reason=d.reason) for i, d in enumerate(drawn) if d.status == "failed"])
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest.to_json(), indent=2, default=str) + "\n")
+
+
+def _remove_stale_samples(out_dir: Path, n: int) -> None:
+    """Files an earlier eval into this folder left: NNNNN.png past this run's `n` samples, and the
+    temporaries of a killed one (a folder must show this run's samples only)."""
+    for p in out_dir.iterdir():
+        stem = p.name[: -len(".png")] if p.name.endswith(".png") else None
+        if (stem is not None and stem.isdigit() and len(stem) == 5 and int(stem) >= n) or (
+                p.name.startswith(".") and p.name.endswith((".png.tmp", ".tmp.npz"))):
+            p.unlink(missing_ok=True)
 
 
 def _strip_rows(drawn: list[Drawn], reals, ratio, cfg: EvalConfig) -> list[dict]:

@@ -69,6 +69,7 @@ def export_hf(run_dir: str | os.PathLike, step: int, config, state_dict: dict, t
     ck.mkdir(parents=True, exist_ok=True)
     name = export_name(step)
     final = ck / name
+    remove_stale_exports(ck)
     tmp = Path(tempfile.mkdtemp(dir=ck, prefix=f".{name}.", suffix=".tmp"))
     try:
         with torch.device("meta"):
@@ -102,6 +103,17 @@ def export_hf(run_dir: str | os.PathLike, step: int, config, state_dict: dict, t
     atomic_write_text(ck / LATEST, name + "\n")
     prune(ck, keep_last, protect=name)
     return final
+
+
+def remove_stale_exports(ck: Path) -> list[str]:
+    """Delete the temporary folders of exports a killed run left (`.step-N.*.tmp` / `.old`, GBs at
+    7B); the run's lock (jpeglm.lock) makes this process the only writer of `ck`."""
+    removed = []
+    for p in ck.glob(".step-*"):
+        if p.is_dir() and p.name.endswith((".tmp", ".old")):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
 
 
 def _latest_name(ck: Path) -> str | None:

@@ -471,3 +471,58 @@ def test_full_disk_during_an_export_keeps_the_previous_one(tmp_path, finished_ru
     assert {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-0000002"]
     assert shutil
+
+
+# ------------------------------------------------------------------------------------------
+# 7. leftovers of killed runs are removed or reused
+# ------------------------------------------------------------------------------------------
+def test_resume_makes_the_missing_export_and_removes_stale_temporaries(tmp_path, finished_run, small_data):
+    import shutil
+
+    import torch
+
+    from jpeglm.checkpoint import load_for_inference
+    from jpeglm.train.loop import train
+
+    run = _copy_run(finished_run, tmp_path / "run")
+    ck = run / "checkpoints"
+    want = (ck / "step-0000002" / "model.safetensors").read_bytes()
+    shutil.rmtree(ck / "step-0000002")  # killed after the DeepSpeed save, before the export
+    (ck / "latest").unlink()
+    (ck / ".step-0000002.x1y2.tmp").mkdir()  # a half-written export of that kill
+    (ck / ".step-0000002.x1y2.tmp" / "model.safetensors").write_bytes(b"half")
+    (ck / ".step-0000001.zz.old").mkdir()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = train(_cfg(), small_data, run, resume=True)  # nothing left to train: only the export
+    finally:
+        torch.set_num_threads(threads)
+    assert res.start_step == 2 and res.losses == {}
+    assert sorted(p.name for p in ck.iterdir()) == ["latest", "step-0000002"]
+    assert (ck / "step-0000002" / "model.safetensors").read_bytes() == want
+    assert load_for_inference(run).meta["step"] == 2
+
+
+def test_sample_and_eval_leftovers_are_removed(tmp_path):
+    from eval.harness import Drawn, _write_samples
+    from eval.records import SamplesManifest
+    from jpeglm.cli.sample import _prepare_out
+
+    out = tmp_path / "samples"
+    old_tmp = tmp_path / ".samples.tmp-abc"
+    old_tmp.mkdir()
+    os.utime(old_tmp, (0, 0))  # a killed run's, long ago
+    dead_old = tmp_path / ".samples.old-999999999"
+    dead_old.mkdir()
+    mine = _prepare_out(out, overwrite=False)
+    assert not old_tmp.exists() and not dead_old.exists() and mine.is_dir()
+
+    folder = tmp_path / "eval" / "setting"
+    folder.mkdir(parents=True)
+    for name in ("00000.png", "00001.png", "00002.png", ".00003.png.tmp", "samples.npz"):
+        (folder / name).write_bytes(b"old")
+    drawn = [Drawn(np.zeros((8, 8, 3), np.uint8), "ok", "", i, None, 3, {}) for i in range(2)]
+    _write_samples(folder, drawn, SamplesManifest(system="s"))
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png", "manifest.json", "samples.npz"]
+    assert (folder / "samples.npz").read_bytes() != b"old"

@@ -220,6 +220,7 @@ def _train(cfg: TrainConfig, data_dir, out_dir, resume: bool, config_base: Path 
     import torch
     from transformers import LlamaForCausalLM
 
+    from jpeglm.checkpoint import export_hf, export_name
     from jpeglm.train import distributed
     from jpeglm.train.data import BatchOrder, ClassDropout, build_sequences, collate, val_records
 
@@ -292,6 +293,12 @@ def _train(cfg: TrainConfig, data_dir, out_dir, resume: bool, config_base: Path 
         "model": {**to_dict(plan.model_cfg), "vocab_size": int(tok.vocab_size)},
         "data": str(plan.data_dir.resolve()),
     }
+    if start and _latest_export(out) != export_name(start):
+        # killed between the DeepSpeed save and its export: the export is made now, from that state
+        state = distributed.full_state_dict(engine)
+        if dist.is_main:
+            export_hf(out, start, hf_cfg, state, tok, meta, cfg.keep_last)
+        distributed.barrier()
     losses = {}
     engine.train()
     for step in range(start + 1, cfg.max_steps + 1):
@@ -387,6 +394,15 @@ def save_checkpoint(engine, out: Path, step: int, order, cfg: TrainConfig, hf_cf
         export_hf(out, step, hf_cfg, state, tokenizer, meta, cfg.keep_last)
         prune(out / "ds", cfg.keep_last, protect=tag)
     distributed.barrier()
+
+
+def _latest_export(out: Path) -> str | None:
+    from jpeglm.checkpoint import LATEST
+
+    try:
+        return (out / "checkpoints" / LATEST).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
