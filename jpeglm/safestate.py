@@ -75,7 +75,7 @@ def load_state(path: str | os.PathLike):
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
         if META_KEY not in meta:
             raise StateFileError(f"{path}: not a jpeglm state file (no {META_KEY} metadata)")
         return _unpack(json.loads(meta[META_KEY]), tensors)

@@ -58,7 +58,8 @@ def test_vq_resume_never_unpickles_a_crafted_state(photos, tmp_path):
 
     images = np.stack([np.asarray(prepare_image(p, 32)) for p in photos[:4]])
     keys = [f"p{i}" for i in range(len(images))]
-    tiny = dict(image_size=32, channels=4, channel_mult=(1, 2), num_res_blocks=1, codebook_bits=4, entropy_group_bits=4)
+    tiny = {"image_size": 32, "channels": 4, "channel_mult": (1, 2), "num_res_blocks": 1, "codebook_bits": 4,
+            "entropy_group_bits": 4}
 
     def cfg(steps):
         return VqConfig(model=VqModelConfig(**tiny), train=VqTrainConfig(batch_size=2, max_steps=steps, holdout=1,
@@ -176,7 +177,7 @@ def test_safepath_refuses_dotdot_absolute_and_symlinks_out(tmp_path):
 def test_manifest_and_checkpoint_paths_stay_inside(tmp_path, small_data):
     import shutil
 
-    from jpeglm.checkpoint import CheckpointError, resolve_export
+    from jpeglm.checkpoint import resolve_export
     from jpeglm.codecs.base import codec_from_config
     from jpeglm.codecs.vq import VqCodec
     from jpeglm.safepath import UnsafePathError
@@ -234,7 +235,6 @@ def test_manifest_and_checkpoint_paths_stay_inside(tmp_path, small_data):
     (run / "checkpoints" / "latest").write_text("../../outside_model\n")
     with pytest.raises(UserError, match=r"\.\./\.\./outside_model"):
         resolve_export(run)
-    assert CheckpointError
 
 
 # ------------------------------------------------------------------------------------------
@@ -249,9 +249,10 @@ def _small_jpeg(path: Path, seed: int = 0) -> Path:
 
 
 def _prep(src: Path, out: Path, **kw):
-    from jpeglm.codecs.jpeg import JpegCodec
     from jpeglm.data_prep.pipeline import prep
     from jpeglm.data_prep.sources import open_source
+
+    from jpeglm.codecs.jpeg import JpegCodec
 
     return prep(open_source(str(src)), JpegCodec, out, progress=False, log=None, **kw)
 
@@ -445,7 +446,6 @@ def test_torn_last_log_line_is_dropped_on_resume(tmp_path):
 
 def test_full_disk_during_an_export_keeps_the_previous_one(tmp_path, finished_run, monkeypatch):
     import errno
-    import shutil
 
     import yaml
     from safetensors.torch import load_file
@@ -470,7 +470,6 @@ def test_full_disk_during_an_export_keeps_the_previous_one(tmp_path, finished_ru
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-0000002"
     assert {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-0000002"]
-    assert shutil
 
 
 # ------------------------------------------------------------------------------------------

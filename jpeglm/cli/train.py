@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from jpeglm.cli import flags
-from jpeglm.config import ConfigError, load_config, resolve_config
+from jpeglm.config import load_config, resolve_config
 from jpeglm.train.config import TrainConfig
 
 
@@ -49,15 +49,14 @@ def config_of(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jpeglm.checkpoint import CheckpointError
-    from jpeglm.shards import ShardError
+    from jpeglm.errors import UserError
 
     try:
         cfg, base = config_of(args)
-        from jpeglm.train.loop import TrainError, train
+        from jpeglm.train.loop import train
 
         train(cfg, args.data, args.out, resume=args.resume, config_base=base)
-    except (ConfigError, ShardError, TrainError, CheckpointError) as e:
+    except UserError as e:  # also under `deepspeed --module jpeglm.train`, which bypasses the jpeglm script
         print(f"jpeglm train: error: {e}", file=sys.stderr)
         return 2
     return 0

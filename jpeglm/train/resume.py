@@ -18,14 +18,15 @@ import re
 from pathlib import Path
 
 from jpeglm.config import atomic_write_text
-from jpeglm.safepath import UnsafePathError, inside
+from jpeglm.errors import UserError
+from jpeglm.safepath import inside
 
 LATEST = "latest"
 RECORD = "jpeglm_files.json"
 _TAG = re.compile(r"step-\d{7,}")
 
 
-class ResumeStateError(UnsafePathError):
+class ResumeStateError(UserError, ValueError):
     """OUT/ds is not a checkpoint this run saved (foreign tag, changed files, missing record)."""
 
 
