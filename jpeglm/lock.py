@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import socket
 import time
@@ -88,6 +89,9 @@ class OutputLock:
                     raise LockError(f"{self.folder} is being written by {_describe(previous)} (no flock on this file "
                                     f"system: delete {self.path} if that run is gone)")
                 self.stale = previous
+                if previous.get("pid") != os.getpid():
+                    logging.getLogger("jpeglm.lock").warning("%s: taking over the stale lock of %s (that run is gone)",
+                                                             self.folder, _describe(previous))
             if not self.shared:
                 body = {"what": self.what, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
                 os.ftruncate(fd, 0)
