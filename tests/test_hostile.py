@@ -525,3 +525,22 @@ def test_sample_and_eval_leftovers_are_removed(tmp_path):
     _write_samples(folder, drawn, SamplesManifest(system="s"))
     assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png", "manifest.json", "samples.npz"]
     assert (folder / "samples.npz").read_bytes() != b"old"
+
+
+def test_full_disk_during_the_deepspeed_save_is_a_train_error(tmp_path):
+    import errno
+    from types import SimpleNamespace
+
+    from jpeglm.train.loop import TrainError, save_checkpoint
+    from tests.test_train import tiny_cfg
+
+    class FullEngine:
+        def save_checkpoint(self, *a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "latest").write_text("step-0000002\n")
+    order = SimpleNamespace(state_dict=dict)
+    with pytest.raises(TrainError, match=r"ds/step-0000004: .*No space left.*previous checkpoint is kept"):
+        save_checkpoint(FullEngine(), tmp_path, 4, order, tiny_cfg(), None, None, {}, SimpleNamespace(is_main=True))
+    assert (tmp_path / "ds" / "latest").read_text() == "step-0000002\n"
