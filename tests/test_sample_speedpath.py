@@ -12,7 +12,9 @@ import torch
 
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams
 from jpeglm.sample import SamplerConfig, generate
-from jpeglm.sample.kv_cache import decode_attention_on as _decode_attention_on, model_inputs, slab_cache as _slab_cache
+from jpeglm.sample.kv_cache import decode_attention_on as _decode_attention_on
+from jpeglm.sample.kv_cache import model_inputs
+from jpeglm.sample.kv_cache import slab_cache as _slab_cache
 from jpeglm.tokenizer import ByteTokenizer
 
 
