@@ -59,10 +59,10 @@ def test_package_data_globs_cover_every_config_file():
 
 # --- the sampler and transformers' cache keyword ------------------------------------------------------
 def test_cache_keyword_follows_the_forward_signature():
-    class NewModel:  # transformers >= 5.x: `cache`, `past_key_values` deprecated (removed in 5.40)
+    class NewModel:  # transformers >= 5.24: `cache`; `past_key_values` deprecated (removed in 5.40)
         def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs): ...
 
-    class OldModel:
+    class OldModel:  # transformers < 5.24
         def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs): ...
 
     cache = object()

@@ -20,8 +20,8 @@ NEG_INF = float("-inf")
 
 
 def model_inputs(model, cache) -> dict:
-    """`cache` under the keyword the model's forward takes: `cache` from transformers 5.x (where
-    `past_key_values` is deprecated, removed in 5.40), `past_key_values` before."""
+    """`cache` under the keyword the model's forward takes: `cache` from transformers 5.24 (where
+    `past_key_values` is deprecated, to be removed in 5.40), `past_key_values` before."""
     return {_cache_kwarg(type(model)): cache}
 
 
