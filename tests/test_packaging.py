@@ -57,6 +57,28 @@ def test_package_data_globs_cover_every_config_file():
     assert not missing, f"config files the wheel would not ship: {missing}"
 
 
+def test_every_package_folder_is_in_the_wheel():
+    """pyproject lists the packages by name: a new subpackage left out would be missing from the wheel
+    (and every non-Python file in the package folders must be package data)."""
+    tomllib = pytest.importorskip("tomllib")
+    if not (REPO / "pyproject.toml").is_file():
+        pytest.skip("not a checkout")
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = {name: REPO / path for name, path in setuptools["package-dir"].items()}
+    found = set()
+    for name, folder in dirs.items():
+        for init in folder.rglob("__init__.py"):
+            sub = init.parent.relative_to(folder).parts
+            found.add(".".join((name, *sub)))
+    assert set(setuptools["packages"]) == found, "pyproject's [tool.setuptools] packages and the package folders differ"
+    data = setuptools.get("package-data", {})
+    for name in found:
+        top = max((d for d in dirs if name == d or name.startswith(d + ".")), key=len)
+        folder = dirs[top].joinpath(*name.split(".")[len(top.split(".")):])
+        others = [p.name for p in folder.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")]
+        assert not others or name in data, f"{name} has non-Python files {others} but no package-data entry"
+
+
 # --- the sampler and transformers' cache keyword ------------------------------------------------------
 def test_cache_keyword_follows_the_forward_signature():
     class NewModel:  # transformers >= 5.24: `cache`; `past_key_values` deprecated (removed in 5.40)
