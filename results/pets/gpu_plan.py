@@ -14,7 +14,8 @@ SEED_STRIDE = 100_000  # = jpeglm.eval.harness.SETTING_SEED_STRIDE (checked by g
 
 FULL = {
     "size": 128,                 # pixels a side, for every system
-    "photo_quality": 75,         # JPEG quality of the 128x128 photos that travel for the VQ and pixel systems
+    "photo_quality": 75,
+    "photo_size": 128,           # side of those photos (the dry run keeps 64: images below 64 px are refused)         # JPEG quality of the 128x128 photos that travel for the VQ and pixel systems
     "bpe_vocab": 320,            # the paper's BPE vocabulary
     "pixel_grid": 32, "pixel_colors": 512,
     "train_limit": None,         # all 6,895 training photos
@@ -29,10 +30,10 @@ FULL = {
 
 DRY = {
     **FULL,
-    "size": 32, "bpe_vocab": 262, "pixel_grid": 8, "pixel_colors": 16,
+    "size": 64, "photo_size": 64, "bpe_vocab": 262, "pixel_grid": 8, "pixel_colors": 16,
     "train_limit": 12, "num_test": 2, "sample_batch": 4, "deadline_s": 600, "fid_bootstrap": 2, "val_fraction": 0.25,
     "vq_config": "tiny",
-    "vq_overrides": ["model.image_size=32", "train.max_steps=2", "train.batch_size=4", "train.holdout=2",
+    "vq_overrides": ["train.max_steps=2", "train.batch_size=4", "train.holdout=2",
                      "train.eval_every=2", "train.save_every=2", "train.log_every=1", "train.device=cpu",
                      "train.precision=fp32"],
     "train_config": "tiny-cpu",

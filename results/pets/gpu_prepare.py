@@ -64,7 +64,7 @@ def write_photos(train_dir: Path, out: Path, p: dict, log) -> int:
         if p["train_limit"] is not None and n >= p["train_limit"]:
             break
         try:
-            im = prepare_image(open_image(f), p["size"])
+            im = prepare_image(open_image(f), p["photo_size"])
         except MediaError as e:
             log(f"skipped {f}: {e}")
             continue
