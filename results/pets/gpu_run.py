@@ -180,7 +180,8 @@ def sample_all(prepared: Path, work: Path, out: Path, p: dict, device: str, timi
         timings.setdefault("nll_s", {})[name] = time.perf_counter() - t
         pack.write()
         systems[name] = (loaded, pack)
-    cfg = SamplerConfig(temperature=1.0, top_k=50, top_p=1.0, batch_size=p["sample_batch"], constrain=True)
+    cfg = SamplerConfig(temperature=1.0, top_k=50, top_p=1.0, batch_size=p["sample_batch"], constrain=True,
+                        max_new_tokens=p["max_new_tokens"])
     # setting by setting across the systems: a run cut short by the deadline is still comparable
     order = sorted(range(len(gpu_plan.SETTINGS)), key=lambda k: (gpu_plan.SETTINGS[k] is None, gpu_plan.SETTINGS[k] != 0.5))
     for k in order:
