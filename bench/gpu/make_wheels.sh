@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DEST=${1:-.whl}
 PY=${PYTHON:-python3}
-DS=${DEEPSPEED_VERSION:-$("$PY" -c 'import deepspeed; print(deepspeed.__version__)' 2>/dev/null || echo 0.19.8)}
+DS=${DEEPSPEED_VERSION:-$("$PY" -c 'from importlib.metadata import version; print(version("deepspeed"))' 2>/dev/null || echo 0.19.8)}
 mkdir -p "$DEST"
 PLAT="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
