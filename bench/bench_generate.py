@@ -32,7 +32,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {  # configs/model/{tiny,25m,1b,7b}.yaml without the context (set below)
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
 }
 
 
@@ -193,10 +193,10 @@ def main(argv=None) -> int:
         import transformers
 
         head = ["# Sampler vs generate() (bench/bench_generate.py)", "",
-                f"Machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}, "
+                (f"Machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}, "
                 f"transformers {transformers.__version__}. Random Llama, shape `{args.shape}`, byte vocabulary, fp32; "
                 f"prompt = top 4/16 MCU rows of a {args.image_size}x{args.image_size} JPEG ({len(prompt)} bytes), "
-                f"{args.new} new tokens per row, medians of {args.reps} interleaved runs; new tokens/s (prefill included).", "",
+                f"{args.new} new tokens per row, medians of {args.reps} interleaved runs; new tokens/s (prefill included)."), "",
                 f"Command: `python bench/bench_generate.py --write {args.write}`", ""]
         Path(args.write).write_text("\n".join(head + lines + ["", "Raw: `" + json.dumps(rows) + "`", ""]))
     return 0

@@ -30,7 +30,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
-import bench_generate as bg  # noqa: E402
+import bench_generate as bg
 
 T0 = time.perf_counter()
 NOMINAL_TFLOPS = 989.0  # H100 SXM / H200 dense bf16

@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import gpu_plan  # noqa: E402
+import gpu_plan
 
 ROOT = HERE.parents[1]
 TRAVEL_LIMIT = 64 * 2**20

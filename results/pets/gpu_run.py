@@ -30,7 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import gpu_plan  # noqa: E402
+import gpu_plan
 
 T0 = time.perf_counter()
 

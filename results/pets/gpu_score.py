@@ -25,7 +25,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import gpu_plan  # noqa: E402
+import gpu_plan
 
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
@@ -118,8 +118,8 @@ class ReplaySystem:
 
 def training_rows(logs: dict, packs: dict) -> list[str]:
     lines = ["## Training: the same Llama, the same tokens", "",
-             "| system | params (non-embedding) | steps x tokens | tokens seen | final train loss (nats/token) "
-             "| val bits/byte | val bits/pixel | train s | tokens/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             ("| system | params (non-embedding) | steps x tokens | tokens seen | final train loss (nats/token) "
+              "| val bits/byte | val bits/pixel | train s | tokens/s |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, t in logs.items():
         last, vals = t["log"][-1], [r for r in t["log"] if "val_bpb" in r]
         m = packs[name]
@@ -211,8 +211,8 @@ def main(argv=None) -> int:
     at = md.index("## Details") if "## Details" in md else len(md)
     scale = "DRY RUN (tiny sizes on a CPU: the numbers mean nothing)" if timings.get("dry_run") else \
         f"GPU scale ({p['size']}x{p['size']}, the ~100M Llama, {p['num_test']} test prompts per setting, one seed)"
-    note = [f"**{scale}.** Samples drawn on {timings.get('device')} by results/pets/gpu_run.py, scored here by "
-            "results/pets/gpu_score.py through `jpeglm eval`'s harness.", ""]
+    note = [(f"**{scale}.** Samples drawn on {timings.get('device')} by results/pets/gpu_run.py, scored here by "
+             "results/pets/gpu_score.py through `jpeglm eval`'s harness."), ""]
     repro = ["## Reproduce", "", "```", COMMANDS.rstrip(), "```", ""]
     md = md[:2] + note + md[2:at] + training_rows(logs, metas) + timing_rows(timings) + md[at:] + repro
     (dest / "report.md").write_text("\n".join(md))
