@@ -10,7 +10,7 @@
 #   bash results/pets/gpu.sh --dry-run [--pets DIR]  all three on this CPU at tiny sizes (results/pets/gpu_plan.py DRY)
 #
 # What travels (gpu_prepare.py checks it fits the device call's 64 MiB): the JPEG shards, 6,895 photos
-# x ~1.3k BPE-320 tokens x 2 bytes ~ 18 MiB; the training photos at 128x128 as JPEG q75 (~3.7 kB each)
+# x 1,481 BPE-320 tokens (1,595 JPEG bytes, measured) x 2 bytes ~ 20 MiB; the training photos at 128x128 as JPEG q75 (~3.7 kB each)
 # ~ 25 MiB, from which the LFQ tokenizer trains and the VQ and pixel shards are cut there; the palette;
 # the first 200 test photos ~ 4 MiB; the wheels of bench/gpu/make_wheels.sh (deepspeed and its needs) ~ 5 MiB.
 #
@@ -20,14 +20,14 @@
 #   shards      VQ codes + palette pixels of 6,895 photos, 8 CPU workers           ~  20 s
 #   Llama x 3   360 steps x 8 x 4,096 = 11.8M tokens each; ~0.86 GFLOP/token (6N, N = 99M non-embedding,
 #               + attention at 4,096 context); assumed 200k tokens/s = 22% MFU  -> 59 s each, 177 s
-#               (= 1.3 epochs of JPEG tokens, 1.7 of pixels, 6.6 of VQ codes: the same tokens for all)
+#               (= 1.2 epochs of JPEG tokens, 1.7 of pixels, 6.9 of VQ codes: the same tokens for all)
 #   likelihood  200 held-out photos x 3 systems, one forward each                 ~   3 s
 #   sampling    200 rows per batch, bf16, top-k 50, JPEG constrained. Decode steps per system over
-#               ratios 0.25/0.5/0.75 + unconditional: JPEG ~1.3k x (0.75+0.5+0.25+1) = 3,250, VQ 256 x 2.5
+#               ratios 0.25/0.5/0.75 + unconditional: JPEG 1.48k x (0.75+0.5+0.25+1) = 3,700, VQ 256 x 2.5
 #               = 640, pixel 1,024 x 2.5 = 2,560. Assumed 8 ms per step (weights + KV reads + launch
 #               overhead) + 10 ms of grammar work for JPEG's 200 rows (50 us per row, issue 14's target):
-#               JPEG 59 s, VQ 5 s, pixel 20 s                                      ~  85 s
-#   total                                                                           ~ 350 s of 420
+#               JPEG 67 s, VQ 5 s, pixel 20 s                                      ~  92 s
+#   total                                                                           ~ 360 s of 420
 # No new sampling starts after 400 s (gpu_plan.py deadline_s), settings are drawn in the order 0.5, 0.25,
 # 0.75, unconditional across all three systems, and every pack is rewritten after each setting: a slow
 # constraint (today ~0.7 ms per row and token: 140 ms per JPEG step) leaves settings out, not the run.
