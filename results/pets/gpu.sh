@@ -10,8 +10,8 @@
 #   bash results/pets/gpu.sh --dry-run [--pets DIR]  all three on this CPU at tiny sizes (results/pets/gpu_plan.py DRY)
 #
 # What travels (gpu_prepare.py checks it fits the device call's 64 MiB): the JPEG shards, 6,895 photos
-# x 1,481 BPE-320 tokens (1,595 JPEG bytes, measured) x 2 bytes ~ 20 MiB; the training photos at 128x128 as JPEG q75 (~3.7 kB each)
-# ~ 25 MiB, from which the LFQ tokenizer trains and the VQ and pixel shards are cut there; the palette;
+# x 1,481 BPE-320 tokens (1,595 JPEG bytes, measured) x 2 bytes ~ 20 MiB; the training photos at
+# 128x128 as JPEG q75 (~3.7 kB each) ~ 25 MiB, from which the LFQ tokenizer trains and the VQ and pixel shards are cut there; the palette;
 # the first 200 test photos ~ 4 MiB; the wheels of bench/gpu/make_wheels.sh (deepspeed and its needs) ~ 5 MiB.
 #
 # The 7-minute arithmetic (H200: 790 TFLOP/s bf16 dense, 4.3 TB/s HBM):
@@ -55,7 +55,8 @@ case "$sub" in
       "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site .
       export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
-    export PYTHONUNBUFFERED=1
+    # one thread per process: the VQ-coding prep workers would otherwise each spin up every core
+    export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     set -o pipefail
     "$PY" results/pets/gpu_run.py --prepared "$WORK/prepared" "${args[@]}" 2>&1 | tee "$out/log.txt" ;;
   score)
