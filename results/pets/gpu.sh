@@ -3,7 +3,7 @@
 # Llama (configs/model/100m.yaml) and the same training tokens (configs/train/pets-gpu.yaml), judged by
 # `jpeglm eval`'s harness (configs/eval/pets-gpu.yaml). Three steps; run from anywhere:
 #
-#   bash results/pets/gpu.sh prepare [--pets DIR]    here, CPU (~5 min): what travels -> runs/pets-gpu/prepared
+#   bash results/pets/gpu.sh prepare [--pets DIR]    here, CPU (~3 min idle): what travels -> runs/pets-gpu/prepared
 #   bash results/pets/gpu.sh run --out $OUT          one H100/H200, <= 7 min (device tool: carry
 #                                                    runs/pets-gpu/prepared and .whl, timeout_s 480)
 #   bash results/pets/gpu.sh score --gpu-out DIR     here: FID etc. -> results/pets-gpu/

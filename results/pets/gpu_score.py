@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 COMMANDS = """\
-# here (CPU): prepare what travels (~5 min), and the wheels the GPU machine lacks
+# here (CPU): prepare what travels (~3 min on an idle 2-core machine), and the wheels the GPU machine lacks
 bash results/pets/gpu.sh prepare
 # on one H100/H200 (device tool: carry runs/pets-gpu/prepared and .whl; <= 7 min)
 bash results/pets/gpu.sh run --out $OUT
