@@ -32,7 +32,7 @@ FULL = {
 DRY = {
     **FULL,
     "size": 64, "photo_size": 64, "bpe_vocab": 262, "pixel_grid": 8, "pixel_colors": 16,
-    "train_limit": 12, "num_test": 2, "sample_batch": 4, "max_new_tokens": 160, "deadline_s": 600, "fid_bootstrap": 2, "val_fraction": 0.25,
+    "train_limit": 12, "num_test": 2, "sample_batch": 4, "max_new_tokens": 64, "deadline_s": 600, "fid_bootstrap": 2, "val_fraction": 0.25,
     "vq_config": "tiny",
     "vq_overrides": ["train.max_steps=2", "train.batch_size=4", "train.holdout=2",
                      "train.eval_every=2", "train.save_every=2", "train.log_every=1", "train.device=cpu",
