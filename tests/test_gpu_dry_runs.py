@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,30 @@ def _pets_modules():
 
 
 @pytest.fixture(scope="module")
-def pets_dry(pets_dir, tmp_path_factory):
+def pets_like(photos, tmp_path_factory) -> Path:
+    """../shared/data/pets when it is here, else a stand-in of its layout from scikit-image's photos
+    (so the dry run runs in CI too): train/ = the 6 photos and their mirror images, test/ = 3 crops.
+    JPEGLM_TEST_NO_PETS=1 takes the stand-in even where the pets are."""
+    from conftest import PETS
+    from PIL import ImageOps
+
+    if os.environ.get("JPEGLM_TEST_NO_PETS") is None and (PETS / "train").is_dir() and (PETS / "test").is_dir():
+        return PETS
+    root = tmp_path_factory.mktemp("pets-like")
+    (root / "train").mkdir()
+    (root / "test").mkdir()
+    for i, im in enumerate(photos):
+        im.save(root / "train" / f"{i:02d}.png")
+        ImageOps.mirror(im).save(root / "train" / f"{i:02d}m.png")
+    for i, im in enumerate(photos[:3]):
+        w, h = im.size
+        im.crop((w // 4, h // 4, w, h)).save(root / "test" / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pets_dry(pets_like, tmp_path_factory):
+    pets_dir = pets_like
     prepare, run, score = _pets_modules()
     work = tmp_path_factory.mktemp("pets-gpu-dry")
     assert prepare.main(["--dry-run", "--pets", str(pets_dir), "--work", str(work), "--wheels", str(work / "none")]) == 0
