@@ -142,3 +142,18 @@ def test_bench_on_a_gpu_measures_bandwidth_and_roofline(tmp_path):
     bw = bench.bandwidth("cuda")
     rows = bench.sampling(p, "cuda", bw)
     assert bw > 1e11 and all(r.get("roofline_tokens_per_s") for r in rows if r["batch"] == 1)
+
+
+def test_pets_replay_tolerates_one_odd_prompt_and_refuses_other_prompts(pets_dry):
+    from jpeglm.eval.harness import as_media, load_heldout_images
+
+    score = sys.modules["gpu_score"]
+    meta, arrays = score.unpack(pets_dry / "gpu-out" / "samples-vq.npz", pets_dry / "check-vq")
+    rs = score.ReplaySystem("vq-lfq", meta, arrays, pets_dry / "check-vq", 0)
+    reals, _, _ = load_heldout_images(str(pets_dry / "prepared" / "test"), 2, 64)
+    prompts = [rs.codec.prompt(rs.codec.encode(as_media(r)), 0.5) for r in reals]
+    assert len(rs.sample(prompts, 1, 100_000)) == 2 and rs.prompt_mismatches[1] == 0
+    odd = [prompts[0], (prompts[1] + 1) % rs.codec.num_codes]
+    assert len(rs.sample(odd, 1, 100_000)) == 2 and rs.prompt_mismatches[1] == 1
+    with pytest.raises(score.PackError, match="other prompts"):
+        rs.sample(prompts[::-1], 1, 100_000)

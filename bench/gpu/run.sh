@@ -18,8 +18,8 @@ while [ $# -gt 0 ]; do case "$1" in --out) out=$2; shift 2 ;; --dry-run) dry=1; 
 [ -n "$out" ] || { echo "bench/gpu/run.sh: --out DIR is required" >&2; exit 2; }
 mkdir -p "$out"
 if [ -z "$dry" ]; then  # the GPU machine: no network, no deepspeed, no jpeglm installed
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site .
+  "$PY" -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  "$PY" -m pip install -q --upgrade --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site .
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1

@@ -114,7 +114,7 @@ class Pack:
         n_embed = sum(x.numel() for n, x in m.named_parameters() if n.endswith(("embed_tokens.weight", "lm_head.weight")))
         self.meta = {"system": name, "codec": codec.to_config(), "symbol_kind": codec.symbol_kind,
                      "tokenizer": loaded.tokenizer.to_config(), "params": sum(x.numel() for x in m.parameters()),
-                     "params_embed": n_embed, "device": device, "settings": [], "nll": {}}
+                     "params_embed": n_embed, "device": device, "settings": [], "nll": {}, "nll_order": []}
 
     def add_setting(self, k: int, ratio, samples, seconds: float) -> None:
         kind = self.meta["symbol_kind"]
@@ -176,7 +176,9 @@ def sample_all(prepared: Path, work: Path, out: Path, p: dict, device: str, timi
         t = time.perf_counter()
         for r in reals:  # bits per byte of the held-out photos: their summed NLL, keyed by their token ids
             ids = loaded.tokenizer.encode(loaded.codec.encode(as_media(r)), bos=True, eos=True)
-            pack.meta["nll"][ids_key(ids)] = nll_of(loaded.model, ids, device)
+            nats = nll_of(loaded.model, ids, device)
+            pack.meta["nll"][ids_key(ids)] = nats
+            pack.meta["nll_order"].append(nats)
         timings.setdefault("nll_s", {})[name] = time.perf_counter() - t
         pack.write()
         systems[name] = (loaded, pack)
