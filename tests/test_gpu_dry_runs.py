@@ -112,7 +112,7 @@ def test_pets_score_refuses_a_pack_with_an_escaping_file_name(pets_dry, tmp_path
 
 
 def test_gpu_scripts_parse_and_say_what_they_need():
-    for s in ("results/pets/gpu.sh", "bench/gpu/run.sh", "bench/gpu/make_wheels.sh"):
+    for s in ("results/pets/gpu.sh", "bench/gpu/run.sh", "bench/gpu/make_wheels.sh", "bench/gpu/site.sh"):
         subprocess.run(["bash", "-n", str(ROOT / s)], check=True)
     r = subprocess.run(["bash", str(ROOT / "bench/gpu/run.sh")], capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "--out DIR is required" in r.stderr

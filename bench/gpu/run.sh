@@ -18,9 +18,7 @@ while [ $# -gt 0 ]; do case "$1" in --out) out=$2; shift 2 ;; --dry-run) dry=1; 
 [ -n "$out" ] || { echo "bench/gpu/run.sh: --out DIR is required" >&2; exit 2; }
 mkdir -p "$out"
 if [ -z "$dry" ]; then  # the GPU machine: no network, no deepspeed, no jpeglm installed
-  "$PY" -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  "$PY" -m pip install -q --upgrade --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site .
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  source bench/gpu/site.sh
 fi
 export PYTHONUNBUFFERED=1
 "$PY" bench/gpu/bench.py "${args[@]}" 2>&1 | tee "$out/log.txt"

@@ -51,9 +51,7 @@ case "$sub" in
     [ -n "$out" ] || { echo "gpu.sh run: --out DIR is required" >&2; exit 2; }
     mkdir -p "$out"
     if [ -z "$dry" ]; then  # the GPU machine: no network, no deepspeed, no jpeglm installed
-      "$PY" -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-      "$PY" -m pip install -q --upgrade --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site .
-      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+      source bench/gpu/site.sh
     fi
     # one thread per process: the VQ-coding prep workers would otherwise each spin up every core
     export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
