@@ -89,10 +89,16 @@ class PrepSettings:
                                 "and is the unit of resume (workers share a chunk when there are few)", metavar="K")
     limit: int | None = _s(None, "use only the first N input items (in sorted order)", metavar="N")
     min_side: int = _s(64, "skip images (and videos) whose shorter side is below this many pixels, rather than upscale them")
+    max_file_bytes: int = _s(256 << 20, "skip image files larger than this many bytes without reading them (a huge or "
+                             "sparse file is never read whole into memory); videos are streamed and not limited", metavar="N")
     part: str | None = _s(None, "encode only chunks c with c %% N == I (0-based), so N machines sharing --out split one "
                           "prep; the last part to finish writes the manifest. Same bytes as one run", metavar="I/N")
     overwrite: bool = _s(False, "delete a previous prep in --out (e.g. one made with other settings) and start over")
     progress: bool = _s(True, "show a progress bar (the summary line is printed either way)")
+    labels: str | None = _s(None, "class labels for a class-conditional dataset: folders (the first sub-folder of "
+                            "--input is the class), column:NAME (a dataset column; ClassLabel names kept) or "
+                            "file:PATH (a CSV with columns file,label); unlabelled items are skipped with the reason",
+                            metavar="SPEC")
 
     def __post_init__(self):
         if not 0.0 <= self.val_fraction < 1.0:
@@ -108,6 +114,13 @@ class PrepSettings:
         if self.part is not None and self.overwrite:
             raise PrepError("--overwrite cannot be combined with --part (other parts may be writing there)")
         self.part_index  # noqa: B018 - validates the I/N text
+        if self.labels is not None:
+            from jpeglm.data_prep.labels import parse_spec
+
+            try:
+                parse_spec(self.labels)
+            except ValueError as e:
+                raise PrepError(str(e)) from None
 
     @property
     def part_index(self) -> tuple[int, int] | None:
@@ -127,7 +140,7 @@ def is_val(key: str, seed: int, val_fraction: float) -> bool:
     """Deterministic split: sha256(seed, key) as a number in [0, 1) below val_fraction -> val."""
     if val_fraction <= 0:
         return False
-    h = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    h = hashlib.sha256(f"{seed}\0{key}".encode("utf-8", "surrogatepass")).digest()  # any str key hashes
     return int.from_bytes(h[:8], "big") / 2.0**64 < val_fraction
 
 
@@ -153,6 +166,8 @@ class _Setup:
     clip_rule: object
     out: str  # the output folder (a path or a URL)
     settings: PrepSettings
+    labels: dict | None = None  # item key -> class id (prep --labels), None: unconditional
+    why_unlabelled: str = ""  # the skip reason of an item without a label
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells a reused Ray worker a new prep from an old one
 
 
@@ -187,8 +202,9 @@ def _init_worker(setup: _Setup, counter=None) -> str | None:
         _W["init_error"] = f"worker setup failed: {type(e).__name__}: {e}"
         return _W["init_error"]
     _W.update(
+        labels=setup.labels, why_unlabelled=setup.why_unlabelled,
         codec=codec, tokenizer=tok, source=setup.source,
-        dtype=np.dtype(setup.dtype), min_side=s.min_side, clip_rule=setup.clip_rule, byte_table=None, checked=False,
+        dtype=np.dtype(setup.dtype), min_side=s.min_side, max_file_bytes=s.max_file_bytes, clip_rule=setup.clip_rule, byte_table=None, checked=False,
     )
     if tok.kind == "byte":
         # A byte-level tokenizer maps each byte to one id: a 256-entry table taken from the
@@ -227,37 +243,48 @@ def _fits(ids: np.ndarray, dtype: np.dtype) -> bool:
     return not ids.size or (ids.min() >= 0 and ids.max() <= np.iinfo(dtype).max)
 
 
-def _record(key: str, symbols, n_pixels: int) -> Record:
+def _record(key: str, symbols, n_pixels: int, label: int | None = None) -> Record:
     codec, tok, table, dtype = _W["codec"], _W["tokenizer"], _W["byte_table"], _W["dtype"]
     if table is not None and isinstance(symbols, (bytes, bytearray)):
-        ids = np.empty(len(symbols) + 2, dtype)
-        ids[0], ids[-1] = tok.bos_id, tok.eos_id
-        np.take(table, np.frombuffer(symbols, np.uint8), out=ids[1:-1])
+        head = tok.prefix(label)  # BOS (+ the class token of a labelled dataset)
+        ids = np.empty(len(symbols) + len(head) + 1, dtype)
+        ids[: len(head)], ids[-1] = head, tok.eos_id
+        np.take(table, np.frombuffer(symbols, np.uint8), out=ids[len(head) : -1])
         if not _W["checked"]:
-            if not np.array_equal(ids, tok.encode(symbols, bos=True, eos=True)):
+            if not np.array_equal(ids, tok.encode(symbols, bos=True, eos=True, label=label)):
                 raise RuntimeError(f"{type(tok).__name__} is not one id per byte; the byte table cannot be used")
             _W["checked"] = True
     else:
-        ids = np.asarray(tok.encode(symbols, bos=True, eos=True), dtype=np.int64)
+        ids = np.asarray(tok.encode(symbols, bos=True, eos=True, label=label), dtype=np.int64)
         if not _fits(ids, dtype):
             raise ValueError(f"token id out of range for {dtype}")  # cannot happen with dtype_for_vocab
         ids = ids.astype(dtype)
-    return Record(key, ids, len(symbols), codec.stream_bytes(symbols), int(n_pixels))
+    return Record(key, ids, len(symbols), codec.stream_bytes(symbols), int(n_pixels), label)
 
 
-def _encode_image(item: Item, src):
+def _check_size(src, limit: int) -> None:
+    """Refuse a file (or cell) over `limit` bytes before anything reads it whole."""
+    from jpeglm.media import MediaError
+
+    size = os.stat(src).st_size if isinstance(src, (str, os.PathLike)) else len(src) if isinstance(src, (bytes, bytearray)) else 0
+    if size > limit:
+        raise MediaError(f"file too large: {size} bytes, over max_file_bytes {limit} (not read)")
+
+
+def _encode_image(item: Item, src, label: int | None = None):
     from jpeglm.media import open_image
 
     codec = _W["codec"]
     # Opening here (not inside the codec) gives every codec the same checks and skip reasons;
     # the codec then crops and resizes the opened picture as its own parameters say.
+    _check_size(src, _W["max_file_bytes"])
     img = open_image(src, min_side=_W["min_side"])
     symbols = codec.encode(img)
     # bits per pixel are counted at the size a system is judged at (pixel codec: eval_size, not its grid)
-    return [_record(item.key, symbols, codec.pixels_per_item())]
+    return [_record(item.key, symbols, codec.pixels_per_item(), label)]
 
 
-def _encode_video(item: Item, src):
+def _encode_video(item: Item, src, label: int | None = None):
     codec = _W["codec"]
     tmp = None
     if isinstance(src, (bytes, bytearray)):  # a dataset cell: PyAV wants a file it can seek in
@@ -278,7 +305,7 @@ def _encode_video(item: Item, src):
             except Exception as e:  # one bad clip must not drop the good ones before/after it
                 out.append((key, _skip_reason(e, src)))
                 continue
-            out.append(_record(key, symbols, int(np.prod(frames.shape[:3]))))
+            out.append(_record(key, symbols, int(np.prod(frames.shape[:3])), label))
     except Exception as e:
         if not any(isinstance(r, Record) for r in out):
             raise  # nothing came out of this file: the caller skips it with the reason
@@ -293,10 +320,15 @@ def _process(item: Item) -> list:
     """Encode one item -> a list of Records (one per image, one per clip) and (key, reason) skips."""
     if "init_error" in _W:
         raise PrepError(_W["init_error"])
-    src = None
+    src, label = None, None
+    if _W["labels"] is not None:
+        label = _W["labels"].get(item.key)
+        if label is None:  # a labelled dataset has no unconditional records (class dropout makes those)
+            return [(item.key, _W["why_unlabelled"])]
     try:
         src = _W["source"].fetch(item)
-        results = _encode_video(item, src) if _W["codec"].media_kind == "video" else _encode_image(item, src)
+        encode = _encode_video if _W["codec"].media_kind == "video" else _encode_image
+        results = encode(item, src, label)
         if not results:
             return [(item.key, "no complete clip under the clip rule (video too short?)")]
         return results
@@ -362,7 +394,18 @@ def prep(source: Source, codec_factory: Callable, out: str | Path, settings: Pre
     t0 = time.time()
     s = replace(settings or PrepSettings(), **overrides)
     store = Store(out)
-    plan = _plan(source, codec_factory, store, s, tokenizer, clip_rule)
+    if store.local is None:  # an object store has no locks: one writer per URL is up to the caller
+        return _prep(source, codec_factory, store, s, t0, tokenizer, clip_rule, log)
+    from jpeglm.lock import OutputLock
+
+    # one prep per folder (the parts of one prep share it); the kernel drops it if this run dies
+    with OutputLock(store.local, "jpeglm prep" if s.part is None else f"jpeglm prep --part {s.part}", shared=s.part is not None):
+        return _prep(source, codec_factory, store, s, t0, tokenizer, clip_rule, log)
+
+
+def _prep(source: Source, codec_factory: Callable, store: Store, s: PrepSettings, t0: float, tokenizer, clip_rule,
+          log) -> PrepResult:
+    plan = _plan(source, codec_factory, store, s, tokenizer, clip_rule, log)
     todo = [c for c in range(len(plan.chunks)) if c not in plan.done and _in_part(c, s.part_index)]
     todo_items = sum(len(plan.chunks[c]) for c in todo)
     if todo:
@@ -401,20 +444,25 @@ class _Plan:
     manifest_codec: dict  # the codec config the manifest records (its files bundled into `out`)
     done: dict
     setup: _Setup
+    labels: object = None  # data_prep.labels.Labels of a --labels prep
 
 
-def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings, tokenizer, clip_rule) -> _Plan:
+def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings, tokenizer, clip_rule,
+          log=None) -> _Plan:
     from jpeglm.tokenizer import ByteTokenizer, CodeTokenizer
 
     codec = codec_factory()
     if tokenizer is None:
         tokenizer = ByteTokenizer() if codec.symbol_kind == "bytes" else CodeTokenizer(codec.num_codes)
-    dtype = dtype_for_vocab(tokenizer.vocab_size)
     items = source.items()
     if s.limit is not None:
         items = items[: s.limit]
     if not items:
         raise PrepError(f"input {source.describe().get('input')}: no {source.media_kind} files found")
+    labels = _labels(s, source, items, log)
+    if labels is not None:
+        tokenizer = _labelled_tokenizer(tokenizer, labels.names)
+    dtype = dtype_for_vocab(tokenizer.vocab_size)
     chunks = [items[i : i + s.records_per_shard] for i in range(0, len(items), s.records_per_shard)]
     tok_files = tokenizer_files(tokenizer)
     settings = {
@@ -422,14 +470,46 @@ def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings
         "val_fraction": s.val_fraction, "seed": s.seed, "records_per_shard": s.records_per_shard, "limit": s.limit,
         "min_side": s.min_side, "clip_rule": _plain(clip_rule), "num_items": len(items), "dtype": dtype.name,
     }
+    if labels is not None:  # only then: an unconditional prep resumes with the settings it always had
+        settings["labels"] = labels.fingerprint()
+    if s.max_file_bytes != PrepSettings.max_file_bytes:  # recorded when it differs: older preps resume as they were
+        settings["max_file_bytes"] = s.max_file_bytes
     claim_output(store, settings, s.overwrite, shared=s.part is not None)
     save_tokenizer(store, tok_files)
     manifest_codec = _bundle(codec, store)
     listed = set(store.listdir(PARTS_DIR))  # one listing, then only the markers that are there are read
     done = {c: m for c in range(len(chunks))
             if Path(marker_name(c)).name in listed and (m := read_done(store, c, dtype)) is not None}
-    setup = _Setup(codec_factory, tok_files, source, dtype.name, clip_rule, str(store), s)
-    return _Plan(codec, tokenizer, dtype, chunks, settings, manifest_codec, done, setup)
+    setup = _Setup(codec_factory, tok_files, source, dtype.name, clip_rule, str(store), s,
+                   labels.of_key if labels is not None else None, labels.why_missing if labels is not None else "")
+    return _Plan(codec, tokenizer, dtype, chunks, settings, manifest_codec, done, setup, labels)
+
+
+def _labels(s: PrepSettings, source: Source, items: list, log):
+    """The Labels of a `--labels` prep (None without); label-file rows naming no item are reported."""
+    if s.labels is None:
+        return None
+    from jpeglm.data_prep.labels import resolve_labels
+
+    try:
+        labels = resolve_labels(s.labels, source, items)
+    except ValueError as e:
+        raise PrepError(str(e)) from None
+    if labels.unmatched and log:
+        shown = ", ".join(labels.unmatched[:5]) + (", ..." if len(labels.unmatched) > 5 else "")
+        log(f"prep: {len(labels.unmatched)} rows of the label file name no input item, or a file name several share ({shown}); "
+            "listed in manifest.json classes.unmatched_rows; the other items are prepared")
+    return labels
+
+
+def _labelled_tokenizer(tokenizer, names):
+    """The tokenizer with one class token per name (a given labelled tokenizer must have these classes)."""
+    if tokenizer.num_classes:
+        if tuple(tokenizer.class_names) != tuple(names):
+            raise PrepError(f"--tokenizer has the classes {list(tokenizer.class_names)[:8]}, --labels gives "
+                            f"{list(names)[:8]}; use a tokenizer without classes (they are added) or the same ones")
+        return tokenizer
+    return tokenizer.with_classes(names)
 
 
 def _bundle(codec, store: Store) -> dict:
@@ -521,7 +601,8 @@ def _manifest(store: Store, plan: _Plan) -> dict:
         shards, totals = [], Counter()
         for c in range(len(chunks)):
             s = done[c]["splits"][split]
-            shards.append({"name": shard_name(c), "num_records": s["num_records"], "num_tokens": s["num_tokens"]})
+            shards.append({"name": shard_name(c), "num_records": s["num_records"], "num_tokens": s["num_tokens"],
+                           **({"max_id": s["max_id"]} if "max_id" in s else {})})  # markers of older preps lack it
             for k in ("num_records", "num_tokens", "num_symbols", "num_bytes", "num_pixels"):
                 totals[k] += s[k]
             if s["num_records"]:
@@ -540,7 +621,23 @@ def _manifest(store: Store, plan: _Plan) -> dict:
         "skipped_by_reason": dict(sorted(Counter(reason_kind(s["reason"]) for s in skipped).items())),
         "settings": {k: settings[k] for k in ("val_fraction", "seed", "records_per_shard", "limit", "min_side", "clip_rule")},
         "versions": _versions(plan.codec),
+        **({"classes": _classes(plan, done)} if plan.labels is not None else {}),
     }
+
+
+def _classes(plan: _Plan, done: dict) -> dict:
+    """manifest.json `classes`: names in id order, records per class (all and per split), where the
+    labels came from, and the label-file rows that named no input item."""
+    names = plan.labels.names
+    per_split = {}
+    for split in SPLITS:
+        counts = [0] * len(names)
+        for m in done.values():
+            for k, n in m["splits"][split].get("class_counts", {}).items():
+                counts[int(k)] += int(n)
+        per_split[split] = counts
+    return {"names": list(names), "counts": [sum(c) for c in zip(*per_split.values())], "counts_by_split": per_split,
+            "null_class": True, "labels": plan.labels.spec, "unmatched_rows": list(plan.labels.unmatched)}
 
 
 def summary_line(result: PrepResult) -> str:
@@ -548,8 +645,9 @@ def summary_line(result: PrepResult) -> str:
     sk = m["skipped_by_reason"]
     skipped = f"skipped {len(m['skipped'])}" + (f" ({', '.join(f'{k}: {v}' for k, v in sk.items())})" if sk else "")
     rate = result.items_done_now / result.seconds if result.seconds > 0 else 0.0
+    classes = f" in {len(m['classes']['names'])} classes" if "classes" in m else ""
     return (
-        f"prep: {m['num_records']} records (train {m['splits']['train']['num_records']}, val {m['splits']['val']['num_records']}), "
+        f"prep: {m['num_records']} records{classes} (train {m['splits']['train']['num_records']}, val {m['splits']['val']['num_records']}), "
         f"{m['num_tokens']} tokens ({m['tokens_per_item']['mean']:.0f}/record), {skipped}, "
         f"{result.seconds:.1f} s ({rate:.1f} items/s this run) -> {result.out}"
     )

@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jpeglm.errors import UserError
+
 IMAGE_EXTS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico .jp2 .avif .heic".split()
 )
@@ -33,7 +35,7 @@ _SKIMAGE_EXTS = (".png", ".jpg")
 _MEDIA_COLUMNS = ("image", "img", "video", "frames", "picture", "photo")
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """An --input that cannot be listed at all (missing path, offline hub, no media column)."""
 
 
@@ -85,27 +87,69 @@ class FileSource(Source):
         self.exts = frozenset(exts) if exts is not None else (VIDEO_EXTS if media_kind == "video" else IMAGE_EXTS)
 
     def items(self) -> list[Item]:
+        """Every media file under the root, each real folder walked once: a symlink to a folder inside
+        the tree is not followed (the folder itself is listed), one to a folder outside is followed
+        once, so a loop (`sub/loop -> ..`) neither repeats files nor never ends. A file name that is
+        not UTF-8 gets a key with its bad bytes escaped (`\\xff`); a folder that cannot be read
+        becomes an item that is skipped with the reason."""
         if self.root.is_file():
             return [Item(self.root.name, "")]
         if not self.root.is_dir():
             raise SourceError(f"input {self.label}: no such file or folder")
-        rels = []
+        found: list[tuple[str, str]] = []
         root = os.fspath(self.root)
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # skip .git, .cache, ...
+        real_root = os.path.realpath(root)
+        seen: set[tuple[int, int]] = set()
+
+        def unreadable(e: OSError) -> None:
+            rel = os.path.relpath(e.filename, root) if e.filename else "."
+            if rel == ".":
+                raise SourceError(f"input {self.label}: cannot read the folder ({e.strerror or e})")
+            found.append((_key(rel.replace(os.sep, "/") + "/"), f"{UNREADABLE}{e.strerror or e}"))
+
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:  # a second way into a folder walked already
+                dirnames[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")  # skip .git, .cache, ...
+                           and not _links_within(os.path.join(dirpath, d), real_root)]
             rel_dir = os.path.relpath(dirpath, root)
             prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
             for name in filenames:  # plain string ops: pathlib costs seconds on 100k-file folders
                 if not name.startswith(".") and os.path.splitext(name)[1].lower() in self.exts:
-                    rels.append(prefix + name)
-        rels.sort()  # by relative path: the order (and so the shards) never depends on the file system
-        return [Item(rel, rel) for rel in rels]
+                    found.append((_key(prefix + name), prefix + name))
+        found.sort()  # by key: the order (and so the shards) never depends on the file system
+        return [Item(key, rel) for key, rel in found]
 
     def fetch(self, item: Item):
+        if isinstance(item.ref, str) and item.ref.startswith(UNREADABLE):
+            raise OSError(f"unreadable folder: {item.ref[len(UNREADABLE):]}")
         return str(self.root / item.ref) if item.ref else str(self.root)
 
     def describe(self) -> dict:
         return {"kind": "files", "input": self.label, "media": self.media_kind, "extensions": sorted(self.exts)}
+
+
+UNREADABLE = "\0unreadable\0"  # the ref of an item standing for a folder that could not be listed
+
+
+def _key(rel: str) -> str:
+    """A record key that is valid UTF-8 (JSON-safe): undecodable bytes of a name escaped as \\xNN."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def _links_within(path: str, real_root: str) -> bool:
+    """A symlink to a folder inside the tree (walked anyway, by its own name)."""
+    if not os.path.islink(path):
+        return False
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root + os.sep)
 
 
 def skimage_dir() -> Path:
@@ -126,11 +170,12 @@ class HFSource(Source):
         self.media_kind = media_kind
         self.label = label
         self._ds = None
+        self._all = None  # every column (read_column reads labels from it)
         self.name = Path(where).name if kind != "hub" else where
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_ds"] = None  # workers reopen the (memory-mapped) dataset instead of pickling it
+        state["_ds"] = state["_all"] = None  # workers reopen the (memory-mapped) dataset instead of pickling it
         return state
 
     def _load(self):
@@ -163,8 +208,22 @@ class HFSource(Source):
         feature = ds.features[self.column]
         if isinstance(feature, (datasets.Image, getattr(datasets, "Video", ()))):
             ds = ds.cast_column(self.column, type(feature)(decode=False))
+        self._all = ds
         self._ds = ds.select_columns([self.column])
         return self._ds
+
+    def read_column(self, name: str) -> tuple[list, list[str] | None]:
+        """All values of column `name` in row order, and its class names when it is a ClassLabel
+        (`jpeglm prep --labels column:NAME`)."""
+        import datasets
+
+        self._load()
+        ds = self._all
+        if name not in ds.column_names:
+            raise SourceError(f"input {self.label}: no column {name!r} (has {', '.join(ds.column_names)})")
+        feature = ds.features[name]
+        names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+        return list(ds[name]), names
 
     def _guess_column(self, ds) -> str:
         import datasets

@@ -145,7 +145,7 @@ def read_piece(store: Store, chunk: int, start: int, end: int, dtype: np.dtype) 
             for meta in header["records"][split]:
                 k = int(meta["n_tokens"])
                 records[split].append(Record(meta["key"], tokens[pos : pos + k], meta["n_symbols"], meta["n_bytes"],
-                                             meta["n_pixels"]))
+                                             meta["n_pixels"], meta.get("label")))
                 pos += k
         if pos != tokens.size:
             return None

@@ -24,15 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from jpeglm.data_prep.store import Store
+from jpeglm.lock import LOCK_NAME
 
 from jpeglm.config import current_umask
-from jpeglm.data_prep.store import Store
+from jpeglm.errors import UserError
 from jpeglm.shards import MANIFEST, PARTS_DIR, SPLITS, TOKENIZER_DIR, shard_name
 
 SETTINGS = "settings.json"
 
 
-class PrepError(RuntimeError):
+class PrepError(UserError, RuntimeError):
     """A prep that cannot start or finish (mixed settings, nothing written, bad output dir)."""
 
 
@@ -45,10 +47,14 @@ class Record:
     n_symbols: int
     n_bytes: float
     n_pixels: int
+    label: int | None = None  # class id (prep --labels); None: an unconditional dataset
 
     def meta(self) -> dict:
-        return {"key": self.key, "n_tokens": int(len(self.tokens)), "n_symbols": int(self.n_symbols),
+        meta = {"key": self.key, "n_tokens": int(len(self.tokens)), "n_symbols": int(self.n_symbols),
                 "n_bytes": self.n_bytes, "n_pixels": int(self.n_pixels)}
+        if self.label is not None:  # only then: unconditional records stay as they were
+            meta["label"] = int(self.label)
+        return meta
 
 
 @dataclass
@@ -97,7 +103,14 @@ def write_chunk(root, chunk: ChunkResult, dtype: np.dtype) -> dict:
             "num_symbols": int(sum(r.n_symbols for r in records)),
             "num_bytes": float(sum(r.n_bytes for r in records)),
             "num_pixels": int(sum(r.n_pixels for r in records)),
+            # the largest token id: training checks it against the vocabulary as the shard opens
+            "max_id": int(max((int(r.tokens.max()) for r in records if len(r.tokens)), default=-1)),
         }
+        if any(r.label is not None for r in records):  # records per class id (labelled preps only)
+            counts: dict[str, int] = {}
+            for r in records:
+                counts[str(r.label)] = counts.get(str(r.label), 0) + 1
+            marker["splits"][split]["class_counts"] = dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
     store.write_files(files)
     store.write_bytes(marker_name(chunk.index), _json_bytes(marker))  # last: the chunk is done
     return marker
@@ -163,11 +176,12 @@ def claim_output(root, settings: dict, overwrite: bool, shared: bool = False) ->
     `overwrite`, which deletes the previous prep's files first. `shared`: other processes (parts
     of the same prep on other machines) may be writing here now, so their temporaries stay."""
     root = Store.of(root)
+    settings = json.loads(_json_bytes(settings))  # as read back (tuples become lists), or a rerun never matches
     settings_path = f"{PARTS_DIR}/{SETTINGS}"
     if root.exists() and not root.is_dir():
         raise PrepError(f"--out {root} is a file, not a folder")
     if root.is_dir():
-        foreign = [n for n in root.listdir() if n not in _our_entries() and not _is_our_temporary(n)]
+        foreign = [n for n in root.listdir() if n not in _our_entries() and not _is_our_temporary(n) and n != LOCK_NAME]
         if foreign:
             raise PrepError(
                 f"--out {root} holds files that are not a jpeglm prep ({', '.join(foreign[:5])}); choose an empty or new folder"

@@ -105,6 +105,9 @@ class EvalConfig:
     strip_samples: int = _s(4, "samples shown per prompt in a strip")
     i3d_weights: str | None = _s(None, "TorchScript I3D file (e.g. StyleGAN-V's i3d_torchscript.pt) for FVD of video "
                                  "systems; FVD is skipped without it")
+    cfg_scales: list[float] = _s(lambda: [1.0, 2.0], "class-conditional systems: one class-balanced setting per "
+                                 "classifier-free guidance scale (1 = no guidance)")
+    samples_per_class: int = _s(4, "class-conditional systems: samples of every class per guidance scale")
     title: str = _s("jpeglm: which representation makes the better generator?", "title of the report")
 
     def __post_init__(self):
@@ -125,6 +128,10 @@ class EvalConfig:
             raise ValueError("num_images must be >= 2 (FID needs two images per set)")
         if self.num_samples < 1:
             raise ValueError("num_samples must be >= 1")
+        self.cfg_scales = [float(s) for s in self.cfg_scales]
+        if any(not 0.0 <= s < float("inf") for s in self.cfg_scales) or self.samples_per_class < 1:
+            raise ValueError(f"cfg_scales must be finite numbers >= 0 and samples_per_class >= 1, got "
+                             f"{self.cfg_scales} and {self.samples_per_class}")
         self.fid_settings  # noqa: B018 - validates fid_backend and fid_batch_size
         for fc in self.floor_codecs:
             if not isinstance(fc, dict) or "name" not in fc:

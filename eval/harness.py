@@ -1,7 +1,8 @@
 """`jpeglm eval --config configs/eval/X.yaml [--set key=value ...]`: one protocol for every system.
 
 For each system (a checkpoint; the codec comes from the checkpoint) and each setting (prompt
-ratios, then unconditional) on the same held-out images with the same seeds and sample counts:
+ratios, then unconditional, then for class-conditional systems one class-balanced setting per
+`cfg_scales` entry, eval/conditional.py) on the same held-out images with the same seeds and sample counts:
 samples are drawn, written as PNGs + samples.npz (the ADM evaluator's input: arr_0, uint8 N,H,W,3) +
 manifest.json, and scored:
 - FID of the decoded samples against the held-out reals or `reference` statistics (eval/fid.py;
@@ -42,6 +43,8 @@ from typing import Any
 
 import numpy as np
 from jpeglm.eval.classical import jxl_reason, jxl_recompressed_bytes
+from jpeglm.eval.conditional import class_plans
+from jpeglm.eval.conditional import setting_name as class_setting
 from jpeglm.eval.config import EvalConfig
 from jpeglm.eval.featstats import load_reference
 from jpeglm.eval.fid import FID, NUM_FEATURES
@@ -104,11 +107,19 @@ class ModelSystem:
         loaded = load_for_inference(checkpoint, device=device)
         self.model, self.tokenizer, self.codec, self.meta = loaded.model, loaded.tokenizer, loaded.codec, loaded.meta
 
-    def sample(self, prompts: list | None, num_samples: int, seed: int) -> list[Drawn]:
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The model's classes (empty: not class-conditional); see eval/conditional.py."""
+        return tuple(self.tokenizer.class_names)
+
+    def sample(self, prompts: list | None, num_samples: int, seed: int, classes: list[int] | None = None,
+               cfg_scale: float | None = None) -> list[Drawn]:
         from jpeglm.sample import generate
 
         cfg = dataclasses.replace(self.sampler, seed=seed)
-        out = generate(self.model, self.tokenizer, self.codec, prompts, num_samples, cfg, self.device)
+        if cfg_scale is not None:
+            cfg = dataclasses.replace(cfg, cfg_scale=cfg_scale)
+        out = generate(self.model, self.tokenizer, self.codec, prompts, num_samples, cfg, self.device, classes=classes)
         return [Drawn(np.asarray(x.media), x.report.status, x.report.reason, x.seed, x.prompt_index,
                       int(x.n_prompt_tokens + x.n_new_tokens), dict(x.report.details or {})) for x in out]
 
@@ -373,7 +384,7 @@ def evaluate(cfg: EvalConfig, systems: dict | None = None, ranks: Ranks | None =
 def protocol_record(cfg: EvalConfig, fid: FID) -> dict:
     """What the samples in OUT depend on: a rerun with other values would mix two protocols."""
     keep = ("images", "videos", "num_images", "image_size", "prompt_ratios", "unconditional", "num_samples",
-            "num_unconditional", "seed")
+            "num_unconditional", "seed", "cfg_scales", "samples_per_class")
     return {**{k: getattr(cfg, k) for k in keep}, "sampler": cfg.sampler_record(),
             "fid": {"backend": fid.backend, "network_sha256": fid.network_sha256, "resize": fid.resize}}
 
@@ -436,8 +447,9 @@ def _evaluate(cfg: EvalConfig, overrides: dict, ranks: Ranks) -> dict:
             atomic_write_text(sys_dir / "system.json", json.dumps(mine, indent=2) + "\n")
         settings = [(r, k) for k, r in enumerate(cfg.prompt_ratios)] + \
             ([(None, len(cfg.prompt_ratios))] if cfg.unconditional else [])
-        plans = [(plan_for(r, k, len(reals), cfg, SETTING_SEED_STRIDE),
-                  SampleStore(sys_dir / setting_name(r).replace("=", "_"))) for r, k in settings]
+        plans = [plan_for(r, k, len(reals), cfg, SETTING_SEED_STRIDE) for r, k in settings]
+        plans += class_plans(system, cfg, len(settings), SETTING_SEED_STRIDE)  # class-conditional: per cfg scale
+        plans = [(p, SampleStore(sys_dir / p.folder)) for p in plans]
         total = sum(len(ranks.mine(chunked(p.n, cfg.sampler.batch_size))) for p, _ in plans)
         with ranks.progress_bar(total, f"{sc.name}: sampling") as bar:
             for plan, store in plans:
@@ -497,7 +509,7 @@ def _score_all(cfg, out: Path, fid: FID, ref: dict | None, results: EvalResults,
         for plan, store in plans:
             row, strip_rows = score(store, plan, cfg, fid, real, heldout, mine, codec.media_kind == "video", reals)
             if strip_rows:
-                p = out / "strips" / f"{entry.name}-{row.setting.replace('=', '_')}.png"
+                p = out / "strips" / f"{entry.name}-{plan.folder}.png"
                 p.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(make_strip(strip_rows)).save(p)
                 entry.strips.append(StripRef(setting=row.setting, path=str(p.relative_to(out))))
@@ -538,12 +550,12 @@ def _summarise(results: EvalResults, cfg: EvalConfig) -> None:
     n = min([r.fid_n or 0 for r in rows if r.fid is not None] or [0])
     results.fid["n_note"] = f"N={n} per setting"
     best = []
-    for ratio in [*cfg.prompt_ratios, None]:
+    for key in [*map(setting_name, [*cfg.prompt_ratios, None]), *map(class_setting, cfg.cfg_scales)]:
         cands = [(r.fid, s.name) for s in results.systems for r in s.rows
-                 if r.setting == setting_name(ratio) and r.fid is not None]
+                 if r.setting == key and r.fid is not None]
         if cands:
             v, who = min(cands)
-            best.append(f"{setting_name(ratio)}: {who} ({v:.1f})")
+            best.append(f"{key}: {who} ({v:.1f})")
     results.summary = ("Lowest FID - " + "; ".join(best) + ".") if best else "No FID could be computed."
     results.notes += [
         f"FID on N={n} samples per setting against {results.fid.get('n_real', 'the')} held-out images: "

@@ -97,6 +97,8 @@ class SettingRow(Record):
     fvd_reason: str = _f("", "video: why there is no FVD")
     samples_dir: str = _f("", "folder of this setting's PNGs, samples.npz and manifest.json")
     traceback: str | None = _f(None, "the last frames of the traceback when sampling failed")
+    cfg_scale: float | None = _f(None, "class-balanced settings: the classifier-free guidance scale; None otherwise")
+    classes: list | None = _f(None, "class-balanced settings: the class names, in sample order (samples_per_class each)")
 
 
 @dataclass
@@ -157,7 +159,8 @@ class EvalResults(Record):
     notes: list = _f(list, "caveats printed under the tables")
     skipped_inputs: list = _f(list, "held-out files that could not be read: {path, reason}")
     settings: dict = _f(dict, "the protocol, by readable names (held-out folders, items, sampler, seeds, code version)")
-    files: dict | None = _f(None, "the report's files, relative to the output folder: json, md, html, plot (None without a plot)")
+    files: dict | None = _f(None, "the report's files, relative to the output folder: json, md, html, plot (None without a plot), "
+                            "cfg_plot (FID against cfg_scale; only with class-conditional systems)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,6 +174,7 @@ class SampleEntry(Record):
     file: str = _f("", "its PNG (the first frame for video) in the setting's folder")
     seed: int = _f(0, "its sampling seed")
     prompt_index: int | None = _f(None, "index of its held-out prompt; None unconditional")
+    class_index: int | None = _f(None, "class-balanced settings: its class id (the row's `classes` names it); None otherwise")
     status: str = _f("", "decode report: ok | repaired | failed")
     reason: str = _f("", "the decode report's reason")
     n_tokens: int = _f(0, "prompt + new tokens")

@@ -105,7 +105,7 @@ def plot_fid(results: EvalResults, path: Path) -> Path | None:
     drew = False
     ticks = sorted({r.prompt_ratio or 0.0 for s in results.systems for r in s.rows})
     for sys_ in results.systems:
-        pts = [(r.prompt_ratio or 0.0, r.fid) for r in sys_.rows if r.fid is not None]
+        pts = [(r.prompt_ratio or 0.0, r.fid) for r in sys_.rows if r.fid is not None and r.cfg_scale is None]
         if not pts:
             continue
         pts.sort()
@@ -267,6 +267,9 @@ def render_markdown(results: EvalResults | dict, out: Path, tables: dict | None 
     plot = (results.files or {}).get("plot")
     if plot and (out / plot).is_file():
         md += [f"![FID against prompt ratio]({plot})", ""]
+    cfg_plot = (results.files or {}).get("cfg_plot")
+    if cfg_plot and (out / cfg_plot).is_file():  # class-conditional systems (eval/conditional.py)
+        md += ["## Class-balanced FID against the guidance scale", "", f"![FID against cfg_scale]({cfg_plot})", ""]
     strips = strip_files(results, out)
     if strips:
         md += ["## Completion strips: prompt | samples | real", "",
@@ -287,7 +290,12 @@ def write_report(results: EvalResults | dict, out_dir: str | os.PathLike) -> dic
     out.mkdir(parents=True, exist_ok=True)
     title = results.title
     plot = plot_fid(results, out / "fid_vs_ratio.png")
+    from jpeglm.eval.conditional import plot_fid_vs_cfg
+
+    cfg_plot = plot_fid_vs_cfg(results, out / "fid_vs_cfg.png")
     results.files = {"json": "report.json", "md": "report.md", "html": "report.html", "plot": plot.name if plot else None}
+    if cfg_plot:
+        results.files["cfg_plot"] = cfg_plot.name
     atomic_write_text(out / "report.json", json.dumps(results.to_json(), indent=2, default=str) + "\n")
 
     tables = {"headline": _headline(results), "details": _details(results), "floors": _floors(results)}
@@ -299,6 +307,8 @@ def write_report(results: EvalResults | dict, out_dir: str | os.PathLike) -> dic
     parts += ["<h2>FID by system and setting (lower is better)</h2>", _html_table(*tables["headline"])]
     if plot:
         parts.append(f"<img alt='FID against prompt ratio' src='data:image/png;base64,{_png_b64(plot)}'>")
+    if cfg_plot:
+        parts.append(f"<img alt='FID against cfg_scale' src='data:image/png;base64,{_png_b64(cfg_plot)}'>")
     parts += ["<h2>Completion strips: prompt | samples | real</h2>",
               "<p>The prompt column shows what the model was given (grey below the red line); "
               "a red frame marks a sample whose decode failed.</p>"]

@@ -1,7 +1,8 @@
 """One system under one setting: draw its samples (this rank's chunks, resumable), then score them (rank 0).
 
-Jobs: sample i of a setting (prompted: prompt i // num_samples; unconditional: none) has the seed
-`setting seed + i`, whatever process draws it. The jobs are cut into chunks of the sampler's batch
+Jobs: sample i of a setting (prompted: prompt i // num_samples; unconditional: none; class-balanced,
+eval/conditional.py: class i // samples_per_class) has the seed `setting seed + i`, whatever process
+draws it. The jobs are cut into chunks of the sampler's batch
 size; each rank draws its chunks (eval/parallel.py) and writes every sample as soon as its chunk is
 done, with its features (eval/store.py). Scoring reads the per-sample files in index order and
 accumulates features as running sums (eval/featstats.py), so neither images nor all features of
@@ -17,6 +18,7 @@ import traceback
 from dataclasses import dataclass
 
 import numpy as np
+from jpeglm.eval.conditional import setting_name as class_setting_name
 from jpeglm.eval.featstats import (
     FeatureFile,
     RunningStats,
@@ -63,9 +65,23 @@ class SettingPlan:
     seed: int
     n: int
     per_prompt: int  # samples per prompt (prompted settings)
+    cfg_scale: float | None = None  # class-balanced settings (eval/conditional.py): the guidance scale
+    classes: tuple[str, ...] = ()  # ... the class names, sampled in id order
+    per_class: int = 0  # ... samples of each class
+
+    @property
+    def name(self) -> str:
+        return class_setting_name(self.cfg_scale) if self.cfg_scale is not None else setting_name(self.ratio)
+
+    @property
+    def folder(self) -> str:
+        return self.name.replace("=", "_").replace(" ", "_")
 
     def prompt_index(self, i: int) -> int | None:
         return None if self.ratio is None else i // self.per_prompt
+
+    def class_index(self, i: int) -> int | None:
+        return i // self.per_class if self.classes else None
 
 
 def plan_for(ratio: float | None, k: int, n_items: int, cfg, seed_stride: int) -> SettingPlan:
@@ -109,8 +125,13 @@ def draw(system, reals, plan: SettingPlan, store: SampleStore, fid, ranks, chunk
                 import time
 
                 t0 = time.perf_counter()
-                drawn = system.sample(prompts, 1, plan.seed + run[0]) if prompts is not None else \
-                    system.sample(None, len(run), plan.seed + run[0])
+                if plan.classes:  # one job each: sample(classes=[c]) draws num_samples of each class, in order
+                    drawn = system.sample(None, 1, plan.seed + run[0], classes=[plan.class_index(i) for i in run],
+                                          cfg_scale=plan.cfg_scale)
+                elif prompts is not None:
+                    drawn = system.sample(prompts, 1, plan.seed + run[0])
+                else:
+                    drawn = system.sample(None, len(run), plan.seed + run[0])
                 seconds = (time.perf_counter() - t0) / max(1, len(run))
                 if len(drawn) != len(run):
                     raise RuntimeError(f"the system returned {len(drawn)} samples for {len(run)} jobs")
@@ -129,7 +150,8 @@ def _write_drawn(store, run, drawn, plan, fid, seconds) -> None:
     for i, d, fs, g in zip(run, drawn, frames, good):
         mine = feats[at : at + len(fs)] if g else np.zeros((0, NUM_FEATURES), np.float32)
         at += len(fs) if g else 0
-        side = {"seed": plan.seed + i, "prompt_index": plan.prompt_index(i), "status": d.status, "reason": d.reason,
+        side = {"seed": plan.seed + i, "prompt_index": plan.prompt_index(i), "class_index": plan.class_index(i),
+                "status": d.status, "reason": d.reason,
                 "n_tokens": int(d.n_tokens), "details": dict(d.details or {}), "seconds": seconds}
         store.write(i, np.asarray(d.media), side, mine)
 
@@ -182,7 +204,9 @@ def pr_or_reason(real: FeatureSet | None, fake: FeatureSet, device) -> tuple[flo
 def score(store: SampleStore, plan: SettingPlan, cfg, fid, real: FeatureSet, pr_real: FeatureSet | None,
           manifest: SamplesManifest, video: bool, reals) -> tuple[SettingRow, list[dict]]:
     """The setting's row from its files, plus the aggregates (features.npy, samples.npz, manifest.json)."""
-    row = SettingRow(setting=setting_name(plan.ratio), prompt_ratio=plan.ratio, seed=plan.seed, samples_dir=str(store.dir))
+    row = SettingRow(setting=plan.name, prompt_ratio=plan.ratio, seed=plan.seed, samples_dir=str(store.dir))
+    if plan.cfg_scale is not None:
+        row.update(cfg_scale=plan.cfg_scale, classes=list(plan.classes))
     errors = store.errors()
     missing = [i for i in range(plan.n) if not store.done(i)]
     if errors or missing:
@@ -220,7 +244,9 @@ def score(store: SampleStore, plan: SettingPlan, cfg, fid, real: FeatureSet, pr_
 
         clips = [store.media(i) for i in range(n) if not failed[i]]
         row.fvd, row.fvd_reason = fvd_or_reason(cfg.i3d_weights, list(reals), clips, device=fid.device)
-    store.write_npz(n)
+    store.remove_stale(n)  # an earlier eval's files past this run's samples, killed runs' temporaries
+    if not store.write_npz(n):
+        (store.dir / "samples.npz").unlink(missing_ok=True)  # samples of different shapes: no ADM input
     _write_manifest(store, n, dataclasses.replace(manifest, prompt_ratio=plan.ratio))
     n_good = n - sum(failed)
     if fake.n >= 2:
@@ -248,7 +274,8 @@ def _write_manifest(store: SampleStore, n: int, manifest: SamplesManifest) -> No
                 for i in range(n):
                     s = store.sidecar(i)
                     entry = SampleEntry(file=f"{store.name(i)}.png", seed=s["seed"], prompt_index=s["prompt_index"],
-                                        status=s["status"], reason=s["reason"], n_tokens=s["n_tokens"])
+                                        class_index=s.get("class_index"), status=s["status"], reason=s["reason"],
+                                        n_tokens=s["n_tokens"])
                     f.write(("\n    " if i == 0 else ",\n    ") + json.dumps(entry.to_json(), default=str))
                     if s["status"] == "failed":
                         failures.append(DecodeFailure(index=i, reason=s["reason"]).to_json())
@@ -266,6 +293,13 @@ def _strip_rows(store: SampleStore, failed: np.ndarray, plan: SettingPlan, reals
         return m[len(m) // 2] if m.ndim == 4 else m  # video: the middle frame
 
     rows = []
+    if plan.classes:  # a row per class: its first samples
+        for c in range(min(cfg.strip_prompts, len(plan.classes))):
+            part = list(range(c * plan.per_class, min(plan.n, c * plan.per_class + cfg.strip_samples)))
+            media = [pic(store.media(i)) for i in part]
+            rows.append({"prompt": np.full_like(media[0], 128), "samples": media, "real": None,
+                         "failed": [bool(failed[i]) for i in part]})
+        return rows
     if plan.ratio is None:
         idx = list(range(min(plan.n, cfg.strip_samples * cfg.strip_prompts)))
         for s in range(0, len(idx), cfg.strip_samples):

@@ -13,6 +13,9 @@
 A rerun skips every index whose sidecar exists, so finished samples are neither redrawn nor rewritten
 and their features are reused; only the files after the last sidecar (the aggregates) are rebuilt,
 from the per-sample files, in index order: the same bytes whatever the number of processes.
+Before they are, `remove_stale` clears what does not belong to this run: per-sample files past its
+sample count (an earlier eval into the folder drew more) and the temporaries of killed writers. The
+protocol check (eval/harness.py, OUT/protocol.json) makes sure the samples kept are of this protocol.
 """
 
 from __future__ import annotations
@@ -88,6 +91,25 @@ class SampleStore:
         return [p.read_text() for p in sorted(self.dir.glob("error-chunk-*.txt"))]
 
     # -- aggregates (rank 0) ---------------------------------------------------------------------
+    def remove_stale(self, n: int) -> list[str]:
+        """Remove NNNNN.{png,json} and features/ media/ NNNNN.npy with an index >= n, and hidden
+        temporaries (.X.tmp, .X.rows, .X.tmp.npz) a killed writer left; returns the names removed.
+        Rank 0 only, once every rank has finished writing (a live writer's temporary would go too)."""
+        gone = []
+        for folder in (self.dir, self.dir / "features", self.dir / "media"):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                stem, _, ext = p.name.partition(".")
+                past = ext in ("png", "json", "npy") and len(stem) == 5 and stem.isdigit() and int(stem) >= n
+                if (ext == "npy") != (folder != self.dir):
+                    past = False  # .npy only in the sub-folders, png/json only at the top
+                temp = p.name.startswith(".") and p.name.endswith((".tmp", ".rows", ".tmp.npz"))
+                if (past or temp) and p.is_file():
+                    p.unlink(missing_ok=True)
+                    gone.append(str(p.relative_to(self.dir)))
+        return sorted(gone)
+
     def write_npz(self, n: int, keep=None) -> int:
         """samples.npz (key arr_0) streamed from the per-sample files, one sample in memory at a time.
         Returns the count written; nothing is written when the samples differ in shape."""

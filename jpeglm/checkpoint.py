@@ -24,6 +24,8 @@ from pathlib import Path
 import yaml
 
 from jpeglm.config import atomic_write_text
+from jpeglm.errors import UserError, disk_full_hint
+from jpeglm.safepath import inside
 
 META_FILE = "jpeglm.yaml"
 LATEST = "latest"
@@ -31,7 +33,7 @@ FORMAT = "jpeglm-checkpoint"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A path that is not a loadable checkpoint, or an export that could not be written."""
 
 
@@ -67,6 +69,7 @@ def export_hf(run_dir: str | os.PathLike, step: int, config, state_dict: dict, t
     ck.mkdir(parents=True, exist_ok=True)
     name = export_name(step)
     final = ck / name
+    remove_stale_exports(ck)
     tmp = Path(tempfile.mkdtemp(dir=ck, prefix=f".{name}.", suffix=".tmp"))
     try:
         with torch.device("meta"):
@@ -90,12 +93,34 @@ def export_hf(run_dir: str | os.PathLike, step: int, config, state_dict: dict, t
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write the export {final}: {e}{disk_full_hint(e)}; the previous export "
+                              f"{_latest_name(ck) or '(none)'} and checkpoints/latest are untouched") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_text(ck / LATEST, name + "\n")
     prune(ck, keep_last, protect=name)
     return final
+
+
+def remove_stale_exports(ck: Path) -> list[str]:
+    """Delete the temporary folders of exports a killed run left (`.step-N.*.tmp` / `.old`, GBs at
+    7B); the run's lock (jpeglm.lock) makes this process the only writer of `ck`."""
+    removed = []
+    for p in ck.glob(".step-*"):
+        if p.is_dir() and p.name.endswith((".tmp", ".old")):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def _latest_name(ck: Path) -> str | None:
+    try:
+        return (ck / LATEST).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _bundle_codec(meta: dict, dest: Path) -> dict:
@@ -134,7 +159,7 @@ def resolve_export(path: str | os.PathLike) -> Path:
         latest = ck / LATEST
         if not latest.is_file():
             raise CheckpointError(f"{path}: a run directory without a finished export (no checkpoints/latest)")
-        path = ck / latest.read_text().strip()
+        path = inside(ck, latest.read_text(errors="replace").strip(), what=f"the export named by {latest}")
         if not path.is_dir():
             raise CheckpointError(f"{latest} names {path.name}, which does not exist")
     return path
@@ -154,8 +179,12 @@ def load_for_inference(path: str | os.PathLike, device: str = "cpu", dtype=None)
         )
     meta_path = path / META_FILE
     if meta_path.is_file():
-        meta = yaml.safe_load(meta_path.read_text()) or {}
-        if meta.get("format") != FORMAT or "codec" not in meta:
+        try:
+            meta = yaml.safe_load(meta_path.read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise CheckpointError(f"{meta_path}: malformed ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                  "restore it from the run, or export the checkpoint again") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "codec" not in meta:
             raise CheckpointError(f"{meta_path}: not a jpeglm checkpoint description (format/codec missing)")
         codec = _codec(meta["codec"], path)
     else:
@@ -169,9 +198,20 @@ def load_for_inference(path: str | os.PathLike, device: str = "cpu", dtype=None)
             stacklevel=2,
         )
         meta, codec = {"format": "released-jpeg-lm"}, codec_from_config(RELEASED_FORMAT_CODEC)
-    tokenizer = load_tokenizer(path)
+    try:
+        tokenizer = load_tokenizer(path)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:  # json, sentencepiece, HF files
+        raise CheckpointError(f"{path}: its tokenizer files are unreadable ({type(e).__name__}: {e}); "
+                              "copy them again from the run's export") from e
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
+    from safetensors import SafetensorError
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, SafetensorError) as e:  # a cut-short safetensors file, a bad config.json
+        raise CheckpointError(f"{path}: the model files cannot be loaded ({type(e).__name__}: {str(e)[:200]}); "
+                              "the checkpoint is truncated or damaged: use an earlier step or copy it again") from e
+    model = model.to(device).eval()
     return Loaded(model=model, tokenizer=tokenizer, codec=codec, meta=meta)
 
 

@@ -18,10 +18,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from jpeglm.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit its dataclass."""
 
 

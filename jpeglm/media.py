@@ -24,13 +24,15 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from jpeglm.errors import UserError
+
 DEFAULT_MIN_SIDE = 64
 DEFAULT_MAX_PIXELS = 64_000_000  # under Pillow's MAX_IMAGE_PIXELS (89 Mpx), so our check fires first
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
 
 
-class MediaError(ValueError):
+class MediaError(UserError, ValueError):
     """An input that is not a usable image (empty, truncated, not an image, a bomb, too small)."""
 
 

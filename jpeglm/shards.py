@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jpeglm.errors import UserError
+from jpeglm.safepath import check_tree_inside, inside
+
 FORMAT = "jpeglm-shards"
 VERSION = 1
 SPLITS = ("train", "val")
@@ -38,7 +41,7 @@ UINT16_MAX_VOCAB = 65536  # ids 0..65535 fit uint16; a bigger vocabulary needs u
 REQUIRED_KEYS = ("format", "version", "codec", "tokenizer", "dtype", "splits", "num_records")
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A dataset directory that is missing, incomplete or corrupt."""
 
 
@@ -98,6 +101,9 @@ class _Shard:
             expected = int(entry["num_records"])
         except (KeyError, TypeError, ValueError) as e:
             raise ShardError(f"{root / MANIFEST}: bad shard entry {entry!r} in split {split!r}") from e
+        if "/" in self.name or "\\" in self.name:
+            raise ShardError(f"{root / MANIFEST}: shard name {self.name!r} is not a plain file name; refused")
+        inside(root, f"{split}/{self.name}.bin", what="shard")  # no `..`, no symlink out of the dataset
         self.bin, self.idx_path, self.jsonl = shard_paths(root, split, self.name)
         self.dtype = dtype
         for p in (self.bin, self.idx_path):
@@ -120,6 +126,7 @@ class _Shard:
                 f"= {int(offsets[-1]) * dtype.itemsize} bytes (truncated or mismatched shard)"
             )
         self.offsets = offsets
+        self.max_id = entry.get("max_id")  # largest token id (prep writes it); None: not recorded
         self._tokens: np.ndarray | None = None
         self._meta: list[dict] | None = None
 
@@ -213,6 +220,20 @@ class ShardSet:
             return np.zeros(0, np.int64)
         return np.concatenate([np.diff(s.offsets) for s in self._shards])
 
+    def check_ids(self, vocab_size: int) -> None:
+        """Raise ShardError if any token id is >= `vocab_size` (it would crash training at some late
+        step, a device assert on GPU). Uses each shard's recorded `max_id`; shards of older preps
+        without one are scanned once (a memory-mapped max)."""
+        for shard in self._shards:
+            if len(shard) == 0:
+                continue
+            top = shard.max_id
+            if top is None:
+                top = int(shard.tokens.max())
+            if int(top) >= vocab_size:
+                raise ShardError(f"{shard.bin}: token id {int(top)} is outside the tokenizer's {vocab_size} ids (a dataset "
+                                 "made with another tokenizer?); re-run `jpeglm prep` with the tokenizer you train with")
+
     def codec(self):
         """The codec that wrote these records (`codec_from_config` of the manifest). Codecs whose
         parameters reference files (vq weights, pixel palette) get this directory as `base_dir`."""
@@ -224,10 +245,14 @@ class ShardSet:
         """The tokenizer saved beside the shards (`load_tokenizer(dir/tokenizer)`)."""
         from jpeglm.tokenizer import load_tokenizer
 
-        path = self.root / self.manifest["tokenizer"].get("path", TOKENIZER_DIR)
+        path = check_tree_inside(self.root, self.manifest["tokenizer"].get("path", TOKENIZER_DIR), what="tokenizer path")
         if not path.is_dir():
             raise ShardError(f"{path}: the dataset's tokenizer directory is missing")
-        return load_tokenizer(path)
+        try:
+            return load_tokenizer(path)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:  # json, sentencepiece, HF files
+            raise ShardError(f"{path}: the dataset's tokenizer is unreadable ({type(e).__name__}: {e}); "
+                             "re-run `jpeglm prep` to write it again") from e
 
     def __repr__(self) -> str:
         return f"ShardSet({str(self.root)!r}, {self.split!r}: {len(self)} records, {self.num_tokens} tokens)"

@@ -6,6 +6,15 @@ Three kinds share one API and the same special ids (`<unk>`=0, `<s>`=1, `</s>`=2
   byte, the mapping of the released JPEG-LM checkpoint); extras sit after the sentencepiece vocab.
 - `CodeTokenizer`: one token per VQ / palette code (ids 4..4+num_codes-1), then extras.
 
+Class tokens (class-conditional models): a tokenizer made `with_classes(names)` has one token
+`<class_i>` per class and `<class_null>` (the unconditional "no class"), appended after every other
+id (ids `class_offset + i`, null at `class_offset + num_classes`), so a tokenizer without classes
+keeps every id, and a dataset prepared without labels keeps its records byte for byte. A labelled
+tokenizer puts the class token right after BOS: `encode(s, label=i)`; `label=None` (what callers
+that know nothing of classes pass) gives the null class, i.e. the unconditional path. The class
+names are saved in jpeglm_tokenizer.json; the tokens are HF special tokens, so
+`AutoTokenizer(class_text(i) + to_text(s))` gives `encode(s, label=i, eos=False)`.
+
 `save_pretrained(dir)` writes files that `transformers.AutoTokenizer.from_pretrained(dir)` loads
 without `trust_remote_code` and that give the same ids as `encode(symbols, bos=True, eos=False)`
 on `tokenizer.to_text(symbols)` (HF follows Llama: BOS added, EOS not). `load_tokenizer(dir)`
@@ -25,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from jpeglm.config import atomic_write_bytes, atomic_write_text
+from jpeglm.errors import UserError
 
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
@@ -32,9 +42,11 @@ NUM_SPECIALS = len(SPECIALS)
 BYTE_CHAR_OFFSET = 0x2800  # byte b <-> chr(b + 0x2800): the braille block, as in the JPEG-LM release
 META_FILE = "jpeglm_tokenizer.json"  # our own saves carry this; a dir without it is the released format
 FORMAT_VERSION = 1
+NULL_CLASS = -1  # `label=NULL_CLASS`: the null class token (the unconditional path of a labelled model)
+NULL_CLASS_TOKEN = "<class_null>"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer directory or input that cannot be used."""
 
 
@@ -84,18 +96,94 @@ class Tokenizer:
 
     kind: str = ""
 
-    def __init__(self, num_extra: int, base_size: int):
+    def __init__(self, num_extra: int, base_size: int, class_names: Sequence[str] | None = None):
         if not isinstance(num_extra, int) or num_extra < 0:
             raise ValueError(f"num_extra must be an int >= 0, got {num_extra!r}")
         self.num_extra = num_extra
         self._base_size = base_size
         self._table: list[bytes | None] | None = None
+        self.class_names: tuple[str, ...] = ()
+        if class_names:
+            self._set_classes(class_names)
+
+    # classes ------------------------------------------------------------------------------------
+    def _set_classes(self, names: Sequence[str]) -> None:
+        names = tuple(str(n) for n in names)
+        if not names:
+            raise ValueError("a class-conditional tokenizer needs at least one class name")
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"class names must be unique, got duplicates {dup[:5]}")
+        if any(not n for n in names):
+            raise ValueError("class names must be non-empty")
+        self.class_names = names
+        self._table = None
+
+    def with_classes(self, names: Sequence[str]) -> Tokenizer:
+        """A copy of this tokenizer with one class token per name (in id order) plus the null class,
+        appended after all existing ids (so every other id stays what it was)."""
+        import copy
+
+        if self.class_names:
+            raise ValueError("this tokenizer already has class tokens")
+        tok = copy.copy(self)
+        tok._set_classes(names)
+        return tok
+
+    @property
+    def num_classes(self) -> int:
+        """Number of real classes (0: not class-conditional); the null class is one token more."""
+        return len(self.class_names)
+
+    @property
+    def class_offset(self) -> int:
+        """Id of `<class_0>` (right after the extras)."""
+        return self._base_size + self.num_extra
+
+    @property
+    def null_class_id(self) -> int | None:
+        """Id of `<class_null>`, None without classes."""
+        return self.class_offset + self.num_classes if self.class_names else None
+
+    @property
+    def class_tokens(self) -> list[str]:
+        return [f"<class_{i}>" for i in range(self.num_classes)] + ([NULL_CLASS_TOKEN] if self.class_names else [])
+
+    def class_index(self, name: str) -> int:
+        """The class id (0..num_classes-1) of a class name; the error lists the known names."""
+        try:
+            return self.class_names.index(str(name))
+        except ValueError:
+            known = ", ".join(self.class_names) if self.class_names else "none: this tokenizer has no classes"
+            raise KeyError(f"unknown class {name!r} (known: {known})") from None
+
+    def class_token_id(self, label: int | None) -> int:
+        """Token id of class `label` (0..num_classes-1), or of the null class for None / NULL_CLASS."""
+        if not self.class_names:
+            raise ValueError("this tokenizer has no class tokens (a model trained without labels)")
+        if label is None or label == NULL_CLASS:
+            return self.null_class_id
+        if not 0 <= int(label) < self.num_classes:
+            raise ValueError(f"class id {label} out of range (num_classes={self.num_classes})")
+        return self.class_offset + int(label)
+
+    def class_text(self, label: int | None) -> str:
+        """The HF text of a class token (prepend it to `to_text(s)`)."""
+        return self.class_tokens[self.class_token_id(label) - self.class_offset]
+
+    def label_of(self, ids) -> int | None:
+        """The class a token sequence starts with (BOS, class token): its id, NULL_CLASS, or None."""
+        ids = list(ids[:2])
+        if not self.class_names or len(ids) < 2 or ids[0] != self.bos_id:
+            return None
+        k = int(ids[1]) - self.class_offset
+        return k if 0 <= k < self.num_classes else NULL_CLASS if k == self.num_classes else None
 
     # ids --------------------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        """Number of ids (embedding rows a model needs), extras included."""
-        return self._base_size + self.num_extra
+        """Number of ids (embedding rows a model needs), extras and class tokens included."""
+        return self._base_size + self.num_extra + (self.num_classes + 1 if self.class_names else 0)
 
     unk_id = UNK_ID
     bos_id = BOS_ID
@@ -130,10 +218,19 @@ class Tokenizer:
     def encode_body(self, symbols) -> list[int]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def encode(self, symbols, bos: bool = True, eos: bool = True) -> list[int]:
-        """Symbols -> token ids, with BOS first / EOS last when asked (shard records have both)."""
+    def encode(self, symbols, bos: bool = True, eos: bool = True, label: int | None = None) -> list[int]:
+        """Symbols -> token ids, with BOS first / EOS last when asked (shard records have both).
+        A labelled tokenizer adds the class token of `label` after BOS (None: the null class)."""
         ids = self.encode_body(symbols)
-        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+        return self.prefix(label, bos) + ids + ([self.eos_id] if eos else [])
+
+    def prefix(self, label: int | None = None, bos: bool = True) -> list[int]:
+        """What every sequence starts with: BOS, then the class token for a labelled tokenizer."""
+        if label is not None and not self.class_names:
+            raise ValueError("a class label was given but this tokenizer has no class tokens")
+        if not bos:
+            return []
+        return [self.bos_id] + ([self.class_token_id(label)] if self.class_names else [])
 
     def decode(self, ids):  # pragma: no cover - interface
         raise NotImplementedError
@@ -150,7 +247,8 @@ class Tokenizer:
     def token_bytes_table(self) -> list[bytes | None]:
         """`token_bytes` for every id, computed once (the sampler's grammar constraint reads it)."""
         if self._table is None:
-            self._table = self._build_table()
+            table = self._build_table()
+            self._table = table + [None] * (self.vocab_size - len(table))  # class tokens: no bytes
         return self._table
 
     def _build_table(self) -> list[bytes | None]:
@@ -159,8 +257,11 @@ class Tokenizer:
     # on disk ------------------------------------------------------------------------------------
     def to_config(self) -> dict:
         """Plain dict describing this tokenizer (stored in shard manifests and checkpoints)."""
-        return {"kind": self.kind, "vocab_size": self.vocab_size, "num_extra": self.num_extra,
-                "bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id, "unk_id": self.unk_id}
+        cfg = {"kind": self.kind, "vocab_size": self.vocab_size, "num_extra": self.num_extra,
+               "bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id, "unk_id": self.unk_id}
+        if self.class_names:  # only then: unconditional configs (and dataset fingerprints) stay as they were
+            cfg["class_names"] = list(self.class_names)
+        return cfg
 
     def _hf_tokenizer(self):  # pragma: no cover - interface
         raise NotImplementedError
@@ -170,7 +271,7 @@ class Tokenizer:
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
             "add_bos_token": True, "add_eos_token": False,
-            "additional_special_tokens": self.extra_tokens,
+            "additional_special_tokens": self.extra_tokens + self.class_tokens,
             "clean_up_tokenization_spaces": False,
             "model_max_length": 1_000_000_000,  # no limit of its own; the model's context decides
         }
@@ -196,7 +297,10 @@ class Tokenizer:
         return self.vocab_size
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self.to_config().items() if k.endswith(('size', 'extra', 'codes')))})"
+        shown = {k: v for k, v in self.to_config().items() if k.endswith(("size", "extra", "codes"))}
+        if self.class_names:
+            shown["num_classes"] = self.num_classes
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in shown.items())})"
 
     # shared HF pieces -----------------------------------------------------------------------------
     def _hf_finish(self, tok, added_specials: Sequence[tuple[str, int]]):
@@ -205,6 +309,7 @@ class Tokenizer:
 
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", self.bos_id)])
+        added_specials = list(added_specials) + [(s, self.class_offset + i) for i, s in enumerate(self.class_tokens)]
         tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s, _ in added_specials])
         for s, i in added_specials:  # the ids must be ours, not whatever order tokenizers chose
             if tok.token_to_id(s) != i:
@@ -217,8 +322,8 @@ class ByteTokenizer(Tokenizer):
 
     kind = "byte"
 
-    def __init__(self, num_extra: int = 16):
-        super().__init__(num_extra, NUM_SPECIALS + 256)
+    def __init__(self, num_extra: int = 16, class_names: Sequence[str] | None = None):
+        super().__init__(num_extra, NUM_SPECIALS + 256, class_names)
 
     def encode_body(self, symbols) -> list[int]:
         return (np.frombuffer(_as_bytes(symbols), dtype=np.uint8).astype(np.int64) + NUM_SPECIALS).tolist()
@@ -257,11 +362,11 @@ class CodeTokenizer(Tokenizer):
 
     kind = "code"
 
-    def __init__(self, num_codes: int, num_extra: int = 16):
+    def __init__(self, num_codes: int, num_extra: int = 16, class_names: Sequence[str] | None = None):
         if not isinstance(num_codes, (int, np.integer)) or num_codes < 1:
             raise ValueError(f"num_codes must be a positive int, got {num_codes!r}")
         self.num_codes = int(num_codes)
-        super().__init__(num_extra, NUM_SPECIALS + self.num_codes)
+        super().__init__(num_extra, NUM_SPECIALS + self.num_codes, class_names)
 
     def encode_body(self, symbols) -> list[int]:
         arr = np.asarray(symbols)
@@ -490,6 +595,9 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         except json.JSONDecodeError as e:
             raise TokenizerError(f"{meta_path} is not valid JSON: {e}") from e
         kind = meta.get("kind")
+        names = meta.get("class_names") or None
+        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+            raise TokenizerError(f"{meta_path}: class_names must be a list of strings")
         if kind == "byte":
             tok: Tokenizer = ByteTokenizer(num_extra=int(meta.get("num_extra", 16)))
         elif kind == "code":
@@ -499,6 +607,8 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
                                          released=bool(meta.get("released", False)))
         else:
             raise TokenizerError(f"{meta_path}: unknown tokenizer kind {kind!r} (expected byte, bpe or code)")
+        if names:
+            tok = tok.with_classes(names)
         if "vocab_size" in meta and meta["vocab_size"] != tok.vocab_size:
             raise TokenizerError(f"{meta_path}: vocab_size {meta['vocab_size']} does not match the files ({tok.vocab_size})")
         return tok
@@ -512,16 +622,17 @@ def tokenizer_from_config(cfg: dict, base_dir: str | os.PathLike | None = None) 
     """Rebuild a tokenizer from `to_config()` (+ "path" relative to base_dir for BPE, as in shard
     manifests). Byte and code tokenizers need no files."""
     kind = cfg.get("kind")
+    names = cfg.get("class_names") or None
     if cfg.get("path") is not None:
         path = Path(cfg["path"])
         return load_tokenizer(path if base_dir is None or path.is_absolute() else Path(base_dir) / path)
     if kind == "byte":
-        return ByteTokenizer(num_extra=int(cfg.get("num_extra", 16)))
+        return ByteTokenizer(num_extra=int(cfg.get("num_extra", 16)), class_names=names)
     if kind == "code":
-        return CodeTokenizer(int(cfg["num_codes"]), num_extra=int(cfg.get("num_extra", 16)))
+        return CodeTokenizer(int(cfg["num_codes"]), num_extra=int(cfg.get("num_extra", 16)), class_names=names)
     raise TokenizerError(f"cannot rebuild a {kind!r} tokenizer from its config alone; it needs a 'path'")
 
 
-__all__ = ["SPECIALS", "UNK_ID", "BOS_ID", "EOS_ID", "PAD_ID", "BYTE_CHAR_OFFSET", "TokenizerError", "Tokenizer",
+__all__ = ["NULL_CLASS", "NULL_CLASS_TOKEN", "SPECIALS", "UNK_ID", "BOS_ID", "EOS_ID", "PAD_ID", "BYTE_CHAR_OFFSET", "TokenizerError", "Tokenizer",
            "ByteTokenizer", "BpeTokenizer", "CodeTokenizer", "load_tokenizer", "tokenizer_from_config",
            "bytes_to_text", "text_to_bytes"]

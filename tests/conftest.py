@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config, items):
     if not has_gpu:
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
-            if "gpu" in item.keywords:
+            if item.get_closest_marker("gpu"):  # the marker, not any node named gpu (a folder, a module)
                 item.add_marker(skip)
 
 

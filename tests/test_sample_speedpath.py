@@ -12,7 +12,9 @@ import torch
 
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams
 from jpeglm.sample import SamplerConfig, generate
-from jpeglm.sample.kv_cache import decode_attention_on as _decode_attention_on, slab_cache as _slab_cache
+from jpeglm.sample.kv_cache import decode_attention_on as _decode_attention_on
+from jpeglm.sample.kv_cache import model_inputs
+from jpeglm.sample.kv_cache import slab_cache as _slab_cache
 from jpeglm.tokenizer import ByteTokenizer
 
 
@@ -38,13 +40,13 @@ def gqa_llama(vocab: int, kv_heads: int = 2, seed: int = 0):
 def _step_logits(model, cache, ids, attn, steps, device="cpu"):
     """Prefill `ids` (left-padded, `attn` its mask) then feed `steps` fixed tokens; the logits of each step."""
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, **model_inputs(model, cache), use_cache=True, logits_to_keep=1)
     logits = [out.logits[:, -1]]
     nxt = pos[:, -1:] + 1
     for t in range(steps):
         attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], 1)
         tok = torch.full((ids.shape[0], 1), 10 + t)
-        out = model(input_ids=tok, attention_mask=attn, position_ids=nxt, past_key_values=cache, use_cache=True)
+        out = model(input_ids=tok, attention_mask=attn, position_ids=nxt, **model_inputs(model, cache), use_cache=True)
         logits.append(out.logits[:, -1])
         nxt = nxt + 1
     return torch.stack(logits)
@@ -76,9 +78,9 @@ def test_slab_cache_drops_rows_like_dynamic_cache():
     caches = [DynamicCache(), _slab_cache(model, 30)]
     with torch.inference_mode():
         for c in caches:
-            model(input_ids=ids, past_key_values=c, use_cache=True, logits_to_keep=1)
+            model(input_ids=ids, **model_inputs(model, c), use_cache=True, logits_to_keep=1)
             c.batch_select_indices(torch.tensor([3, 1]))
-        outs = [model(input_ids=torch.tensor([[5], [6]]), position_ids=torch.tensor([[20], [20]]), past_key_values=c, use_cache=True).logits
+        outs = [model(input_ids=torch.tensor([[5], [6]]), position_ids=torch.tensor([[20], [20]]), **model_inputs(model, c), use_cache=True).logits
                 for c in caches]
     assert caches[1].get_seq_length() == 21
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
@@ -87,7 +89,7 @@ def test_slab_cache_drops_rows_like_dynamic_cache():
 def test_slab_cache_overflow_is_an_error():
     model = gqa_llama(300, 2)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="overflow"):
-        model(input_ids=torch.randint(4, 300, (1, 12)), past_key_values=_slab_cache(model, 8), use_cache=True)
+        model(input_ids=torch.randint(4, 300, (1, 12)), **model_inputs(model, _slab_cache(model, 8)), use_cache=True)
 
 
 def _greedy_stop(ref: list[int], tok, budget: int) -> tuple[list[int], str]:

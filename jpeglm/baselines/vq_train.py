@@ -4,7 +4,8 @@ Owns the training config (`VqConfig` = model + train), the loop (L1 + L2 + quant
 optional LPIPS-like perceptual and PatchGAN hinge terms), held-out evaluation (PSNR, codebook
 usage, perplexity) and the checkpoint format read by `jpeglm.codecs.vq`:
     OUT/model.safetensors  OUT/vq_config.yaml  OUT/metrics.json  OUT/log.jsonl
-    OUT/train_state.pt     (optimizers + RNG states for `--resume`; not needed by the codec)
+    OUT/train_state.safetensors  (optimizers + RNG states for `--resume`, no pickle: jpeglm.safestate;
+                                  not needed by the codec)
 Images come from the same `--input` spellings as `jpeglm prep` (data_prep.sources), are opened
 by jpeglm.media (bad files skipped and logged) and held in memory as uint8 at the model's size.
 """
@@ -23,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jpeglm.config import atomic_write_text, save_config, to_dict
 from jpeglm.codecs.vq_model import PatchDiscriminator, VggPerceptual, VqAutoencoder, VqModelConfig, hinge_d_loss
+from jpeglm.config import atomic_write_text, save_config, to_dict
+from jpeglm.errors import UserError
 
 log = logging.getLogger("jpeglm.baselines.vq_train")
 
@@ -171,12 +173,20 @@ def save_checkpoint(model: VqAutoencoder, cfg: VqConfig, out_dir: str | os.PathL
 
 
 # --- resuming ------------------------------------------------------------------------------------
-STATE_NAME = "train_state.pt"
+STATE_NAME = "train_state.safetensors"
+LEGACY_STATE_NAME = "train_state.pt"  # older jpeglm: a torch pickle, loaded only with weights_only=True
+
+
+class VqResumeError(UserError, ValueError):
+    """`--resume` of a folder whose training state is missing, foreign, or made with another config."""
 
 
 def _save_state(out: Path, step: int, cfg: VqConfig, model, opt, disc, d_opt, rng, gen) -> None:
     """Everything besides the weights that the next step depends on: optimizers, every RNG, and
-    the VQ usage counts since the last restart. Written after the weights, atomically."""
+    the VQ usage counts since the last restart. Written after the weights, atomically, without
+    pickle (tensors in safetensors, the rest as JSON: jpeglm.safestate)."""
+    from jpeglm.safestate import save_state
+
     q = model.quantizer
     state = {
         "step": step, "model_config": to_dict(cfg.model), "opt": opt.state_dict(),
@@ -184,17 +194,28 @@ def _save_state(out: Path, step: int, cfg: VqConfig, model, opt, disc, d_opt, rn
         "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "gen": gen.get_state(),
         "usage": getattr(q, "usage", None), "recent": getattr(q, "_recent", None),
     }
-    tmp = out / f".{STATE_NAME}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / STATE_NAME)
+    save_state(out / STATE_NAME, state)
+
+
+def _read_state(out: Path) -> dict:
+    from jpeglm.safestate import load_state
+
+    if (out / STATE_NAME).is_file():
+        return load_state(out / STATE_NAME)
+    legacy = out / LEGACY_STATE_NAME
+    try:  # weights_only=True: tensors and plain containers only, a crafted pickle is refused unrun
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for a bad file
+        raise VqResumeError(f"{legacy}: not loadable as plain tensors ({type(e).__name__}); resume only "
+                            "runs you made, or start a new --out") from e
 
 
 def _load_state(out: Path, cfg: VqConfig, model, opt, disc, d_opt, rng, gen) -> int:
     from safetensors.torch import load_file
 
-    state = torch.load(out / STATE_NAME, map_location="cpu", weights_only=False)
+    state = _read_state(out)
     if state["model_config"] != to_dict(cfg.model):
-        raise ValueError(f"cannot resume {out}: its model config differs from this one")
+        raise VqResumeError(f"cannot resume {out}: its model config differs from this one")
     weights = load_file(str(out / "model.safetensors"))
     model.load_state_dict({k: v.to(next(model.parameters()).device) for k, v in weights.items()})
     opt.load_state_dict(state["opt"])
@@ -219,7 +240,7 @@ def _device(name: str) -> torch.device:
 
 def train(cfg: VqConfig, images: np.ndarray, keys: list[str], out_dir: str | os.PathLike | None = None, progress: bool = True, resume: bool = False) -> dict:
     """Train on uint8 images (N, S, S, 3); returns {"model", "history", "metrics"}.
-    With `out_dir`, writes the checkpoint, log.jsonl, metrics.json and train_state.pt there;
+    With `out_dir`, writes the checkpoint, log.jsonl, metrics.json and train_state.safetensors there;
     `resume=True` continues from out_dir's last checkpoint exactly (same batches, same result)."""
     threads = torch.get_num_threads()
     if cfg.train.threads:
@@ -257,8 +278,8 @@ def _train(cfg: VqConfig, images: np.ndarray, keys: list[str], out_dir, progress
     out = Path(out_dir) if out_dir else None
     start = 0
     if resume:
-        if out is None or not (out / STATE_NAME).is_file():
-            raise ValueError(f"nothing to resume: {out}/{STATE_NAME} does not exist")
+        if out is None or not any((out / n).is_file() for n in (STATE_NAME, LEGACY_STATE_NAME)):
+            raise VqResumeError(f"nothing to resume: {out}/{STATE_NAME} does not exist")
         start = _load_state(out, cfg, model, opt, disc, d_opt, rng, gen)
         log.info("resumed from step %d", start)
     if out:

@@ -79,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    from jpeglm.errors import EXIT_USER_ERROR, UserError
+
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:  # bad input or a broken file: one line (what, which file, what to do); bugs keep their traceback
+        name = " ".join(x for x in (args.command, getattr(args, "subcommand", None)) if x)
+        print(f"jpeglm {name}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -122,10 +122,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"== photos: {args.input} -> {out / 'photos'} (held-out photos are never trained on)", flush=True)
     train_dir, held_dir, n_held = split_photos(args.input, out / "photos", args.size)
     photos = str(train_dir)
-    common = ["--input", photos, "--workers", str(args.workers), "--val-fraction", "0.1", "--size", size, "--no-progress"]
+    common = ["--input", photos, "--workers", str(args.workers), "--val-fraction", "0.1", "--no-progress"]
+    jpeg_size = ["--size", size]  # a JPEG setting: prep refuses it for the VQ and pixel codecs (their size is their model's)
 
     # 1. canonical JPEG bytes with the byte-level tokenizer
-    _step("prep: canonical JPEG bytes, byte tokens", ["prep", "--codec", "jpeg", "--out", str(out / "data/jpeg-bytes"), *common])
+    _step("prep: canonical JPEG bytes, byte tokens", ["prep", "--codec", "jpeg", "--out", str(out / "data/jpeg-bytes"), *jpeg_size, *common])
     if args.only == "prep":
         return 0
     # 2. BPE over those bytes (chr(b + 0x2800) text, as the released JPEG-LM tokenizer), then re-tokenize
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
           ["tokenizer", "train", "--data", str(out / "data/jpeg-bytes"), "--vocab-size", str(args.vocab_size),
            "--out", str(out / "tokenizer-bpe")])
     _step("prep: canonical JPEG bytes, BPE tokens",
-          ["prep", "--codec", "jpeg", "--tokenizer", str(out / "tokenizer-bpe"), "--out", str(out / "data/jpeg"), *common])
+          ["prep", "--codec", "jpeg", "--tokenizer", str(out / "tokenizer-bpe"), "--out", str(out / "data/jpeg"), *jpeg_size, *common])
     if args.only == "tokenizer":
         return 0
     # 3. the baselines' own tokenizers, fitted on the same photos

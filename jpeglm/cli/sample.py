@@ -4,7 +4,8 @@ Output directory (written into a temporary directory beside `--out` and renamed 
 failed run leaves nothing half-written):
     p000_s000.jpg ...     one file per sample: .jpg for JPEG (tables spliced back), .png for vq /
                           pixel, .mp4 for H.264 (plus p000_s000_frames.png, a contact sheet of frames);
-                          unconditional samples are named u_s000...
+                          unconditional samples are named u_s000...; class-conditional ones
+                          p000_c001_s000 / u_c001_s000 (class id 1: its name is in the manifest)
     sheet_p000.png        per prompt: prompt | samples | the prompt's full original (images);
                           sheet_unconditional.png without prompts
     manifest.json         settings, seeds, token counts, times, per-file decode report and, for
@@ -42,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-ratio", type=float, default=0.5, help="fraction of the picture (top MCU / code / pixel rows, first frames) kept from each prompt")
     p.add_argument("--prompt-frames", type=int, default=None, help="video only: number of leading frames kept from the prompt video (overrides --prompt-ratio)")
     p.add_argument("--num", type=int, default=4, help="samples per prompt (or unconditional samples without --prompt)")
+    p.add_argument("--class", dest="class_names", action="append", default=[], metavar="NAME",
+                   help="class-conditional models: sample --num of this class (repeatable); without it a labelled "
+                        "model samples unconditionally (its null class)")
+    p.add_argument("--classes", choices=["all"], default=None,
+                   help="all: --num samples of every class the model knows (class-balanced)")
     flags.add_fields(p.add_argument_group("sampling"), SamplerConfig)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--backend", choices=["torch", "vllm"], default="torch", help="torch: our batched KV-cache sampler; vllm: vLLM on a GPU (optional extra, no grammar constraint)")
@@ -120,7 +126,30 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise SampleError(f"--out {out} exists and is not an empty directory (use --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
     return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temporary folders a killed `jpeglm sample` into the same --out left beside it (.OUT.tmp-*,
+    .OUT.old-*), unless their process is still running (the pid is in .old names; .tmp ones are
+    removed once older than an hour, so a run sampling now keeps its own)."""
+    for p in out.parent.glob(f".{out.name}.*"):
+        rest = p.name[len(out.name) + 2 :]
+        if rest.startswith("tmp-") and time.time() - p.stat().st_mtime > 3600:
+            shutil.rmtree(p, ignore_errors=True)
+        elif rest.startswith("old-") and rest[4:].isdigit() and not _alive(int(rest[4:])):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -156,6 +185,15 @@ def sample_to_dir(args) -> dict | None:
     loaded = _load(args.model, device)
     codec, tokenizer = loaded.codec, loaded.tokenizer
     full, prompts = _encode_prompts(codec, list(args.prompt), args.prompt_ratio, args.prompt_frames) if args.prompt else ([], None)
+    classes = class_ids(tokenizer, list(getattr(args, "class_names", []) or []), getattr(args, "classes", None))
+    from jpeglm.sample.sampler import check_classes
+
+    try:
+        check_classes(tokenizer, classes, cfg.cfg_scale)
+    except ValueError as e:
+        raise SampleError(str(e).replace("cfg_scale=", "--cfg-scale ")) from e
+    if classes is not None and args.backend == "vllm":
+        raise SampleError("--class / --classes need --backend torch")
 
     t0 = time.perf_counter()
     try:
@@ -164,7 +202,7 @@ def sample_to_dir(args) -> dict | None:
 
             samples = generate_vllm(_export_dir(loaded, args.model), tokenizer, codec, prompts, args.num, cfg)
         else:
-            samples = _generate_split(loaded.model, tokenizer, codec, prompts, args.num, cfg, device, ranks)
+            samples = _generate_split(loaded.model, tokenizer, codec, prompts, args.num, cfg, device, ranks, classes)
     except PromptTooLongError as e:
         raise SampleError(str(e)) from e
     except ImportError as e:
@@ -183,31 +221,69 @@ def sample_to_dir(args) -> dict | None:
     return manifest
 
 
-def _generate_split(model, tokenizer, codec, prompts, num: int, cfg, device, ranks):
-    """`generate` with the jobs (prompt x seed, in generate's order) cut into batch-sized chunks and
-    dealt to the ranks; chunk [a, b) samples with seeds seed + a .. seed + b - 1, as one call would.
-    Rank 0 gets every sample in order, the other ranks None."""
+def _generate_split(model, tokenizer, codec, prompts, num: int, cfg, device, ranks, classes=None):
+    """`generate` with the jobs (prompt x class x seed, in generate's order) cut into batch-sized chunks
+    and dealt to the ranks; chunk [a, b) samples with seeds seed + a .. seed + b - 1, as one call would.
+    Rank 0 gets every sample in order, the other ranks None.
+
+    A chunk is one `generate` call with one job per entry (`num_samples=1`, its class and prompt
+    repeated), so its batch is the single call's batch; only prompts *and* classes together cannot be
+    said per job in one call: then every chunk runs per prompt, for any number of ranks (one rank
+    included), so the files stay the same whatever N is."""
     import dataclasses
 
     from jpeglm.eval.parallel import chunked
     from jpeglm.sample import generate
 
-    if ranks.world_size == 1:
-        return generate(model, tokenizer, codec, prompts, num, cfg, device)
-    n = num * (len(prompts) if prompts is not None else 1)
+    both = prompts is not None and classes is not None
+    if ranks.world_size == 1 and not both:
+        return generate(model, tokenizer, codec, prompts, num, cfg, device, classes=classes)
+    per_prompt = num * (len(classes) if classes is not None else 1)
+    n = per_prompt * (len(prompts) if prompts is not None else 1)
+
+    def label(i):
+        return classes[(i // num) % len(classes)]
+
     mine = []
     for run in ranks.mine(chunked(n, cfg.batch_size)):
-        sub = dataclasses.replace(cfg, seed=cfg.seed + run[0])
         if prompts is None:
-            got = generate(model, tokenizer, codec, None, len(run), sub, device)
-        else:
+            sub = dataclasses.replace(cfg, seed=cfg.seed + run[0])
+            labels = None if classes is None else [label(i) for i in run]
+            got = generate(model, tokenizer, codec, None, 1 if labels else len(run), sub, device, classes=labels)
+        elif classes is None:
+            sub = dataclasses.replace(cfg, seed=cfg.seed + run[0])
             got = generate(model, tokenizer, codec, [prompts[i // num] for i in run], 1, sub, device)
-            got = [dataclasses.replace(x, prompt_index=i // num) for x, i in zip(got, run)]
+        else:
+            got = []
+            for p in sorted({i // per_prompt for i in run}):
+                seg = [i for i in run if i // per_prompt == p]
+                sub = dataclasses.replace(cfg, seed=cfg.seed + seg[0])
+                got += generate(model, tokenizer, codec, [prompts[p]], 1, sub, device,
+                                classes=[label(i) for i in seg])
+        if prompts is not None:
+            got = [dataclasses.replace(x, prompt_index=i // per_prompt) for x, i in zip(got, run)]
         mine.extend(zip(run, got))
     parts = ranks.gather(mine, "gathering the samples")
     if parts is None:
         return None
     return [x for _, x in sorted((p for part in parts for p in part), key=lambda t: t[0])]
+
+
+def class_ids(tokenizer, names: list[str], which: str | None) -> list[int] | None:
+    """--class NAME ... / --classes all -> class ids (None: unconditional); unknown names list the known."""
+    if names and which:
+        raise SampleError("give --class NAME or --classes all, not both")
+    if not names and not which:
+        return None
+    if not tokenizer.num_classes:
+        raise SampleError("--class / --classes need a class-conditional model (trained on data prepared with --labels); "
+                          "this one has no classes")
+    if which == "all":
+        return list(range(tokenizer.num_classes))
+    try:
+        return [tokenizer.class_index(n) for n in names]
+    except KeyError as e:
+        raise SampleError(f"--class: {e.args[0]}") from None
 
 
 def _export_dir(loaded, model_arg: str) -> str:
@@ -266,6 +342,8 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
     counters: dict = {}
     for s in samples:
         stem = "u" if s.prompt_index is None else f"p{s.prompt_index:03d}"
+        if s.label is not None:
+            stem += f"_c{s.label:03d}"
         k = counters.get(stem, 0)
         counters[stem] = k + 1
         name = f"{stem}_s{k:03d}{codec.file_suffix}"
@@ -273,6 +351,7 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
         per_prompt.setdefault(s.prompt_index, []).append(_still(codec, s.media))
         files.append({
             "file": name,
+            **({"label": s.label, "class": tokenizer.class_names[s.label]} if s.label is not None else {}),
             "prompt": None if s.prompt_index is None else str(args.prompt[s.prompt_index]),
             "prompt_index": s.prompt_index,
             "seed": s.seed,
@@ -303,6 +382,7 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
         "prompt_ratio": args.prompt_ratio if args.prompt else None,
         "prompt_frames": args.prompt_frames,
         "num_per_prompt": args.num,
+        "classes": [tokenizer.class_names[c] for c in sorted({s.label for s in samples if s.label is not None})] or None,
         "sampler": dataclasses.asdict(cfg),
         "codec": codec.to_config(),
         "tokenizer_kind": getattr(tokenizer, "kind", type(tokenizer).__name__),

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from jpeglm.cli import flags
-from jpeglm.config import ConfigError, load_config, resolve_config
+from jpeglm.config import load_config, resolve_config
 from jpeglm.train.config import TrainConfig
 
 
@@ -24,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="train config: a YAML path or a name in configs/train (e.g. tiny-cpu)")
     parser.add_argument("--data", required=True, help="dataset directory written by `jpeglm prep` (manifest.json, train/, val/, tokenizer/)")
     parser.add_argument("--out", required=True, help="run directory: config.yaml, log.jsonl, tensorboard/, ds/, checkpoints/")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last DeepSpeed checkpoint (same config required)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last DeepSpeed checkpoint (same config required). "
+                        "DeepSpeed's state is pickled and loading it can run code: resume only runs you made. jpeglm "
+                        "refuses a ds/latest naming a folder outside the run and files that differ from what the run "
+                        "recorded at save")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. --set optim.lr=1e-3 (repeatable)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides, as positional key.path=value")
     # the deepspeed launcher appends --local_rank=N; the rank is read from the environment instead
@@ -46,15 +49,14 @@ def config_of(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jpeglm.checkpoint import CheckpointError
-    from jpeglm.shards import ShardError
+    from jpeglm.errors import UserError
 
     try:
         cfg, base = config_of(args)
-        from jpeglm.train.loop import TrainError, train
+        from jpeglm.train.loop import train
 
         train(cfg, args.data, args.out, resume=args.resume, config_base=base)
-    except (ConfigError, ShardError, TrainError, CheckpointError) as e:
+    except UserError as e:  # also under `deepspeed --module jpeglm.train`, which bypasses the jpeglm script
         print(f"jpeglm train: error: {e}", file=sys.stderr)
         return 2
     return 0

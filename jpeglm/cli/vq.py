@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output dir: model.safetensors, vq_config.yaml, metrics.json, log.jsonl")
     parser.add_argument("--config", default=None, help="YAML with `model:` and `train:` sections: a file, or a shipped name (tiny, lfq_256, vq_256)")
     parser.add_argument("--split", default=None, help="dataset split for HF inputs")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint (train_state.pt) with the same config")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint (train_state.safetensors: no pickle) with the same config")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. model.channels=32 train.lr=3e-4")
     flags.add_config_fields(parser, _config_type(), flat=("model", "train"))
 

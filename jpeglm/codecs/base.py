@@ -29,6 +29,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from jpeglm.errors import UserError
+
 Status = Literal["ok", "repaired", "failed"]
 
 
@@ -50,7 +52,7 @@ class DecodeReport:
         return {"status": self.status, "reason": self.reason, **({"details": self.details} if self.details else {})}
 
 
-class CodecError(ValueError):
+class CodecError(UserError, ValueError):
     """A clear, one-line error a codec raises for input it cannot use (unreadable media, a missing or
     broken codec file). Callers show the message as it is and skip the item; any other exception
     from a codec is a bug and is reported with its type."""

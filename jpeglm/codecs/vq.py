@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,9 +26,10 @@ from PIL import Image
 
 from jpeglm.codecs.base import Codec, CodecError, DecodeReport
 from jpeglm.codecs.pixel import fit_code_grid
+from jpeglm.codecs.vq_model import VqAutoencoder, VqModelConfig
 from jpeglm.config import from_dict
 from jpeglm.media import open_image, prepare_image
-from jpeglm.codecs.vq_model import VqAutoencoder, VqModelConfig
+from jpeglm.safepath import check_tree_inside, copy_file_inside
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "vq_config.yaml"
@@ -141,8 +141,8 @@ class VqCodec(Codec):
     def from_config(cls, cfg: dict, base_dir: str | os.PathLike | None = None, device: str = "cpu") -> "VqCodec":
         params = from_dict(VqParams, cfg.get("params", {}))
         d = Path(params.model_dir)
-        if not d.is_absolute() and base_dir is not None:
-            d = Path(base_dir) / d
+        if base_dir is not None:  # a config read from a dataset or checkpoint: its files stay inside it
+            d = check_tree_inside(base_dir, params.model_dir, what="VQ model_dir")
         if not d.is_dir():
             hint = "" if base_dir is not None else " (a relative model_dir needs base_dir: the dataset or checkpoint dir)"
             raise VqCheckpointError(f"VQ model dir {d} does not exist{hint}")
@@ -162,10 +162,8 @@ class VqCodec(Codec):
         dst = Path(dest_dir) / subdir
         dst.mkdir(parents=True, exist_ok=True)
         if src.resolve() != dst.resolve():
-            for name in (WEIGHTS_NAME, CONFIG_NAME):
-                tmp = dst / f".{name}.tmp"
-                shutil.copyfile(src / name, tmp)
-                os.replace(tmp, dst / name)
+            for name in (WEIGHTS_NAME, CONFIG_NAME):  # never a symlink's target outside the model dir
+                copy_file_inside(src, name, dst / name)
         out = VqCodec(replace(self.params, model_dir=subdir), model=self.model, device=str(self.device))
         out.source_dir = dst.resolve()
         return out

@@ -9,6 +9,8 @@
   top-p -> one draw per row; `_advance`: append, move the grammar state on, end
   rows (EOS, a complete stream, a whole picture, the budget); `_forward`: drop finished rows from
   the batch and the KV cache, run the next step;
+- classifier-free guidance (`Run.cfg_scale` != 1): each job also runs an unconditional twin row
+  (guidance.py); the steps above see the guided logits of the job rows only;
 - `_samples`: decode every job's ids with the tokenizer and the codec.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from jpeglm.sample import guidance
 from jpeglm.sample.kv_cache import model_inputs, slab_cache
 from jpeglm.sample.pick import gumbel, pick_allowed
 
@@ -75,6 +78,7 @@ class Run:
     # called with a `Step` after every decode step; returning False stops the whole run (see `generate`)
     on_step: Callable[[Step], bool | None] | None = None
     stopped: bool = False  # set when on_step asked to stop
+    cfg_scale: float = 1.0  # classifier-free guidance; != 1: jobs carry `uncond_ids`, twins run beside them
 
 
 class Batch:
@@ -87,6 +91,7 @@ class Batch:
         self.code_mask = run.code_mask.to(self.device) if run.code_mask is not None else None
         self.stream_end = run.stream_end
         self.run_state, self.on_step = run, run.on_step
+        self.cfg_scale, self.guided = run.cfg_scale, run.cfg_scale != 1.0
         cfg, ctx = self.cfg, self.ctx
         self.t0 = time.perf_counter()
         self.lens = [len(j.ids) for j in jobs]
@@ -105,7 +110,10 @@ class Batch:
     def run(self) -> list:
         out = self._prefill()
         while self.alive:
-            tokens, forced = self._choose(out.logits[:, -1, :].float())
+            logits = out.logits[:, -1, :].float()
+            if self.guided:  # the job rows' guided logits from them and their unconditional twins
+                logits = guidance.guide(logits, self.cfg_scale)
+            tokens, forced = self._choose(logits)
             more = self._advance(tokens, forced)
             if self.on_step is not None and self._report_step() is False:
                 break
@@ -129,7 +137,8 @@ class Batch:
     # --- prefill --------------------------------------------------------------------------------
     def _prefill(self):
         uniq: dict[tuple, int] = {}
-        row_of = [uniq.setdefault(tuple(j.ids), len(uniq)) for j in self.jobs]
+        rows = [j.ids for j in self.jobs] + ([j.uncond_ids for j in self.jobs] if self.guided else [])
+        row_of = [uniq.setdefault(tuple(ids), len(uniq)) for ids in rows]
         prompts = list(uniq)
         L = max(self.lens)
         input_ids = torch.full((len(prompts), L), self.tokenizer.pad_id, dtype=torch.long)
@@ -154,7 +163,7 @@ class Batch:
             position_ids=positions, use_cache=True, logits_to_keep=1, **model_inputs(self.model, self.cache),
         )
         expand = torch.tensor(row_of, device=self.device)
-        if len(prompts) < len(self.jobs) or row_of != list(range(len(self.jobs))):
+        if len(prompts) < len(rows) or row_of != list(range(len(rows))):
             self.cache.batch_select_indices(expand)
             out.logits = out.logits[expand]
         self.attn, positions = attn[expand], positions[expand]
@@ -243,9 +252,12 @@ class Batch:
         if not keep:
             return False
         self._next = torch.tensor([self.new_ids[self.alive[r]][-1] for r in keep], dtype=torch.long, device=self.device)[:, None]
+        if self.guided:  # the twins are fed the token their job drew
+            self._next = self._next.repeat(2, 1)
         if len(keep) < len(self.alive):
             # Drop finished rows from everything the next step touches, the KV cache included.
-            idx = torch.tensor(keep, device=self.device)
+            rows = guidance.twin_rows(keep, len(self.alive)) if self.guided else keep
+            idx = torch.tensor(rows, device=self.device)
             self.cache.batch_select_indices(idx)
             self.attn, self.next_pos = self.attn[idx], self.next_pos[idx]
             if self.padded:

@@ -25,6 +25,8 @@ class SamplerConfig:
     constrain: bool = _s(True, "constrain sampling to the codec's grammar (JPEG scan, H.264 NAL units) and code "
                          "tokens to code ids; --no-constrain samples freely")
     steer: bool = _s(True, "steer rows near their token budget to a complete file (constrained sampling only)")
+    cfg_scale: float = _s(1.0, "classifier-free guidance scale S for class-conditional models: logits = uncond + "
+                          "S x (cond - uncond) at every step; 1 = off (the conditional model alone), 0 = unconditional")
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -35,6 +37,8 @@ class SamplerConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0.0 <= self.cfg_scale < float("inf"):
+            raise ValueError(f"cfg_scale must be a finite number >= 0, got {self.cfg_scale}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 
 import torch
 
@@ -19,8 +20,16 @@ NEG_INF = float("-inf")
 
 
 def model_inputs(model, cache) -> dict:
-    """The keyword that hands `cache` to the model's forward."""
-    return {"past_key_values": cache}
+    """`cache` under the keyword the model's forward takes: `cache` from transformers 5.24 (where
+    `past_key_values` is deprecated, to be removed in 5.40), `past_key_values` before."""
+    return {_cache_kwarg(type(model)): cache}
+
+
+@functools.cache
+def _cache_kwarg(model_class) -> str:
+    # `inspect.signature` follows the `functools.wraps` of transformers' decorators to the real forward.
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def slab_cache(model, capacity: int):
@@ -43,9 +52,14 @@ def _slab_layer_class():
         `DynamicLayer` via `get_seq_length`."""
 
         is_croppable = False
+        _layer_type = None  # never registered as transformers' layer class for any config
 
         def __init__(self, capacity: int):
             super().__init__()
+            # Set here as well: the lazy-init contract (`update` allocates on first call) is the same in
+            # every transformers release with `DynamicLayer`, the base class's attributes are not.
+            self.keys = self.values = None
+            self.is_initialized = False
             self.capacity = capacity
             self.length = 0
 

@@ -23,6 +23,11 @@ over a plain `transformers.LlamaForCausalLM` (no `model.generate()`):
   sampler starts from the canonical header (fixed by the codec's settings). Rows near their
   token budget are steered to a complete file (see constrain.py).
 
+- Classes (a model trained on `prep --labels` data): `classes` (class ids) gives `num_samples` samples
+  of each class for each prompt, the class token right after BOS; without `classes` a labelled
+  model samples from its null class (unconditionally). `cfg.cfg_scale` != 1 adds classifier-free
+  guidance (guidance.py): every sample's unconditional twin row runs in the same forward pass.
+
 Each finished sequence is decoded with `tokenizer.decode` -> symbols -> `codec.decode`.
 """
 
@@ -33,6 +38,7 @@ from typing import Any
 
 import torch
 
+from jpeglm.sample import guidance
 from jpeglm.sample.batch import Batch, Run, filter_logits
 from jpeglm.sample.config import SamplerConfig
 from jpeglm.sample.constrain import code_only_mask, constraint_for, token_bytes_table
@@ -57,6 +63,7 @@ class Sample:
     finish: str = ""  # "eos", "eoi" (JPEG), "complete" (all codes of a vq/pixel picture), "max_new_tokens", "context", "stopped"
     steered: bool = False  # end steering forced its last bytes
     new_token_ids: list[int] | None = None  # the sampled ids (EOS not included)
+    label: int | None = None  # the class sampled (class-conditional models), None: unconditional
 
 
 def _context_length(model) -> int:
@@ -71,9 +78,11 @@ class _Job:
     ids: list[int]  # prompt token ids (BOS first)
     state: Any = None  # grammar state at the end of the prompt
     max_new: int | None = None  # code codecs: the codes still missing from a whole picture
+    label: int | None = None  # class id (class-conditional models)
+    uncond_ids: list[int] | None = None  # guided sampling: the ids of the unconditional twin
 
 
-def _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint) -> list[_Job]:
+def _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint, classes=None) -> list[_Job]:
     jobs: list[_Job] = []
     total_codes = codec.symbols_per_item()  # code codecs: a picture ends after its last code
     sources = [(None, None)] if prompts is None else list(enumerate(prompts))
@@ -83,7 +92,7 @@ def _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint) -> lis
             # constrained unconditional samples start from what every stream starts with (a JPEG
             # header), which the model would otherwise have to write
             symbols = codec.start_symbols()
-        ids = tokenizer.encode(symbols, bos=True, eos=False) if symbols is not None else [tokenizer.bos_id]
+        body = tokenizer.encode(symbols, bos=False, eos=False) if symbols is not None else []
         state = None
         if constraint is not None:
             data = bytes(symbols)
@@ -99,18 +108,40 @@ def _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint) -> lis
             max_new = total_codes - (0 if symbols is None else len(symbols))
             if max_new < 1:
                 raise ValueError(f"prompt {pi}: already a whole picture ({total_codes} codes), nothing to generate")
-        for _ in range(num_samples):
-            jobs.append(_Job(i, pi, cfg.seed + i, list(ids), state, max_new))
-            i += 1
+        for label in classes if classes is not None else [None]:
+            ids = tokenizer.prefix(label) + body  # BOS (+ the class token of a class-conditional model)
+            twin = guidance.unconditional_twin(ids, tokenizer) if cfg.cfg_scale != 1.0 else None
+            for _ in range(num_samples):
+                jobs.append(_Job(i, pi, cfg.seed + i, list(ids), state, max_new, label, twin))
+                i += 1
     return jobs
+
+
+def check_classes(tokenizer, classes, cfg_scale: float) -> list[int] | None:
+    """The class ids to sample (None: unconditional), with clear errors for a model without classes."""
+    if classes is not None:
+        if not tokenizer.num_classes:
+            raise ValueError("classes were asked for, but this model was trained without classes (no class tokens)")
+        classes = [int(c) for c in classes]
+        bad = [c for c in classes if not 0 <= c < tokenizer.num_classes]
+        if bad or not classes:
+            raise ValueError(f"class ids must lie in 0..{tokenizer.num_classes - 1}, got {bad or 'none'}")
+    if cfg_scale != 1.0:
+        if not tokenizer.num_classes:
+            raise ValueError(f"cfg_scale={cfg_scale} needs a class-conditional model (trained on data prepared with "
+                             "--labels); this one has no class tokens")
+        if classes is None:
+            raise ValueError(f"cfg_scale={cfg_scale} guides towards a class: name one (--class NAME, --classes all)")
+    return classes
 
 
 @torch.inference_mode()
 def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerConfig | None = None, device="cpu",
-             on_step=None) -> list[Sample]:
+             on_step=None, classes: list[int] | None = None) -> list[Sample]:
     """Sample `num_samples` completions of each prompt (symbols as `codec.encode` gives them, already
-    cut with `codec.prompt`), or `num_samples` unconditional samples when `prompts` is None.
-    Returns the samples in order: prompt 0's samples first.
+    cut with `codec.prompt`), or `num_samples` unconditional samples when `prompts` is None; with
+    `classes` (class ids of a class-conditional model) `num_samples` of each class for each prompt.
+    Returns the samples in order: prompt 0's samples first (class by class).
 
     `on_step(step: batch.Step)`, when given, is called after every decode step (a live preview, a
     progress bar); when it returns False the run stops there: the batch's unfinished samples come back
@@ -124,7 +155,8 @@ def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerCon
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {vocab}: mismatched checkpoint")
     constraint = constraint_for(codec, tokenizer, vocab) if cfg.constrain else None
     code_mask = code_only_mask(tokenizer, codec, vocab) if cfg.constrain else None
-    jobs = _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint)
+    classes = check_classes(tokenizer, classes, cfg.cfg_scale)
+    jobs = _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint, classes)
     ctx = _context_length(model)
     for j in jobs:
         if len(j.ids) >= ctx:
@@ -134,14 +166,17 @@ def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerCon
     stream_end = None  # unconstrained byte streams still stop at the codec's end marker (JPEG's EOI)
     if constraint is None and codec.stream_end:
         stream_end = (codec.stream_end, token_bytes_table(tokenizer, vocab))
-    run = Run(model, tokenizer, codec, cfg, device, ctx, constraint, code_mask, stream_end, on_step)
+    run = Run(model, tokenizer, codec, cfg, device, ctx, constraint, code_mask, stream_end, on_step=on_step,
+              cfg_scale=cfg.cfg_scale)
     out: list[Sample] = []
     with decode_attention_on(model, device):
         for start in range(0, len(jobs), cfg.batch_size):
             out.extend(Batch(run, jobs[start : start + cfg.batch_size]).run())
             if run.stopped:
                 break
+    for s, j in zip(out, jobs):
+        s.label = j.label
     return out
 
 
-__all__ = ["SamplerConfig", "Sample", "generate", "filter_logits", "PromptTooLongError"]
+__all__ = ["SamplerConfig", "Sample", "check_classes", "generate", "filter_logits", "PromptTooLongError"]

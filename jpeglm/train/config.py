@@ -82,8 +82,16 @@ class DataConfig:
     seq_len: int = _help("tokens per training sequence (<= the model's max_position_embeddings)", 12288)
     long_records: str = _help("pad packing only: 'truncate' records longer than seq_len or 'skip' them (counted in the log)", "skip",
                               choices=["truncate", "skip"])
+    class_dropout: float | None = _help(
+        "labelled datasets (prep --labels): the rate at which a record's class token becomes the null class, so one "
+        "model learns the conditional and the unconditional distribution (classifier-free guidance); default 0.1 for "
+        "labelled data, 0 otherwise", None)
 
     def __post_init__(self):
+        if self.class_dropout is not None:
+            self.class_dropout = float(self.class_dropout)
+            if not 0.0 <= self.class_dropout <= 1.0:
+                raise ValueError(f"data.class_dropout must be in [0, 1], got {self.class_dropout}")
         if self.packing not in ("concat", "pad"):
             raise ValueError(f"data.packing must be 'concat' or 'pad', got {self.packing!r}")
         if self.long_records not in ("truncate", "skip"):

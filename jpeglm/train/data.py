@@ -9,6 +9,8 @@
   seeded by (seed, e); a step takes the next `global_batch` of them and data-parallel rank r,
   micro-step k takes the slice [(k*world + r)*micro, +micro). Its whole state is (epoch, position),
   saved in every checkpoint, so a resumed run sees exactly the batches of an uninterrupted one.
+- `ClassDropout`: labelled datasets; the class token after a record's BOS becomes the null class
+  with probability `rate`, decided per (seed, epoch, record), so a resumed run drops the same ones.
 - `val_records`: whole records for validation, with n_bytes / n_pixels for bits per byte / pixel.
 """
 
@@ -155,6 +157,55 @@ class BatchOrder:
                 f"{state.get('seed')}; this run has {self.num_sequences} with seed {self.seed} (different data?)"
             )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+DEFAULT_CLASS_DROPOUT = 0.1  # the classifier-free guidance papers' rate (LlamaGen, VAR use 0.1)
+
+
+class ClassDropout:
+    """Sequences of a labelled dataset with class tokens dropped to the null class at `rate`.
+
+    Record r's class token (the token after its BOS) is dropped in epoch e when
+    the r-th draw of `default_rng([seed, e, C]).random(num_records)` is below `rate` (made for the
+    whole split at once); the training loop sets `epoch` from the data order before each step, so
+    the choice depends on (seed, epoch, record) only: an exact resume sees the same drops."""
+
+    def __init__(self, seqs, shards: ShardSet, tokenizer, rate: float, seed: int):
+        if not tokenizer.num_classes:
+            raise ValueError("class dropout needs a labelled dataset (jpeglm prep --labels)")
+        self.seqs, self.rate, self.seed, self.epoch = seqs, float(rate), int(seed), 0
+        self.first, self.null = tokenizer.class_offset, tokenizer.null_class_id
+        starts = np.concatenate([[0], np.cumsum(shards.lengths, dtype=np.int64)])
+        self.class_pos = starts[:-1] + 1  # where each record's class token sits in the concatenated split
+        self._drops_epoch, self._drops = None, None
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def drops(self, epoch: int) -> np.ndarray:
+        """Which records lose their class token in `epoch` (bool per record)."""
+        if self._drops_epoch != epoch:
+            rng = np.random.default_rng([self.seed, epoch, 0xC1A55])  # a stream of its own, not the order's
+            self._drops, self._drops_epoch = rng.random(len(self.class_pos)) < self.rate, epoch
+        return self._drops
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.seqs[i]
+        drops = self.drops(self.epoch)
+        if isinstance(self.seqs, ConcatSequences):
+            lo = i * self.seqs.seq_len
+            a, b = np.searchsorted(self.class_pos, [lo, lo + self.seqs.seq_len], side="left")
+            records, where = np.arange(a, b), self.class_pos[a:b] - lo
+        else:  # one record per sequence, its class token at 1
+            records, where = np.array([int(self.seqs.index[i])]), np.array([1])
+        where = where[drops[records] & (where < len(item["input_ids"]))]
+        if where.size:
+            ids, pos = item["input_ids"], torch.from_numpy(where)
+            is_class = (ids[pos] >= self.first) & (ids[pos] < self.null)
+            pos = pos[is_class]
+            ids[pos] = self.null
+            item["labels"][pos] = self.null
+        return item
 
 
 def collate(items: list[dict]) -> dict:

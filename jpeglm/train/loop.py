@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jpeglm.config import ConfigError, atomic_write_text, load_yaml, save_config, to_dict
+from jpeglm.errors import UserError, disk_full_hint
 from jpeglm.train.config import ModelConfig, TrainConfig, resolve_deepspeed_config, resolve_model_config
 
 # keys of config.yaml that may differ between a run and its --resume (training longer is resuming)
 RESUMABLE_CHANGES = {"max_steps"}
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """Training cannot start or continue (bad input, or a run that went non-finite)."""
 
 
@@ -39,7 +40,7 @@ class Plan:
     ds_config: dict
     data_dir: Path
     out_dir: Path
-    resume_from: Path | None  # OUT/ds when resuming from a DeepSpeed checkpoint
+    resume_from: Path | None  # OUT/ds/step-N when resuming from a DeepSpeed checkpoint (checked: train/resume.py)
     train_shards: object
     val_shards: object | None
     tokenizer: object
@@ -58,6 +59,15 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def config_differences(old: dict, new: dict) -> list[str]:
     a, b = _flat(old), _flat(new)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def class_dropout_rate(cfg: TrainConfig, tokenizer) -> float:
+    """data.class_dropout, or its default: 0.1 for a labelled dataset, 0 otherwise."""
+    from jpeglm.train.data import DEFAULT_CLASS_DROPOUT
+
+    if cfg.data.class_dropout is not None:
+        return cfg.data.class_dropout
+    return DEFAULT_CLASS_DROPOUT if tokenizer.num_classes else 0.0
 
 
 def prepare(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base: Path | None = None) -> Plan:
@@ -86,6 +96,10 @@ def prepare(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_ba
     if len(train_shards) == 0:
         raise ShardError(f"{data_dir}: the train split has no records")
     val_shards = ShardSet(data_dir, "val") if "val" in train_shards.manifest["splits"] else None
+    try:  # the codec must rebuild (a known name, valid params, its files inside the dataset)
+        train_shards.codec()
+    except (KeyError, TypeError, ValueError) as e:
+        raise ShardError(f"{data_dir / 'manifest.json'}: its codec cannot be rebuilt ({e}); re-run `jpeglm prep`") from e
     tokenizer = train_shards.tokenizer()
     vocab = int(tokenizer.vocab_size)
     declared = train_shards.manifest["tokenizer"].get("vocab_size")
@@ -96,9 +110,12 @@ def prepare(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_ba
             f"the model config pins vocab_size={model_cfg.vocab_size} but the dataset's tokenizer has {vocab} tokens; "
             "leave vocab_size unset (it is taken from the tokenizer)"
         )
-    first = train_shards[0]
-    if len(first) and int(first.max()) >= vocab:
-        raise ShardError(f"{data_dir}: token id {int(first.max())} in train record 0 is outside the tokenizer's {vocab} ids")
+    for shards in (train_shards, val_shards):  # every shard, as it opens: never a crash at step N
+        if shards is not None:
+            shards.check_ids(vocab)
+    if cfg.data.class_dropout and not tokenizer.num_classes:
+        raise TrainError(f"data.class_dropout={cfg.data.class_dropout} needs a labelled dataset (jpeglm prep --labels); "
+                         f"{data_dir} has no classes")
     if cfg.data.packing == "pad" and cfg.data.seq_len < 3:
         raise TrainError("pad packing needs seq_len >= 3 (BOS, a token, EOS)")
 
@@ -114,7 +131,9 @@ def prepare(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_ba
         if diffs:
             raise TrainError(f"cannot --resume {out_dir}: its config differs in {', '.join(diffs)}")
         if (out_dir / "ds" / "latest").is_file():
-            resume_from = out_dir / "ds"
+            from jpeglm.train.resume import checked_tag
+
+            resume_from = out_dir / "ds" / checked_tag(out_dir / "ds")  # DeepSpeed unpickles: only our own state
     return Plan(cfg, model_cfg, ds_config, data_dir, out_dir, resume_from, train_shards, val_shards, tokenizer)
 
 
@@ -187,11 +206,23 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base: Path | None = None) -> TrainResult:
+    """Train into `out_dir`, holding its lock (jpeglm.lock: a second run into it is refused)."""
+    import contextlib
+
+    from jpeglm.lock import OutputLock
+
+    main = int(os.environ.get("RANK", "0")) == 0  # set by the launchers; a plain run is rank 0
+    with OutputLock(out_dir, "jpeglm train") if main else contextlib.nullcontext():
+        return _train(cfg, data_dir, out_dir, resume, config_base)
+
+
+def _train(cfg: TrainConfig, data_dir, out_dir, resume: bool, config_base: Path | None) -> TrainResult:
     import torch
     from transformers import LlamaForCausalLM
 
+    from jpeglm.checkpoint import export_hf, export_name
     from jpeglm.train import distributed
-    from jpeglm.train.data import BatchOrder, build_sequences, collate, val_records
+    from jpeglm.train.data import BatchOrder, ClassDropout, build_sequences, collate, val_records
 
     plan = prepare(cfg, data_dir, out_dir, resume, config_base)
     dist = distributed.init()
@@ -205,6 +236,9 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     tok = plan.tokenizer
     seqs = build_sequences(plan.train_shards, cfg.data.packing, cfg.data.seq_len, tok.pad_id, cfg.data.long_records)
+    dropout_rate = class_dropout_rate(cfg, tok)
+    if dropout_rate > 0:  # classifier-free guidance: the class token becomes the null class at this rate
+        seqs = ClassDropout(seqs, plan.train_shards, tok, dropout_rate, cfg.seed)
     vals, val_long = ([], 0)
     if plan.val_shards is not None and len(plan.val_shards):
         # whole records up to the model's context, not data.seq_len: bits per byte needs whole
@@ -229,7 +263,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base
 
     start = 0
     if plan.resume_from is not None:
-        path, client = engine.load_checkpoint(str(plan.resume_from))
+        path, client = engine.load_checkpoint(str(plan.resume_from.parent), tag=plan.resume_from.name)
         if path is None:
             raise TrainError(f"could not load the DeepSpeed checkpoint in {plan.resume_from}")
         start = int(client["step"])
@@ -259,12 +293,20 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, config_base
         "model": {**to_dict(plan.model_cfg), "vocab_size": int(tok.vocab_size)},
         "data": str(plan.data_dir.resolve()),
     }
+    if start and _latest_export(out) != export_name(start):
+        # killed between the DeepSpeed save and its export: the export is made now, from that state
+        state = distributed.full_state_dict(engine)
+        if dist.is_main:
+            export_hf(out, start, hf_cfg, state, tok, meta, cfg.keep_last)
+        distributed.barrier()
     losses = {}
     engine.train()
     for step in range(start + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
         lr = sched.get_last_lr()[0]
         loss_sum, n_tok = 0.0, 0
+        if isinstance(seqs, ClassDropout):
+            seqs.epoch = order.epoch  # the drops depend on (seed, epoch, record): resumed runs see the same
         for idx in order.next_step(dist.rank):
             batch = {k: v.to(dist.device) for k, v in collate([seqs[i] for i in idx]).items()}
             loss = engine(**batch).loss
@@ -331,12 +373,22 @@ def validate(engine, records, batch_size: int, pad_id: int, dist) -> dict:
 
 def save_checkpoint(engine, out: Path, step: int, order, cfg: TrainConfig, hf_cfg, tokenizer, meta: dict, dist) -> None:
     """DeepSpeed state (for --resume) then the HF export; both collective, exports on rank 0."""
-    from jpeglm.train import distributed
     from jpeglm.checkpoint import export_hf, export_name, prune
+    from jpeglm.train import distributed
+    from jpeglm.train.resume import record_files, write_latest
 
     tag = export_name(step)
     client = {"step": step, "data": order.state_dict()}
-    engine.save_checkpoint(str(out / "ds"), tag=tag, client_state=client)  # writes ds/latest last
+    # ds/latest is ours to write, after the record of what was saved (train/resume.py)
+    try:
+        engine.save_checkpoint(str(out / "ds"), tag=tag, client_state=client, save_latest=False)
+        distributed.barrier()
+        if dist.is_main:
+            record_files(out / "ds", tag)
+            write_latest(out / "ds", tag)
+    except OSError as e:
+        raise TrainError(f"could not save the DeepSpeed checkpoint {out / 'ds' / tag}: {e}{disk_full_hint(e)}; "
+                         "the previous checkpoint is kept (--resume continues from it)") from e
     state = distributed.full_state_dict(engine)
     if dist.is_main:
         export_hf(out, step, hf_cfg, state, tokenizer, meta, cfg.keep_last)
@@ -344,11 +396,27 @@ def save_checkpoint(engine, out: Path, step: int, order, cfg: TrainConfig, hf_cf
     distributed.barrier()
 
 
+def _latest_export(out: Path) -> str | None:
+    from jpeglm.checkpoint import LATEST
+
+    try:
+        return (out / "checkpoints" / LATEST).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _truncate_log(path: Path, last_step: int) -> None:
     """On resume, drop log lines past the checkpoint: those steps are about to be redone."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line torn by a kill or a full disk: that step is redone anyway
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= last_step:
+            keep.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
