@@ -259,6 +259,42 @@ def test_null_class_is_the_unconditional_path_and_batches_do_not_matter(trained)
     assert all(s.n_prompt_tokens == 2 + len(prompt) for s in done)
 
 
+def test_sample_split_across_ranks_keeps_every_class_seed_and_prompt(trained):
+    """`jpeglm sample` under 2 processes (ranks faked in one process): chunks of class-conditional jobs, with and
+    without prompts, give the samples of one generate call (tokens, seeds, classes, prompt indices)."""
+    from jpeglm.cli.sample import _generate_split
+    from jpeglm.sample import SamplerConfig, generate
+
+    _, loaded = trained
+    m, tok, codec = loaded.model, loaded.tokenizer, loaded.codec
+    prompt = codec.prompt(codec.encode(np.full((64, 64, 3), COLOURS["red"], np.uint8)), 0.5)
+    parts: list = []
+
+    class Rank:
+        world_size = 2
+
+        def __init__(self, r):
+            self.r = r
+
+        def mine(self, chunks):
+            return chunks[self.r :: 2]
+
+        def gather(self, value, what):
+            parts.append(value)
+            return list(parts) if self.r == 0 else None
+
+    def key(samples):
+        return [(s.new_token_ids, s.seed, s.label, s.prompt_index) for s in samples]
+
+    for prompts, num, batch in ((None, 3, 4), ([prompt, prompt[:4]], 2, 3)):
+        cfg = SamplerConfig(top_k=0, batch_size=batch, seed=5, cfg_scale=2.0)
+        parts.clear()
+        assert _generate_split(m, tok, codec, prompts, num, cfg, "cpu", Rank(1), [1, 0]) is None
+        split = _generate_split(m, tok, codec, prompts, num, cfg, "cpu", Rank(0), [1, 0])
+        one = generate(m, tok, codec, prompts, num, cfg, classes=[1, 0])
+        assert key(split) == key(one) and len(one) == num * 2 * (len(prompts) if prompts else 1)
+
+
 def test_sample_cli_classes_and_clear_errors(trained, tmp_path, capsys):
     from jpeglm.cli import main as cli
 
