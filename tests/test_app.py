@@ -7,6 +7,7 @@ steering finishes each constrained sample inside its budget.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import socket
@@ -188,6 +189,58 @@ def test_video_checkpoint_shows_frames_and_gives_mp4():
         assert sum(1 for _ in c.decode(video=0)) >= 2
 
 
+# --- class-conditional checkpoints -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def class_loaded(codec, tmp_path_factory):
+    """A tiny random class-conditional JPEG checkpoint (classes cat, dog), saved and loaded as `jpeglm app` does."""
+    import yaml
+
+    from jpeglm.checkpoint import FORMAT, META_FILE, load_for_inference
+
+    tok = ByteTokenizer().with_classes(["cat", "dog"])
+    folder = tmp_path_factory.mktemp("classes") / "export"
+    tiny_llama(tok.vocab_size, seed=1).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / META_FILE).write_text(yaml.safe_dump({"format": FORMAT, "version": 1, "codec": codec.to_config()}))
+    return load_for_inference(folder)
+
+
+def test_worker_samples_a_class_with_guidance_as_generate_does(codec, class_loaded, photo_file):
+    worker = _worker(class_loaded)
+    assert worker.class_names == ("cat", "dog") and worker.class_ids("dog") == [1] and worker.class_ids("") is None
+    picture = canonical_media(codec, photo_file)
+    cfg = worker.sampler(2, seed=4, cfg_scale=2.0)
+    final = list(worker.stream("cls", picture, 0.5, 2, cfg, worker.class_ids("dog")))[-1]
+    assert final.status == "finished" and len(final.files) == 2
+    prompt = codec.prompt(codec.encode(picture), 0.5)
+    m, tok = class_loaded.model, class_loaded.tokenizer
+    direct = generate(m, tok, codec, [prompt], 2, cfg, classes=[1])
+    files = [Path(f).read_bytes() for f in final.files]
+    assert files == [codec.to_file(s.symbols, s.media) for s in direct]  # the same seed: the same bytes
+    assert all(codec.is_strictly_decodable(d) and d.startswith(codec.to_file(prompt)) for d in files)
+    assert [r["class"] for r in final.reports] == ["dog", "dog"] and all(r["strict_decodable"] for r in final.reports)
+    unguided = generate(m, tok, codec, [prompt], 2, dataclasses.replace(cfg, cfg_scale=1.0), classes=[1])
+    assert files != [codec.to_file(s.symbols, s.media) for s in unguided]  # the guidance scale reached the sampler
+
+
+def test_unknown_class_is_a_message_on_the_page_and_it_keeps_serving(codec, class_loaded, photo_file):
+    pytest.importorskip("gradio")
+    from jpeglm.app.page import build
+
+    worker = _worker(class_loaded)
+    with pytest.raises(InputError, match=r"unknown class 'fox' \(known: cat, dog\)"):
+        worker.class_ids("fox")
+    page = build(worker)
+    run = next(f.fn for f in page.fns.values() if getattr(f.fn, "__name__", "") == "run")  # Generate's handler
+    picture = canonical_media(codec, photo_file)
+    shown = list(run(picture, 0.5, 0, 1, 1.0, 50, "fox-job", "fox", 2.0))
+    assert len(shown) == 1 and shown[0][0] == "**unknown class 'fox' (known: cat, dog)**" and shown[0][1] is None
+    last = list(run(picture, 0.5, 3, 1, 1.0, 50, "cat-job", "cat", 2.0))[-1]
+    assert last[0].startswith("finished") and last[4][0]["class"] == "cat" and last[4][0]["strict_decodable"]
+    last = list(run(picture, 0.5, 3, 1, 1.0, 50, "none-job", "", 2.0))[-1]  # no class: unconditional, unguided
+    assert last[0].startswith("finished") and "class" not in last[4][0]
+
+
 # --- the served app ------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -225,15 +278,15 @@ def test_complete_api_returns_strict_jpegs_with_the_prompt(served, codec, photo_
     assert len(client.predict(handle_file(str(photo_file)), 0.25, 1, 1, 1.0, 50, api_name="/complete")) == 1
 
 
-def test_class_controls_only_for_class_checkpoints(loaded):
+def test_class_controls_only_for_class_checkpoints(loaded, class_loaded):
     pytest.importorskip("gradio")
-    from jpeglm.app.page import build, checkpoint_classes
+    from jpeglm.app.page import build
 
-    assert checkpoint_classes({}) == [] and checkpoint_classes({"classes": {"cat": 0, "dog": 1}}) == ["cat", "dog"]
     labels = lambda page: {getattr(b, "label", None) for b in page.blocks.values()}
     assert "Class" not in labels(build(Worker(loaded)))
-    with_classes = SimpleNamespace(**{**vars(loaded), "meta": {"classes": ["cat", "dog"]}})
-    assert {"Class", "Guidance"} <= labels(build(Worker(with_classes)))
+    unlabelled_meta = SimpleNamespace(**{**vars(loaded), "meta": {"classes": ["cat", "dog"]}})
+    assert "Class" not in labels(build(Worker(unlabelled_meta)))  # the tokenizer's class tokens decide, as in sample
+    assert {"Class", "Guidance"} <= labels(build(Worker(class_loaded)))
 
 
 def test_everything_that_runs_the_model_shares_one_queue_slot(loaded):
