@@ -187,6 +187,7 @@ def run_setting(system, reals: list[np.ndarray], ratio: float | None, k: int, cf
             n_unc = cfg.num_unconditional or len(reals) * cfg.num_samples
             drawn = system.sample(None, n_unc, seed)
         else:
+            row.prompt_cut = system.codec.prompt_region(ratio)  # the rule and what the prompts show
             prompts = [system.codec.prompt(system.codec.encode(as_media(r)), ratio) for r in reals]
             drawn = system.sample(prompts, cfg.num_samples, seed)
     except Exception as e:  # a broken system gets its row, with the reason
@@ -207,7 +208,7 @@ def run_setting(system, reals: list[np.ndarray], ratio: float | None, k: int, cf
         # FVD of the decoded (not failed) clips against the real clips; a clear reason without weights
         decoded_clips = [d.media for d, f in zip(drawn, failed) if not f]
         row.fvd, row.fvd_reason = fvd_or_reason(cfg.i3d_weights, reals, decoded_clips, device=fid.device)
-    _write_samples(out_dir, drawn, dataclasses.replace(manifest, prompt_ratio=ratio))
+    _write_samples(out_dir, drawn, dataclasses.replace(manifest, prompt_ratio=ratio, prompt_cut=row.prompt_cut))
     good = [d.media for d, f in zip(drawn, failed) if not f]
     fake_feats = fid.features(frames_of(good)) if len(frames_of(good)) >= 2 else None
     res = fid.compute_from_features(real_feats, fake_feats) if fake_feats is not None else \
