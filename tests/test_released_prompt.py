@@ -13,6 +13,7 @@ import pytest
 
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams, header_length, restart_marker_ends
 
+
 def release_cut(data: bytes, ratio: float) -> bytes:
     """run.py's build_prompt cut, on bytes: its regex over the braille text keeps everything up to
     and including the n-th FF D7 (n = int(32 * ratio)); with fewer markers, or n < 1 (a `{-1}`

@@ -34,9 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from jpeglm.cli import flags
     from jpeglm.sample.config import SamplerConfig
 
-    p.add_argument("--model", required=True, help="checkpoint: an HF export dir with jpeglm.yaml, a training run dir (its latest export), or a released JPEG-LM dir")
+    p.add_argument("--model", required=True, help="checkpoint: an HF export dir with jpeglm.yaml, a training run dir (its latest export), a released JPEG-LM dir, or "
+                   "a hub id ORG/NAME[@REVISION] (e.g. uwnlp/jpeg-lm-reimplementation): fetched into the Hugging Face cache like "
+                   "from_pretrained, read from it offline (HF_HUB_OFFLINE=1)")
     p.add_argument("--prompt", nargs="+", action="extend", default=[], metavar="FILE", help="prompt image(s) or video(s); each is encoded canonically and its top part kept. Without: unconditional samples")
     p.add_argument("--prompt-ratio", type=float, default=0.5, help="fraction of the picture (top MCU / code / pixel rows, first frames) kept from each prompt")
+    p.add_argument("--prompt-cut", default=None, metavar="RULE", help="how prompts are cut (default: the codec's first rule). "
+                   "JPEG: half_rows = int(2 * R * ratio) half MCU rows, the released run.py's cut (0.6 -> 152 of 256 MCUs), or "
+                   "rows = round(R * ratio) whole MCU rows (0.6 -> 160); vq / pixel: rows; video: frames")
     p.add_argument("--prompt-frames", type=int, default=None, help="video only: number of leading frames kept from the prompt video (overrides --prompt-ratio)")
     p.add_argument("--num", type=int, default=4, help="samples per prompt (or unconditional samples without --prompt)")
     p.add_argument("--class", dest="class_names", action="append", default=[], metavar="NAME",
@@ -69,8 +74,6 @@ def _load(model_path: str, device: str):
     """load_for_inference with its errors turned into one-line SampleErrors."""
     from jpeglm.checkpoint import CheckpointError, load_for_inference
 
-    if not Path(model_path).exists():
-        raise SampleError(f"--model {model_path}: no such file or directory")
     try:
         return load_for_inference(model_path, device=device)
     except CheckpointError as e:
@@ -79,7 +82,7 @@ def _load(model_path: str, device: str):
         raise SampleError(f"--model {model_path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
 
 
-def _encode_prompts(codec, files: list[str], ratio: float, frames: int | None):
+def _encode_prompts(codec, files: list[str], ratio: float, frames: int | None, rule: str | None = None):
     if frames is not None:
         if codec.media_kind != "video":
             raise SampleError("--prompt-frames applies to video checkpoints only")
@@ -89,6 +92,10 @@ def _encode_prompts(codec, files: list[str], ratio: float, frames: int | None):
         ratio = frames / total
     if not 0.0 <= ratio < 1.0:
         raise SampleError(f"--prompt-ratio must be in [0, 1), got {ratio}: a prompt of the whole picture leaves nothing to sample")
+    try:
+        codec.prompt_region(ratio, rule)  # an unknown rule, or a ratio that shows nothing
+    except ValueError as e:
+        raise SampleError(f"--prompt-cut / --prompt-ratio: {e}") from e
     full, cut = [], []
     for f in files:
         if not Path(f).is_file():
@@ -98,7 +105,7 @@ def _encode_prompts(codec, files: list[str], ratio: float, frames: int | None):
         except Exception as e:  # noqa: BLE001 - codecs raise MediaError/ValueError/OSError for bad input
             raise SampleError(f"prompt {f}: cannot be used as a {codec.media_kind} ({type(e).__name__}: {e})") from e
         try:
-            cut.append(codec.prompt(symbols, ratio))
+            cut.append(codec.prompt(symbols, ratio, rule) if rule is not None else codec.prompt(symbols, ratio))
         except ValueError as e:
             raise SampleError(f"prompt {f}: {e}") from e
         full.append(symbols)
@@ -153,7 +160,13 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def sample_to_dir(args) -> dict:
     """The whole command as a function tests call: returns the manifest it wrote."""
-    from jpeglm.sample import PromptTooLongError, SamplerConfig, generate
+    from jpeglm.sample import (
+        CacheTooLargeError,
+        PromptTooLongError,
+        SamplerConfig,
+        generate,
+    )
+    from jpeglm.sample.budget import context_length
 
     out = Path(args.out)
     from jpeglm.cli import flags
@@ -169,7 +182,8 @@ def sample_to_dir(args) -> dict:
     device = args.device or _default_device()
     loaded = _load(args.model, device)
     codec, tokenizer = loaded.codec, loaded.tokenizer
-    full, prompts = _encode_prompts(codec, list(args.prompt), args.prompt_ratio, args.prompt_frames) if args.prompt else ([], None)
+    rule = getattr(args, "prompt_cut", None)
+    full, prompts = _encode_prompts(codec, list(args.prompt), args.prompt_ratio, args.prompt_frames, rule) if args.prompt else ([], None)
     classes = class_ids(tokenizer, list(getattr(args, "class_names", []) or []), getattr(args, "classes", None))
     from jpeglm.sample.sampler import check_classes
 
@@ -185,10 +199,11 @@ def sample_to_dir(args) -> dict:
         if args.backend == "vllm":
             from jpeglm.sample.vllm_backend import generate_vllm
 
-            samples = generate_vllm(_export_dir(loaded, args.model), tokenizer, codec, prompts, args.num, cfg)
+            samples = generate_vllm(_export_dir(loaded, args.model), tokenizer, codec, prompts, args.num, cfg,
+                                    context=context_length(loaded.model))
         else:
             samples = generate(loaded.model, tokenizer, codec, prompts, args.num, cfg, device, classes=classes)
-    except PromptTooLongError as e:
+    except (PromptTooLongError, CacheTooLargeError) as e:
         raise SampleError(str(e)) from e
     except ImportError as e:
         raise SampleError(str(e)) from e
@@ -316,6 +331,8 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
         "prompts": [str(p) for p in args.prompt],
         "prompt_ratio": args.prompt_ratio if args.prompt else None,
         "prompt_frames": args.prompt_frames,
+        # the cut rule and the picture region each prompt shows (codec.prompt_region)
+        "prompt_cut": _prompt_region(codec, args) if args.prompt else None,
         "num_per_prompt": args.num,
         "classes": [tokenizer.class_names[c] for c in sorted({s.label for s in samples if s.label is not None})] or None,
         "sampler": dataclasses.asdict(cfg),
@@ -331,6 +348,11 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
     }
     atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def _prompt_region(codec, args) -> dict:
+    ratio = args.prompt_ratio if args.prompt_frames is None else args.prompt_frames / codec.prompt_steps()
+    return codec.prompt_region(ratio, getattr(args, "prompt_cut", None))
 
 
 def _versions() -> dict:
