@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from jpeglm.codecs.jpeg import JpegCodec
+from jpeglm.codecs.jpeg import EOI, JpegCodec
 from jpeglm.sample import SamplerConfig, generate
 
 REPO, COMMIT = "uwnlp/jpeg-lm-reimplementation", "0123456789abcdef0123456789abcdef01234567"
@@ -235,6 +235,9 @@ def test_cli_samples_a_hub_id_as_the_issue_asks(hf_cache, tmp_path, photo_dir, c
     m = json.loads((out / "manifest.json").read_text())
     assert m["prompt_cut"]["rule"] == "half_rows" and m["prompt_cut"]["mcus"] == 152
     assert [f["file"] for f in m["files"]] == [f"p000_s00{i}.jpg" for i in range(4)]
+    for f in m["files"]:  # 16 tokens do not finish 104 MCUs: each file still ends with (one) EOI
+        data = (out / f["file"]).read_bytes()
+        assert data.endswith(EOI) and data.count(EOI) == 1 and f["file_repairs"] == ["EOI appended"]
     assert _cli(["--model", "uwnlp/not-there", "--prompt", cat, "--out", str(tmp_path / "o2")]) == 2
     assert "uwnlp/not-there" in capsys.readouterr().err
 
@@ -246,3 +249,56 @@ def test_sample_help_says_what_a_hub_id_is_and_the_default_budget(capsys):
     sample.add_arguments(p)
     text = " ".join(p.format_help().split())
     assert "hub id ORG/NAME[@REVISION]" in text and "12,288" in text and "half_rows" in text
+
+
+# --- files as run.py writes them -----------------------------------------------------------------
+def test_repair_cuts_after_the_first_eoi_and_appends_a_missing_one(photos):
+    from PIL import Image
+
+    codec = JpegCodec()
+    d = codec.encode(photos[0])
+    assert codec.repair(d) == (d, []) and codec.to_file(d).endswith(EOI)
+    assert codec.repair(d + b"\x12\x34" + EOI) == (d, ["4 bytes after the first EOI dropped"])
+    cut = codec.prompt(d, 0.6)
+    assert codec.repair(cut) == (cut + EOI, ["EOI appended"])
+    assert codec.repair(cut[2:]) == (cut + EOI, ["SOI put in front", "EOI appended"])
+    f = codec.to_file(cut)
+    assert f.endswith(EOI) and f.count(EOI) == 1
+    with Image.open(io.BytesIO(f)) as im:
+        assert im.size == (256, 256)
+    # decode still says what it had to do with a cut stream
+    assert codec.decode(cut)[1].status == "repaired"
+
+
+def test_tokens_that_stand_for_no_byte_are_dropped_and_counted(hf_cache, tmp_path, photo_dir, monkeypatch):
+    """Unconstrained sampling that writes sentencepiece's lone "▁": no crash, every token counted,
+    and the file still ends with EOI."""
+    import jpeglm.cli.sample as cli
+
+    real_load = cli._load
+    space = {}
+
+    def load(path, device):
+        loaded = real_load(path, device)
+        space["id"] = loaded.tokenizer.sp.piece_to_id("\u2581")
+        assert space["id"] != loaded.tokenizer.unk_id and loaded.tokenizer.token_bytes(space["id"]) == b""
+
+        def hook(module, args, out):
+            out = out.clone()
+            out[..., space["id"]] += 1000.0
+            return out
+
+        loaded.model.lm_head.register_forward_hook(hook)
+        return loaded
+
+    monkeypatch.setattr(cli, "_load", load)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="canonical"):
+        rc = _cli(["--model", REPO, "--prompt", str(min(photo_dir.iterdir())), "--prompt-ratio", "0.5", "--num", "2",
+                   "--max-new-tokens", "7", "--no-constrain", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["dropped_tokens"] == 14 and m["files_repaired"] == 2
+    for f in m["files"]:
+        assert f["dropped_tokens"] == 7 and f["n_new_tokens"] == 7 and f["file_repairs"] == ["EOI appended"]
+        assert (out / f["file"]).read_bytes().endswith(EOI)

@@ -8,8 +8,11 @@ failed run leaves nothing half-written):
                           p000_c001_s000 / u_c001_s000 (class id 1: its name is in the manifest)
     sheet_p000.png        per prompt: prompt | samples | the prompt's full original (images);
                           sheet_unconditional.png without prompts
-    manifest.json         settings, seeds, token counts, times, per-file decode report and, for
-                          JPEG, whether Pillow opens the file strictly (no LOAD_TRUNCATED_IMAGES)
+    manifest.json         settings, seeds, token counts, times, per-file decode report, what the
+                          codec repaired to write the file (`file_repairs`: JPEG cut after its
+                          first EOI, EOI appended), sampled tokens that stood for no byte
+                          (`dropped_tokens`) and, for JPEG, whether Pillow opens the file
+                          strictly (no LOAD_TRUNCATED_IMAGES); `prompt_cut`: the cut rule and region
 """
 
 from __future__ import annotations
@@ -244,9 +247,11 @@ def _export_dir(loaded, model_arg: str) -> str:
 
 
 def _write_media(path: Path, codec, sample) -> dict:
-    """Write one sample as the codec's file; returns the extra manifest fields for it."""
+    """Write one sample as the codec's file; returns the extra manifest fields for it (what the
+    codec repaired to write it: `file_repairs`, e.g. a JPEG's EOI appended)."""
     extra: dict = {}
     try:
+        extra["file_repairs"] = codec.repair(sample.symbols)[1]
         data = codec.to_file(sample.symbols, sample.media)
     except Exception as e:  # noqa: BLE001 - a broken generated stream is a result, not a crash
         extra["file_error"] = f"{type(e).__name__}: {e}"
@@ -310,6 +315,8 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
             "seconds": round(s.seconds, 4),
             "finish": s.finish,
             "steered": s.steered,
+            # sampled tokens that stand for no symbol (e.g. sentencepiece's lone "▁"): dropped
+            "dropped_tokens": tokenizer.dropped_count(s.new_token_ids or []),
             "report": s.report.to_dict(),
             **extra,
         })
@@ -343,6 +350,8 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
         "tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 else None,
         "decode_status": {k: sum(f["report"]["status"] == k for f in files) for k in ("ok", "repaired", "failed")},
         "strict_decodable_rate": (sum(strict) / len(strict)) if strict else None,
+        "files_repaired": sum(bool(f.get("file_repairs")) for f in files),
+        "dropped_tokens": sum(f["dropped_tokens"] for f in files),
         "files": files,
         "versions": _versions(),
     }

@@ -175,6 +175,11 @@ class Codec:
         Image.fromarray(np.asarray(media, dtype=np.uint8)).save(buf, "PNG")
         return buf.getvalue()
 
+    def repair(self, symbols) -> tuple[Any, list[str]]:
+        """The symbols `to_file` writes for `symbols` and what it fixed to get them (JPEG: cut after
+        the first EOI, EOI appended; a manifest records the list). Default: nothing to fix."""
+        return symbols, []
+
     def check_file(self, data: bytes) -> dict:
         """Facts about a written file for a sample manifest (e.g. whether a standard decoder opens it
         strictly). Default: none."""

@@ -166,7 +166,34 @@ class JpegCodec(Codec):
         return self.encode(src)
 
     def to_file(self, data: bytes, media=None) -> bytes:
-        """A complete JPEG file: the tables spliced in right after SOI."""
+        """The .jpg a user opens, as run.py writes it: `repair` (cut after the first EOI, EOI
+        appended when missing, SOI in front when missing), then the tables spliced in after SOI."""
+        return self._splice(self.repair(data)[0])
+
+    def repair(self, data: bytes) -> tuple[bytes, list[str]]:
+        """The stream `to_file` writes and what was fixed to get it: a file ends at its first EOI
+        (bytes after it dropped), ends with EOI (appended to a stream cut by the token budget, or
+        sampled without the grammar, or by vLLM) and starts with SOI (put in front when missing,
+        as run.py's clean_image_string does). The scan itself is left as the model wrote it."""
+        data, fixes = bytes(data), []
+        if not data.startswith(SOI):
+            data = SOI + data
+            fixes.append("SOI put in front")
+        try:
+            start = header_length(data)  # an FF D9 inside a header segment is no EOI
+        except ValueError:
+            start = len(SOI)
+        end = data.find(EOI, start)
+        if end >= 0 and end + len(EOI) < len(data):
+            fixes.append(f"{len(data) - end - len(EOI)} bytes after the first EOI dropped")
+            data = data[: end + len(EOI)]
+        elif end < 0:
+            data += EOI
+            fixes.append("EOI appended")
+        return data, fixes
+
+    def _splice(self, data: bytes) -> bytes:
+        """The stream as it is with the tables spliced in right after SOI."""
         data = bytes(data)
         if data[:2] == SOI:
             return SOI + self.tables() + data[2:]
@@ -220,7 +247,7 @@ class JpegCodec(Codec):
 
     def _decode(self, data: bytes) -> tuple[np.ndarray, DecodeReport]:
         size = self.params.size
-        arr, err = _strict_decode(self.to_file(data), size)
+        arr, err = _strict_decode(self._splice(data), size)
         if arr is not None:
             return arr, DecodeReport("ok")
         first_error = err
@@ -238,7 +265,7 @@ class JpegCodec(Codec):
             # describes its scan, so the picture it shows, resized, is the best one; its scan behind
             # our header would be re-read as other MCUs. (A scan with our number of restart markers
             # is ours under a broken header: the header is replaced below.)
-            arr = _loose_decode(self.to_file(data), size)
+            arr = _loose_decode(self._splice(data), size)
             if arr is not None:
                 return arr, DecodeReport("repaired", "wrong size or mode, resized (as written)", {"error": first_error})
         if data[:2] == SOI and (hl < 0 or data[:hl] != self.header()):
@@ -258,12 +285,12 @@ class JpegCodec(Codec):
             if not fixed.endswith(EOI):
                 attempts.append(("canonical header put in place, EOI appended", fixed + EOI))
         for reason, candidate in attempts:
-            arr, _ = _strict_decode(self.to_file(candidate), size)
+            arr, _ = _strict_decode(self._splice(candidate), size)
             if arr is not None:
                 return arr, DecodeReport("repaired", reason, {"error": first_error})
         # Last resort: a file that decodes but at another size / mode.
         for reason, candidate in [("as written", data)] + attempts:
-            arr = _loose_decode(self.to_file(candidate), size)
+            arr = _loose_decode(self._splice(candidate), size)
             if arr is not None:
                 return arr, DecodeReport("repaired", f"wrong size or mode, resized ({reason})", {"error": first_error})
         return _placeholder(size), DecodeReport("failed", first_error or "undecodable")

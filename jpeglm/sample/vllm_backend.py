@@ -39,7 +39,8 @@ def generate_vllm(model_dir, tokenizer, codec, prompts, num_samples: int, cfg: S
         symbols = tokenizer.decode(j.ids + new)
         media, report = codec.decode(symbols)
         finish = "eos" if res.outputs[0].finish_reason == "stop" else "max_new_tokens"
-        samples.append(Sample(symbols, media, report, j.prompt_index, j.seed, len(j.ids), len(new), secs, finish))
+        samples.append(Sample(symbols, media, report, j.prompt_index, j.seed, len(j.ids), len(new), secs, finish,
+                              new_token_ids=new))
     return samples
 
 
