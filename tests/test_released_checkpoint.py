@@ -159,6 +159,14 @@ def test_the_default_budget_is_the_trained_context(released, photos):
         handle.remove()
     assert s.finish == "eos"
     assert seen.largest == 12288  # the cache slab: prompt + budget = the trained context, not 65,536
+    # a budget asked for may go past the trained context (never past max_position_embeddings)
+    handle = _eos_at_once(loaded.model, loaded.tokenizer.eos_id)
+    try:
+        with _Shapes() as seen:
+            generate(loaded.model, loaded.tokenizer, codec, [prompt], 1, SamplerConfig(constrain=False, max_new_tokens=20000))
+    finally:
+        handle.remove()
+    assert seen.largest == s.n_prompt_tokens + 20000
 
 
 def test_trained_context_of_our_checkpoints():

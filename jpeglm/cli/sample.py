@@ -169,7 +169,7 @@ def sample_to_dir(args) -> dict:
         SamplerConfig,
         generate,
     )
-    from jpeglm.sample.budget import context_length
+    from jpeglm.sample.budget import sampling_context
 
     out = Path(args.out)
     from jpeglm.cli import flags
@@ -203,7 +203,7 @@ def sample_to_dir(args) -> dict:
             from jpeglm.sample.vllm_backend import generate_vllm
 
             samples = generate_vllm(_export_dir(loaded, args.model), tokenizer, codec, prompts, args.num, cfg,
-                                    context=context_length(loaded.model))
+                                    context=sampling_context(loaded.model, cfg.max_new_tokens))
         else:
             samples = generate(loaded.model, tokenizer, codec, prompts, args.num, cfg, device, classes=classes)
     except (PromptTooLongError, CacheTooLargeError) as e:

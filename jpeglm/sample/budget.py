@@ -6,7 +6,8 @@
   whose config says 65,536 but which was trained on 12,288-token chunks, run.py's
   MAX_MODEL_SEQ_LEN) and records it on the model's config as `jpeglm_context`; `context_length(model)`
   reads it back (a model without it: `max_position_embeddings`). The default token budget of a
-  sample is that context minus its prompt.
+  sample is that context minus its prompt; an explicit `max_new_tokens` may go past it, never past
+  `max_position_embeddings` (`sampling_context`).
 - The cache: `check_cache_fits` estimates the KV cache of a batch before anything is allocated
   (2 x layers x rows x KV heads x positions x head dim x bytes per element) and refuses, saying how
   much it needs and what to lower, when the device does not have that much free (CUDA:
@@ -37,13 +38,23 @@ def trained_context(meta: dict, max_positions: int) -> int:
     return min(int(seq_len), max_positions) if seq_len else max_positions
 
 
+def max_positions(model) -> int:
+    """`max_position_embeddings`: the hard limit, whatever budget is asked for."""
+    return int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+
+
 def context_length(model) -> int:
-    """Positions a sample of `model` may use: its recorded trained context, at most
+    """Positions a sample of `model` uses by default: its recorded trained context, at most
     `max_position_embeddings`."""
-    cfg = model.config
-    max_pos = int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30)
-    ctx = getattr(cfg, CONTEXT_ATTR, None)
-    return min(int(ctx), max_pos) if ctx else max_pos
+    ctx = getattr(model.config, CONTEXT_ATTR, None)
+    return min(int(ctx), max_positions(model)) if ctx else max_positions(model)
+
+
+def sampling_context(model, max_new_tokens: int | None) -> int:
+    """The positions a `generate` call may fill: the trained context by default; an explicit
+    budget may go past it (a user's choice, e.g. a model trained on short chunks), never past
+    `max_position_embeddings`."""
+    return context_length(model) if max_new_tokens is None else max_positions(model)
 
 
 def cache_bytes(model, rows: int, positions: int) -> int:
@@ -93,4 +104,4 @@ def check_cache_fits(model, rows: int, positions: int, device, max_new_tokens: i
 
 
 __all__ = ["CONTEXT_ATTR", "RELEASED_TRAINED_CONTEXT", "CacheTooLargeError", "cache_bytes", "check_cache_fits",
-           "context_length", "free_bytes", "trained_context"]
+           "context_length", "free_bytes", "max_positions", "sampling_context", "trained_context"]

@@ -20,7 +20,8 @@ class SamplerConfig:
     max_new_tokens: int | None = _s(
         None, "token budget per sample (default: the context the model was trained at minus the prompt: the "
         "checkpoint's data.seq_len, 12,288 for the released JPEG-LM, never more than max_position_embeddings; the KV "
-        "cache is sized by it); constrained samples are steered to a complete file before it runs out")
+        "cache is sized by it); a budget given may go past the trained context, up to max_position_embeddings; "
+        "constrained samples are steered to a complete file before it runs out")
     seed: int = _s(0, "sample i (counting over all prompts) uses seed + i, whatever the batch size")
     batch_size: int = _s(8, "sequences sampled together")
     constrain: bool = _s(True, "constrain sampling to the codec's grammar (JPEG scan, H.264 NAL units) and code "

@@ -40,7 +40,7 @@ import torch
 
 from jpeglm.sample import guidance
 from jpeglm.sample.batch import Batch, Run, filter_logits
-from jpeglm.sample.budget import CacheTooLargeError, check_cache_fits, context_length
+from jpeglm.sample.budget import CacheTooLargeError, check_cache_fits, sampling_context
 from jpeglm.sample.config import SamplerConfig
 from jpeglm.sample.constrain import code_only_mask, constraint_for, token_bytes_table
 from jpeglm.sample.kv_cache import decode_attention_on
@@ -66,9 +66,6 @@ class Sample:
     label: int | None = None  # the class sampled (class-conditional models), None: unconditional
 
 
-def _context_length(model) -> int:
-    """The trained context (jpeglm.sample.budget), at most max_position_embeddings."""
-    return context_length(model)
 
 
 @dataclass
@@ -172,7 +169,7 @@ def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerCon
     code_mask = code_only_mask(tokenizer, codec, vocab) if cfg.constrain else None
     classes = check_classes(tokenizer, classes, cfg.cfg_scale)
     jobs = _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint, classes)
-    ctx = _context_length(model)
+    ctx = sampling_context(model, cfg.max_new_tokens)  # the trained context unless a budget is given
     for j in jobs:
         if len(j.ids) >= ctx:
             raise PromptTooLongError(
