@@ -178,6 +178,18 @@ def test_trained_context_of_our_checkpoints():
     assert trained_context({}, 1024) == 1024
 
 
+def test_sampling_context_rules():
+    from types import SimpleNamespace
+
+    from jpeglm.sample.budget import context_length, sampling_context
+
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=65536, jpeglm_context=256))
+    assert context_length(model) == 256 == sampling_context(model, None)  # the trained context by default
+    assert sampling_context(model, 1000) == 65536  # a budget asked for may go past it
+    assert sampling_context(model, None, fixed_length=True) == 65536  # a grid of codes ends after its last code
+    assert context_length(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048))) == 2048
+
+
 def test_a_cache_that_cannot_fit_is_refused_before_allocating(released, photos, monkeypatch):
     from jpeglm.sample import CacheTooLargeError, budget
 

@@ -203,7 +203,7 @@ def sample_to_dir(args) -> dict:
             from jpeglm.sample.vllm_backend import generate_vllm
 
             samples = generate_vllm(_export_dir(loaded, args.model), tokenizer, codec, prompts, args.num, cfg,
-                                    context=sampling_context(loaded.model, cfg.max_new_tokens))
+                                    context=sampling_context(loaded.model, cfg.max_new_tokens, codec.symbols_per_item() is not None))
         else:
             samples = generate(loaded.model, tokenizer, codec, prompts, args.num, cfg, device, classes=classes)
     except (PromptTooLongError, CacheTooLargeError) as e:

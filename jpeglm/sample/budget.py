@@ -50,11 +50,12 @@ def context_length(model) -> int:
     return min(int(ctx), max_positions(model)) if ctx else max_positions(model)
 
 
-def sampling_context(model, max_new_tokens: int | None) -> int:
+def sampling_context(model, max_new_tokens: int | None, fixed_length: bool = False) -> int:
     """The positions a `generate` call may fill: the trained context by default; an explicit
     budget may go past it (a user's choice, e.g. a model trained on short chunks), never past
-    `max_position_embeddings`."""
-    return context_length(model) if max_new_tokens is None else max_positions(model)
+    `max_position_embeddings`, and so may items of a fixed length (`fixed_length`: a grid of codes
+    ends after its last code whatever the context it was trained in)."""
+    return context_length(model) if max_new_tokens is None and not fixed_length else max_positions(model)
 
 
 def cache_bytes(model, rows: int, positions: int) -> int:

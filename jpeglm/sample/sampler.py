@@ -169,7 +169,8 @@ def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerCon
     code_mask = code_only_mask(tokenizer, codec, vocab) if cfg.constrain else None
     classes = check_classes(tokenizer, classes, cfg.cfg_scale)
     jobs = _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint, classes)
-    ctx = sampling_context(model, cfg.max_new_tokens)  # the trained context unless a budget is given
+    # the trained context, unless a budget is given or an item has a fixed length (a grid of codes)
+    ctx = sampling_context(model, cfg.max_new_tokens, fixed_length=codec.symbols_per_item() is not None)
     for j in jobs:
         if len(j.ids) >= ctx:
             raise PromptTooLongError(
