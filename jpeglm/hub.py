@@ -17,7 +17,6 @@ from pathlib import Path
 
 # ORG/NAME as the hub spells repo ids (letters, digits, - _ .), an optional @REVISION
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<rev>[\w./-]{1,200}))?$")
-HELP = "a hub id ORG/NAME[@REVISION] (e.g. uwnlp/jpeg-lm-reimplementation) is fetched into the Hugging Face cache, or read from it offline (HF_HUB_OFFLINE=1)"
 IGNORE = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.tflite", "flax_model*", "tf_model*", "rust_model*", "coreml/*"]
 
 
@@ -75,4 +74,4 @@ def resolve_model(spec: str | os.PathLike, cache_dir: str | os.PathLike | None =
     return Path(folder)
 
 
-__all__ = ["HELP", "HubError", "parse_hub_id", "resolve_model"]
+__all__ = ["HubError", "parse_hub_id", "resolve_model"]
