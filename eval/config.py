@@ -61,7 +61,7 @@ class SystemConfig:
     """One system to evaluate: a checkpoint; its codec comes from the checkpoint itself."""
 
     name: str = field(metadata={"help": "label in the report (unique)"})
-    checkpoint: str = field(metadata={"help": "export dir or run dir (its latest export), or a released JPEG-LM dir"})
+    checkpoint: str = field(metadata={"help": "export dir or run dir (its latest export), a released JPEG-LM dir, or a hub id ORG/NAME[@REVISION]"})
 
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name.startswith("."):

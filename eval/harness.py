@@ -507,7 +507,8 @@ def _score_all(cfg, out: Path, fid: FID, ref: dict | None, results: EvalResults,
         codecs_seen.setdefault(json.dumps(codec.to_config(), sort_keys=True, default=str), (entry.name, codec, reals, real))
         mine = dataclasses.replace(shared, system=entry.name, codec=codec.to_config())
         for plan, store in plans:
-            row, strip_rows = score(store, plan, cfg, fid, real, heldout, mine, codec.media_kind == "video", reals)
+            row, strip_rows = score(store, plan, cfg, fid, real, heldout, mine, codec.media_kind == "video", reals,
+                                    prompt_cut=_prompt_cut(codec, plan.ratio))
             if strip_rows:
                 p = out / "strips" / f"{entry.name}-{plan.folder}.png"
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -523,6 +524,17 @@ def _score_all(cfg, out: Path, fid: FID, ref: dict | None, results: EvalResults,
                         "code": code_version()}
     files = write_report(results, out)
     return {**results.to_json(), "report_files": {k: str(v) for k, v in files.items()}}
+
+
+def _prompt_cut(codec, ratio: float | None) -> dict | None:
+    """The codec's prompt cut at `ratio` (its rule and the region the prompts show); None unconditional or
+    when the codec cannot say (sampling then failed with the reason, which the row carries)."""
+    if ratio is None:
+        return None
+    try:
+        return codec.prompt_region(ratio)
+    except ValueError:
+        return None
 
 
 def _floors(cfg, out: Path, results, codecs_seen, fid, held) -> None:

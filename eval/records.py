@@ -78,6 +78,8 @@ class SettingRow(Record):
 
     setting: str = _f("", "'ratio=R' or 'unconditional'")
     prompt_ratio: float | None = _f(None, "share of the picture the prompts show; None for unconditional")
+    prompt_cut: dict | None = _f(None, "the codec's prompt cut at this ratio (codec.prompt_region): the rule (JPEG: "
+                                 "half_rows, the release's) and the picture region the prompts show; None unconditional")
     seed: int | None = _f(None, "seed of the setting's first sample (sample i uses seed + i), the same for every system")
     n_samples: int = _f(0, "samples drawn")
     fid: float | None = _f(None, "FID of the samples that decoded (repaired ones included) against the held-out reals")
@@ -195,6 +197,8 @@ class SamplesManifest(Record):
     system: str = _f("", "the system's name")
     codec: dict | None = _f(None, "its codec config")
     prompt_ratio: float | None = _f(None, "the setting's prompt ratio; None unconditional")
+    prompt_cut: dict | None = _f(None, "the prompt cut rule and the picture region the prompts show "
+                                 "(codec.prompt_region); None unconditional")
     num_samples: int = _f(0, "samples written")
     base_seed: int = _f(0, "the eval's seed")
     sampler: dict = _f(dict, "the sampler settings shared by every system (seeds are per sample)")

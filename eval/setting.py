@@ -202,9 +202,11 @@ def pr_or_reason(real: FeatureSet | None, fake: FeatureSet, device) -> tuple[flo
 
 
 def score(store: SampleStore, plan: SettingPlan, cfg, fid, real: FeatureSet, pr_real: FeatureSet | None,
-          manifest: SamplesManifest, video: bool, reals) -> tuple[SettingRow, list[dict]]:
-    """The setting's row from its files, plus the aggregates (features.npy, samples.npz, manifest.json)."""
-    row = SettingRow(setting=plan.name, prompt_ratio=plan.ratio, seed=plan.seed, samples_dir=str(store.dir))
+          manifest: SamplesManifest, video: bool, reals, prompt_cut: dict | None = None) -> tuple[SettingRow, list[dict]]:
+    """The setting's row from its files, plus the aggregates (features.npy, samples.npz, manifest.json).
+    `prompt_cut`: the codec's prompt region at the setting's ratio, recorded in the row and manifest."""
+    row = SettingRow(setting=plan.name, prompt_ratio=plan.ratio, prompt_cut=prompt_cut, seed=plan.seed,
+                     samples_dir=str(store.dir))
     if plan.cfg_scale is not None:
         row.update(cfg_scale=plan.cfg_scale, classes=list(plan.classes))
     errors = store.errors()
@@ -247,7 +249,7 @@ def score(store: SampleStore, plan: SettingPlan, cfg, fid, real: FeatureSet, pr_
     store.remove_stale(n)  # an earlier eval's files past this run's samples, killed runs' temporaries
     if not store.write_npz(n):
         (store.dir / "samples.npz").unlink(missing_ok=True)  # samples of different shapes: no ADM input
-    _write_manifest(store, n, dataclasses.replace(manifest, prompt_ratio=plan.ratio))
+    _write_manifest(store, n, dataclasses.replace(manifest, prompt_ratio=plan.ratio, prompt_cut=prompt_cut))
     n_good = n - sum(failed)
     if fake.n >= 2:
         res = fid_between(fid, real, fake)

@@ -150,10 +150,18 @@ def prune(folder: Path, keep_last: int, protect: str | None = None) -> list[str]
 
 
 def resolve_export(path: str | os.PathLike) -> Path:
-    """An export dir, or a run dir -> the export its checkpoints/latest names."""
+    """An export dir, or a run dir -> the export its checkpoints/latest names; a hub id
+    `ORG/NAME[@REVISION]` that is no local path -> its snapshot in the HF cache (jpeglm.hub)."""
+    if not Path(path).exists():
+        from jpeglm.hub import HubError, parse_hub_id, resolve_model
+
+        if parse_hub_id(str(path)) is None:
+            raise CheckpointError(f"{path}: no such checkpoint or run directory, and not a hub id (ORG/NAME[@REVISION])")
+        try:
+            path = resolve_model(path)
+        except HubError as e:
+            raise CheckpointError(str(e)) from e
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint or run directory")
     ck = path / "checkpoints"
     if ck.is_dir() and not (path / "config.json").is_file():
         latest = ck / LATEST
@@ -207,12 +215,35 @@ def load_for_inference(path: str | os.PathLike, device: str = "cpu", dtype=None)
     from safetensors import SafetensorError
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = _load_weights(AutoModelForCausalLM, path, kwargs)
+    except CheckpointError:
+        raise
     except (OSError, ValueError, SafetensorError) as e:  # a cut-short safetensors file, a bad config.json
         raise CheckpointError(f"{path}: the model files cannot be loaded ({type(e).__name__}: {str(e)[:200]}); "
                               "the checkpoint is truncated or damaged: use an earlier step or copy it again") from e
     model = model.to(device).eval()
+    # sample within the context it was trained at, not max_position_embeddings (jpeglm.sample.budget)
+    from jpeglm.sample.budget import CONTEXT_ATTR, trained_context
+
+    setattr(model.config, CONTEXT_ATTR, trained_context(meta, int(model.config.max_position_embeddings)))
     return Loaded(model=model, tokenizer=tokenizer, codec=codec, meta=meta)
+
+
+def _load_weights(auto_cls, path: Path, kwargs: dict):
+    """from_pretrained, safetensors first; a pickled pytorch_model.bin (the released JPEG-LM's one
+    file) only with weights_only=True, so a pickle that would run code is refused, never run."""
+    import pickle
+
+    if any(path.glob("*.safetensors")):
+        return auto_cls.from_pretrained(path, use_safetensors=True, **kwargs)
+    if not any(path.glob("pytorch_model*.bin")):
+        raise CheckpointError(f"{path}: no weights (neither *.safetensors nor pytorch_model.bin)")
+    try:
+        return auto_cls.from_pretrained(path, use_safetensors=False, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: pytorch_model.bin holds more than tensors, refused (loaded with weights_only=True; {e})".splitlines()[0]
+        ) from e
 
 
 def _codec(cfg: dict, base_dir: Path):

@@ -239,6 +239,15 @@ class Tokenizer:
         """The text form the saved HF tokenizer takes: AutoTokenizer(to_text(s)) == encode(s, eos=False)."""
         raise NotImplementedError
 
+    def dropped_count(self, ids) -> int:
+        """How many of `ids` `decode` drops because they stand for no symbol (specials, extras,
+        unknown ids, sentencepiece's lone "▁" dummy-prefix piece): counted in sample manifests."""
+        empty: dict[int, bool] = {}
+        for i in _as_id_array(ids).tolist():
+            if i not in empty:
+                empty[i] = len(self.decode([i])) == 0
+        return sum(empty[i] for i in _as_id_array(ids).tolist())
+
     def token_bytes(self, token_id: int) -> bytes | None:
         """The bytes a token stands for, None for specials/extras/unknown ids (and for code tokens)."""
         table = self.token_bytes_table()

@@ -7,6 +7,7 @@ steering finishes each constrained sample inside its budget.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import socket
@@ -100,7 +101,8 @@ def test_on_step_none_changes_nothing(codec, loaded, photos):
 def test_cut_snaps_to_codec_steps_and_line_is_drawn(codec, photo_file):
     picture = canonical_media(codec, photo_file)
     assert picture.shape == (SIZE, SIZE, 3)
-    assert codec.prompt_steps() == 4 and snap(codec, 0.6) == (2, 0.5) and snap(codec, 0.1) == (0, 0.0)
+    # JPEG cuts in half MCU rows (the release's rule): 8 steps at 64x64
+    assert codec.prompt_steps() == 8 and snap(codec, 0.6) == (5, 0.625) and snap(codec, 0.05) == (0, 0.0)
     shown = with_cut_line(picture, 0.5)
     assert (shown[: SIZE // 2 - 1] == picture[: SIZE // 2 - 1]).all()  # the prompt is shown as it is
     assert (shown[SIZE // 2] == (255, 48, 48)).all()  # the cut line
@@ -135,7 +137,7 @@ def test_worker_streams_previews_then_byte_exact_files(codec, loaded, photo_file
     for path, report in zip(final.files, final.reports):
         data = Path(path).read_bytes()
         assert report["strict_decodable"] and report["status"] == "ok" and report["bytes"] == len(data)
-        assert data.startswith(codec.to_file(prompt))  # the prompt's bytes, kept exactly
+        assert data.startswith(codec.to_file(prompt)[:-2])  # the prompt's bytes, kept exactly (to_file ends the cut stream with EOI)
         with Image.open(io.BytesIO(data)) as im:
             pixels = np.asarray(im.convert("RGB"))
         np.testing.assert_array_equal(pixels[: SIZE // 2 - 1], prompt_pixels[: SIZE // 2 - 1])
@@ -188,6 +190,58 @@ def test_video_checkpoint_shows_frames_and_gives_mp4():
         assert sum(1 for _ in c.decode(video=0)) >= 2
 
 
+# --- class-conditional checkpoints -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def class_loaded(codec, tmp_path_factory):
+    """A tiny random class-conditional JPEG checkpoint (classes cat, dog), saved and loaded as `jpeglm app` does."""
+    import yaml
+
+    from jpeglm.checkpoint import FORMAT, META_FILE, load_for_inference
+
+    tok = ByteTokenizer().with_classes(["cat", "dog"])
+    folder = tmp_path_factory.mktemp("classes") / "export"
+    tiny_llama(tok.vocab_size, seed=1).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / META_FILE).write_text(yaml.safe_dump({"format": FORMAT, "version": 1, "codec": codec.to_config()}))
+    return load_for_inference(folder)
+
+
+def test_worker_samples_a_class_with_guidance_as_generate_does(codec, class_loaded, photo_file):
+    worker = _worker(class_loaded)
+    assert worker.class_names == ("cat", "dog") and worker.class_ids("dog") == [1] and worker.class_ids("") is None
+    picture = canonical_media(codec, photo_file)
+    cfg = worker.sampler(2, seed=4, cfg_scale=2.0)
+    final = list(worker.stream("cls", picture, 0.5, 2, cfg, worker.class_ids("dog")))[-1]
+    assert final.status == "finished" and len(final.files) == 2
+    prompt = codec.prompt(codec.encode(picture), 0.5)
+    m, tok = class_loaded.model, class_loaded.tokenizer
+    direct = generate(m, tok, codec, [prompt], 2, cfg, classes=[1])
+    files = [Path(f).read_bytes() for f in final.files]
+    assert files == [codec.to_file(s.symbols, s.media) for s in direct]  # the same seed: the same bytes
+    assert all(codec.is_strictly_decodable(d) and d.startswith(codec.to_file(prompt)[:-2]) for d in files)
+    assert [r["class"] for r in final.reports] == ["dog", "dog"] and all(r["strict_decodable"] for r in final.reports)
+    unguided = generate(m, tok, codec, [prompt], 2, dataclasses.replace(cfg, cfg_scale=1.0), classes=[1])
+    assert files != [codec.to_file(s.symbols, s.media) for s in unguided]  # the guidance scale reached the sampler
+
+
+def test_unknown_class_is_a_message_on_the_page_and_it_keeps_serving(codec, class_loaded, photo_file):
+    pytest.importorskip("gradio")
+    from jpeglm.app.page import build
+
+    worker = _worker(class_loaded)
+    with pytest.raises(InputError, match=r"unknown class 'fox' \(known: cat, dog\)"):
+        worker.class_ids("fox")
+    page = build(worker)
+    run = next(f.fn for f in page.fns.values() if getattr(f.fn, "__name__", "") == "run")  # Generate's handler
+    picture = canonical_media(codec, photo_file)
+    shown = list(run(picture, 0.5, 0, 1, 1.0, 50, "fox-job", "fox", 2.0))
+    assert len(shown) == 1 and shown[0][0] == "**unknown class 'fox' (known: cat, dog)**" and shown[0][1] is None
+    last = list(run(picture, 0.5, 3, 1, 1.0, 50, "cat-job", "cat", 2.0))[-1]
+    assert last[0].startswith("finished") and last[4][0]["class"] == "cat" and last[4][0]["strict_decodable"]
+    last = list(run(picture, 0.5, 3, 1, 1.0, 50, "none-job", "", 2.0))[-1]  # no class: unconditional, unguided
+    assert last[0].startswith("finished") and "class" not in last[4][0]
+
+
 # --- the served app ------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -218,22 +272,22 @@ def test_complete_api_returns_strict_jpegs_with_the_prompt(served, codec, photo_
     prompt = codec.prompt(codec.encode(canonical_media(codec, photo_file)), 0.5)
     for f in files:
         data = Path(f if isinstance(f, str) else f["path"]).read_bytes()
-        assert codec.is_strictly_decodable(data) and data.startswith(codec.to_file(prompt))
+        assert codec.is_strictly_decodable(data) and data.startswith(codec.to_file(prompt)[:-2])  # less to_file's EOI
     # bad input: an error for the caller, and the app keeps serving
     with pytest.raises(Exception, match="whole picture"):
         client.predict(handle_file(str(photo_file)), 1.0, 7, 1, 1.0, 50, api_name="/complete")
     assert len(client.predict(handle_file(str(photo_file)), 0.25, 1, 1, 1.0, 50, api_name="/complete")) == 1
 
 
-def test_class_controls_only_for_class_checkpoints(loaded):
+def test_class_controls_only_for_class_checkpoints(loaded, class_loaded):
     pytest.importorskip("gradio")
-    from jpeglm.app.page import build, checkpoint_classes
+    from jpeglm.app.page import build
 
-    assert checkpoint_classes({}) == [] and checkpoint_classes({"classes": {"cat": 0, "dog": 1}}) == ["cat", "dog"]
     labels = lambda page: {getattr(b, "label", None) for b in page.blocks.values()}
     assert "Class" not in labels(build(Worker(loaded)))
-    with_classes = SimpleNamespace(**{**vars(loaded), "meta": {"classes": ["cat", "dog"]}})
-    assert {"Class", "Guidance"} <= labels(build(Worker(with_classes)))
+    unlabelled_meta = SimpleNamespace(**{**vars(loaded), "meta": {"classes": ["cat", "dog"]}})
+    assert "Class" not in labels(build(Worker(unlabelled_meta)))  # the tokenizer's class tokens decide, as in sample
+    assert {"Class", "Guidance"} <= labels(build(Worker(class_loaded)))
 
 
 def test_everything_that_runs_the_model_shares_one_queue_slot(loaded):

@@ -197,6 +197,8 @@ def test_harness_with_stand_ins_ranks_systems_and_survives_failures(tmp_path, he
     assert npz.shape == (6, SIZE, SIZE, 3) and npz.dtype == np.uint8
     m = json.loads((d / "manifest.json").read_text())
     assert [s["seed"] for s in m["samples"]] == list(range(6)) and m["prompt_ratio"] == 0.5
+    assert m["prompt_cut"]["ratio"] == 0.5 and m["prompt_cut"]["rule"]  # the codec's cut, recorded as on main
+    assert [r["prompt_cut"] for r in by["noisy"]["rows"] if r["setting"] == "ratio=0.5"] == [m["prompt_cut"]]
     assert len(m["fid"]["network_sha256"]) == 64 and "jpeglm" in m["code"] and m["sampler"]["top_k"] == 50
     mb = json.loads((Path(cfg.out) / "systems" / "broken" / "ratio_0.5" / "manifest.json").read_text())
     assert len(mb["decode_failures"]) == 6

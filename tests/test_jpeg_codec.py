@@ -173,10 +173,11 @@ def test_decode_wrong_size_is_resized(codec, squares):
 
 
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
-def test_prompt_shows_top_rows(codec, squares, ratio):
+@pytest.mark.parametrize("rule", ["half_rows", "rows"])
+def test_prompt_shows_top_rows(codec, squares, ratio, rule):
     for im in squares[:3]:
         d = codec.encode(im)
-        p = codec.prompt(d, ratio)
+        p = codec.prompt(d, ratio, rule)  # the two rules agree at these ratios
         assert d.startswith(p) and p[-2] == 0xFF and 0xD0 <= p[-1] <= 0xD7
         rows = round(ratio * 16)
         assert len(restart_marker_ends(p, header_length(p))) == rows * 16
@@ -191,7 +192,9 @@ def test_prompt_edges(codec, squares):
     d = codec.encode(squares[0])
     assert codec.prompt(d, 0.0) == d[: header_length(d)] == codec.header()
     assert codec.prompt(d, 1.0) == d
-    assert len(restart_marker_ends(codec.prompt(d, 0.01), 0)) == 16  # at least one row
+    for rule in ("half_rows", "rows"):  # a ratio that shows no MCU is an error, not the whole picture
+        with pytest.raises(ValueError, match="shows no MCU"):
+            codec.prompt(d, 0.01, rule)
     with pytest.raises(ValueError, match="ratio"):
         codec.prompt(d, 1.5)
     with pytest.raises(ValueError, match="restart markers"):

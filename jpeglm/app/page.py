@@ -35,17 +35,6 @@ and press Generate to watch the frames arrive; the finished clips are .mp4 files
 """
 
 
-def checkpoint_classes(meta: dict) -> list[str]:
-    """Class names a class-conditional checkpoint declares in its jpeglm.yaml (`classes`: a list of
-    names or a {name: id} map); [] for unconditional checkpoints."""
-    classes = (meta or {}).get("classes")
-    if isinstance(classes, dict):
-        return [str(k) for k in classes]
-    if isinstance(classes, list):
-        return [str(c) for c in classes]
-    return []
-
-
 def build(worker: Worker, title: str = "jpeglm app"):
     import gradio as gr
 
@@ -54,7 +43,7 @@ def build(worker: Worker, title: str = "jpeglm app"):
     names = builtin_names(codec)
     video = codec.media_kind == "video"
     thing = "clip" if video else "photo"
-    classes = checkpoint_classes(worker.meta)
+    classes = list(worker.class_names)  # from the checkpoint's tokenizer, as `jpeglm sample --class` finds them
     _, start_ratio = snap(codec, 0.5)
 
     def picked(media, ratio):
@@ -92,10 +81,10 @@ def build(worker: Worker, title: str = "jpeglm app"):
             yield (f"**Choose or upload a {thing} first.**",) + clear
             return
         try:
-            if label:
-                raise InputError("this jpeglm's sampler does not take a class yet; choose no class")
-            cfg = worker.sampler(int(num or 1), temperature=float(temperature), top_k=int(top_k or 0), seed=int(seed or 0))
-            job = worker.stream(job_id, picture, float(ratio), int(num or 1), cfg)
+            ids = worker.class_ids(label)  # no class: unconditional (guidance needs a class to guide towards)
+            cfg = worker.sampler(int(num or 1), temperature=float(temperature), top_k=int(top_k or 0), seed=int(seed or 0),
+                                 cfg_scale=float(guidance) if ids else 1.0)
+            job = worker.stream(job_id, picture, float(ratio), int(num or 1), cfg, ids)
             try:
                 for p in job:
                     gallery = [(img, f"seed {cfg.seed + i} · {t} tokens") for i, (img, t) in enumerate(zip(p.previews, p.tokens))]
@@ -145,8 +134,10 @@ def build(worker: Worker, title: str = "jpeglm app"):
                 extra = []
                 if classes:
                     with gr.Row():
-                        extra = [gr.Dropdown([""] + classes, value="", label="Class"),
-                                 gr.Slider(1, 10, value=3, step=0.5, label="Guidance")]
+                        extra = [gr.Dropdown([("(none: unconditional)", "")] + [(c, c) for c in classes], value="", label="Class",
+                                             elem_id="class"),
+                                 gr.Slider(1, 10, value=3, step=0.5, label="Guidance", elem_id="guidance",
+                                           info="classifier-free guidance scale towards the class (1 = off)")]
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                     halt = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -181,4 +172,4 @@ def build(worker: Worker, title: str = "jpeglm app"):
     return page
 
 
-__all__ = ["build", "checkpoint_classes"]
+__all__ = ["build"]

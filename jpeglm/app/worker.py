@@ -1,7 +1,8 @@
 """The generation worker behind the page: one model, one job at a time, a live view of the bytes.
 
-`Worker.stream(job_id, picture, prompt_ratio, num_samples, sampler)` cuts the prompt, runs `jpeglm.sample.generate` in a thread
-with an `on_step` hook, and yields `Progress` snapshots: every sample's partial stream decoded (the
+`Worker.stream(job_id, picture, prompt_ratio, num_samples, sampler, classes)` cuts the prompt, runs
+`jpeglm.sample.generate` in a thread with an `on_step` hook (and, for a class-conditional checkpoint,
+the class ids `class_ids(name)` resolves exactly as `jpeglm sample --class NAME` does), and yields `Progress` snapshots: every sample's partial stream decoded (the
 rows written so far, grey below: the codec's own decode of a cut stream), tokens/s and counts; the
 last snapshot carries the finished files (exactly `codec.to_file` of what the model wrote) and their
 decode reports. A job stops early when `stop(job_id)` is called, when the consumer of `stream` goes
@@ -100,16 +101,40 @@ class Worker:
         except ValueError as e:
             raise InputError(str(e)) from e
 
+    # --- classes -----------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The checkpoint's classes, in id order (its tokenizer's class tokens, what `jpeglm sample --class`
+        reads); () for an unconditional checkpoint."""
+        return tuple(self.tokenizer.class_names)
+
+    def class_ids(self, name: str | None) -> list[int] | None:
+        """The class ids of one job for class `name` (None / "": unconditional, a labelled model's null
+        class), resolved by `jpeglm sample`'s own `class_ids`; InputError for an unknown class."""
+        from jpeglm.cli.sample import SampleError, class_ids
+
+        try:
+            return class_ids(self.tokenizer, [name] if name else [], None)
+        except SampleError as e:
+            raise InputError(str(e).removeprefix("--class: ")) from None
+
     # --- one job -------------------------------------------------------------------------------------
-    def stream(self, job_id: str, picture: np.ndarray, prompt_ratio: float, num_samples: int, cfg):
-        """Yield `Progress` snapshots of one job (`cfg`: its SamplerConfig, see `sampler`); the last has
-        status finished, stopped or error."""
+    def stream(self, job_id: str, picture: np.ndarray, prompt_ratio: float, num_samples: int, cfg,
+               classes: list[int] | None = None):
+        """Yield `Progress` snapshots of one job (`cfg`: its SamplerConfig, see `sampler`; `classes`: the
+        class ids of a class-conditional checkpoint, see `class_ids`, guided by `cfg.cfg_scale`); the last
+        has status finished, stopped or error."""
         from jpeglm.sample import generate
+        from jpeglm.sample.sampler import check_classes
 
         stop = self._flag(job_id or f"anon-{time.monotonic_ns()}")
         n = int(num_samples)
         if not 1 <= n <= self.max_samples:
             raise InputError(f"number of samples must be 1..{self.max_samples}")
+        try:
+            classes = check_classes(self.tokenizer, classes, cfg.cfg_scale)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         prompt, fraction = self.prompt(picture, prompt_ratio)
         prompt_pixels = still(self.codec.decode(prompt)[0])
         state = {"step": None, "pulled": time.monotonic(), "result": None, "error": None}
@@ -124,7 +149,7 @@ class Worker:
         def work():
             try:
                 state["result"] = generate(self.model, self.tokenizer, self.codec, [prompt], n, cfg, self.device,
-                                           on_step=on_step)
+                                           on_step=on_step, classes=classes)
             except Exception as e:  # noqa: BLE001 - shown on the page; the app keeps serving
                 state["error"] = f"{type(e).__name__}: {e}"
             finally:
@@ -182,7 +207,8 @@ class Worker:
             files.append(str(path))
             stopped |= s.finish == "stopped"
             reports.append({
-                "file": path.name, "seed": s.seed, "status": s.report.status, "reason": s.report.reason,
+                "file": path.name, "seed": s.seed,
+                **({"class": self.class_names[s.label]} if s.label is not None else {}), "status": s.report.status, "reason": s.report.reason,
                 **self.codec.check_file(data), "finish": s.finish, "steered": s.steered,
                 "prompt_tokens": s.n_prompt_tokens, "new_tokens": s.n_new_tokens, "bytes": len(data),
                 "seconds": round(s.seconds, 2),

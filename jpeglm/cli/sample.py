@@ -8,8 +8,11 @@ failed run leaves nothing half-written):
                           p000_c001_s000 / u_c001_s000 (class id 1: its name is in the manifest)
     sheet_p000.png        per prompt: prompt | samples | the prompt's full original (images);
                           sheet_unconditional.png without prompts
-    manifest.json         settings, seeds, token counts, times, per-file decode report and, for
-                          JPEG, whether Pillow opens the file strictly (no LOAD_TRUNCATED_IMAGES)
+    manifest.json         settings, seeds, token counts, times, per-file decode report, what the
+                          codec repaired to write the file (`file_repairs`: JPEG cut after its
+                          first EOI, EOI appended), sampled tokens that stood for no byte
+                          (`dropped_tokens`) and, for JPEG, whether Pillow opens the file
+                          strictly (no LOAD_TRUNCATED_IMAGES); `prompt_cut`: the cut rule and region
 
 Under `torchrun --nproc_per_node N --no-python jpeglm sample ...` (or deepspeed) the jobs (prompt x
 seed) are split across the processes (jpeglm.eval.parallel), one device each; every sample keeps
@@ -38,9 +41,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from jpeglm.cli import flags
     from jpeglm.sample.config import SamplerConfig
 
-    p.add_argument("--model", required=True, help="checkpoint: an HF export dir with jpeglm.yaml, a training run dir (its latest export), or a released JPEG-LM dir")
+    p.add_argument("--model", required=True, help="checkpoint: an HF export dir with jpeglm.yaml, a training run dir (its latest export), a released JPEG-LM dir, or "
+                   "a hub id ORG/NAME[@REVISION] (e.g. uwnlp/jpeg-lm-reimplementation): fetched into the Hugging Face cache like "
+                   "from_pretrained, read from it offline (HF_HUB_OFFLINE=1)")
     p.add_argument("--prompt", nargs="+", action="extend", default=[], metavar="FILE", help="prompt image(s) or video(s); each is encoded canonically and its top part kept. Without: unconditional samples")
     p.add_argument("--prompt-ratio", type=float, default=0.5, help="fraction of the picture (top MCU / code / pixel rows, first frames) kept from each prompt")
+    p.add_argument("--prompt-cut", default=None, metavar="RULE", help="how prompts are cut (default: the codec's first rule). "
+                   "JPEG: half_rows = int(2 * R * ratio) half MCU rows, the released run.py's cut (0.6 -> 152 of 256 MCUs), or "
+                   "rows = round(R * ratio) whole MCU rows (0.6 -> 160); vq / pixel: rows; video: frames")
     p.add_argument("--prompt-frames", type=int, default=None, help="video only: number of leading frames kept from the prompt video (overrides --prompt-ratio)")
     p.add_argument("--num", type=int, default=4, help="samples per prompt (or unconditional samples without --prompt)")
     p.add_argument("--class", dest="class_names", action="append", default=[], metavar="NAME",
@@ -80,8 +88,6 @@ def _load(model_path: str, device: str):
     """load_for_inference with its errors turned into one-line SampleErrors."""
     from jpeglm.checkpoint import CheckpointError, load_for_inference
 
-    if not Path(model_path).exists():
-        raise SampleError(f"--model {model_path}: no such file or directory")
     try:
         return load_for_inference(model_path, device=device)
     except CheckpointError as e:
@@ -90,7 +96,7 @@ def _load(model_path: str, device: str):
         raise SampleError(f"--model {model_path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
 
 
-def _encode_prompts(codec, files: list[str], ratio: float, frames: int | None):
+def _encode_prompts(codec, files: list[str], ratio: float, frames: int | None, rule: str | None = None):
     if frames is not None:
         if codec.media_kind != "video":
             raise SampleError("--prompt-frames applies to video checkpoints only")
@@ -100,6 +106,10 @@ def _encode_prompts(codec, files: list[str], ratio: float, frames: int | None):
         ratio = frames / total
     if not 0.0 <= ratio < 1.0:
         raise SampleError(f"--prompt-ratio must be in [0, 1), got {ratio}: a prompt of the whole picture leaves nothing to sample")
+    try:
+        codec.prompt_region(ratio, rule)  # an unknown rule, or a ratio that shows nothing
+    except ValueError as e:
+        raise SampleError(f"--prompt-cut / --prompt-ratio: {e}") from e
     full, cut = [], []
     for f in files:
         if not Path(f).is_file():
@@ -109,7 +119,7 @@ def _encode_prompts(codec, files: list[str], ratio: float, frames: int | None):
         except Exception as e:  # noqa: BLE001 - codecs raise MediaError/ValueError/OSError for bad input
             raise SampleError(f"prompt {f}: cannot be used as a {codec.media_kind} ({type(e).__name__}: {e})") from e
         try:
-            cut.append(codec.prompt(symbols, ratio))
+            cut.append(codec.prompt(symbols, ratio, rule) if rule is not None else codec.prompt(symbols, ratio))
         except ValueError as e:
             raise SampleError(f"prompt {f}: {e}") from e
         full.append(symbols)
@@ -165,7 +175,8 @@ def _publish(tmp: Path, out: Path) -> None:
 def sample_to_dir(args) -> dict | None:
     """The whole command as a function tests call: returns the manifest it wrote (None on ranks > 0)."""
     from jpeglm.eval.parallel import Ranks
-    from jpeglm.sample import PromptTooLongError, SamplerConfig
+    from jpeglm.sample import CacheTooLargeError, PromptTooLongError, SamplerConfig
+    from jpeglm.sample.budget import sampling_context
 
     out = Path(args.out)
     from jpeglm.cli import flags
@@ -184,7 +195,8 @@ def sample_to_dir(args) -> dict | None:
     device = ranks.device(args.device) or _default_device()
     loaded = _load(args.model, device)
     codec, tokenizer = loaded.codec, loaded.tokenizer
-    full, prompts = _encode_prompts(codec, list(args.prompt), args.prompt_ratio, args.prompt_frames) if args.prompt else ([], None)
+    rule = getattr(args, "prompt_cut", None)
+    full, prompts = _encode_prompts(codec, list(args.prompt), args.prompt_ratio, args.prompt_frames, rule) if args.prompt else ([], None)
     classes = class_ids(tokenizer, list(getattr(args, "class_names", []) or []), getattr(args, "classes", None))
     from jpeglm.sample.sampler import check_classes
 
@@ -200,10 +212,11 @@ def sample_to_dir(args) -> dict | None:
         if args.backend == "vllm":
             from jpeglm.sample.vllm_backend import generate_vllm
 
-            samples = generate_vllm(_export_dir(loaded, args.model), tokenizer, codec, prompts, args.num, cfg)
+            samples = generate_vllm(_export_dir(loaded, args.model), tokenizer, codec, prompts, args.num, cfg,
+                                    context=sampling_context(loaded.model, cfg.max_new_tokens, codec.symbols_per_item() is not None))
         else:
             samples = _generate_split(loaded.model, tokenizer, codec, prompts, args.num, cfg, device, ranks, classes)
-    except PromptTooLongError as e:
+    except (PromptTooLongError, CacheTooLargeError) as e:
         raise SampleError(str(e)) from e
     except ImportError as e:
         raise SampleError(str(e)) from e
@@ -294,9 +307,11 @@ def _export_dir(loaded, model_arg: str) -> str:
 
 
 def _write_media(path: Path, codec, sample) -> dict:
-    """Write one sample as the codec's file; returns the extra manifest fields for it."""
+    """Write one sample as the codec's file; returns the extra manifest fields for it (what the
+    codec repaired to write it: `file_repairs`, e.g. a JPEG's EOI appended)."""
     extra: dict = {}
     try:
+        extra["file_repairs"] = codec.repair(sample.symbols)[1]
         data = codec.to_file(sample.symbols, sample.media)
     except Exception as e:  # noqa: BLE001 - a broken generated stream is a result, not a crash
         extra["file_error"] = f"{type(e).__name__}: {e}"
@@ -360,6 +375,8 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
             "seconds": round(s.seconds, 4),
             "finish": s.finish,
             "steered": s.steered,
+            # sampled tokens that stand for no symbol (e.g. sentencepiece's lone "▁"): dropped
+            "dropped_tokens": tokenizer.dropped_count(s.new_token_ids or []),
             "report": s.report.to_dict(),
             **extra,
         })
@@ -381,6 +398,8 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
         "prompts": [str(p) for p in args.prompt],
         "prompt_ratio": args.prompt_ratio if args.prompt else None,
         "prompt_frames": args.prompt_frames,
+        # the cut rule and the picture region each prompt shows (codec.prompt_region)
+        "prompt_cut": _prompt_region(codec, args) if args.prompt else None,
         "num_per_prompt": args.num,
         "classes": [tokenizer.class_names[c] for c in sorted({s.label for s in samples if s.label is not None})] or None,
         "sampler": dataclasses.asdict(cfg),
@@ -391,11 +410,18 @@ def _write_all(tmp: Path, args, cfg, codec, tokenizer, samples, full, prompts, s
         "tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 else None,
         "decode_status": {k: sum(f["report"]["status"] == k for f in files) for k in ("ok", "repaired", "failed")},
         "strict_decodable_rate": (sum(strict) / len(strict)) if strict else None,
+        "files_repaired": sum(bool(f.get("file_repairs")) for f in files),
+        "dropped_tokens": sum(f["dropped_tokens"] for f in files),
         "files": files,
         "versions": _versions(),
     }
     atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def _prompt_region(codec, args) -> dict:
+    ratio = args.prompt_ratio if args.prompt_frames is None else args.prompt_frames / codec.prompt_steps()
+    return codec.prompt_region(ratio, getattr(args, "prompt_cut", None))
 
 
 def _versions() -> dict:

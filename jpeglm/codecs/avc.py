@@ -213,6 +213,7 @@ class AvcCodec(Codec):
     params_class: ClassVar[type] = AvcParams
     symbol_kind: ClassVar[str] = "bytes"
     media_kind: ClassVar[str] = "video"
+    prompt_rules: ClassVar[tuple[str, ...]] = ("frames",)
     file_suffix: ClassVar[str] = ".mp4"
     description: ClassVar[str] = "canonical H.264 bytes (AVC-LM)"
 
@@ -238,9 +239,15 @@ class AvcCodec(Codec):
         p = self.params
         return p.frames * p.height * p.width
 
-    def prompt_steps(self) -> int:
+    def prompt_steps(self, rule: str | None = None) -> int:
         """Prompts keep whole frames."""
         return self.params.frames
+
+    def prompt_region(self, ratio: float, rule: str | None = None) -> dict:
+        """The frames a prompt cut at `ratio` keeps (half rounds up, at least 1; see `prompt`)."""
+        n = self.params.frames
+        shown = min(n, max(1, math.floor(ratio * n + 0.5)))
+        return {"rule": self.prompt_rule(rule), "ratio": ratio, "steps": shown, "of_steps": n, "fraction": shown / n}
 
     def encoder_version(self) -> str:
         """x264's self-description (core number and options) from its SEI, for manifests: the
@@ -385,8 +392,9 @@ class AvcCodec(Codec):
             return data
         return data[: spans[n - 1][1]]
 
-    def prompt(self, data: bytes, ratio: float) -> bytes:
+    def prompt(self, data: bytes, ratio: float, rule: str | None = None) -> bytes:
         """The first round(ratio * frames) pictures (half rounds up; at least 1)."""
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+        self.prompt_rule(rule)  # one rule; an unknown name is a ValueError
         return self.prompt_frames(data, max(1, math.floor(ratio * self.params.frames + 0.5)))

@@ -75,6 +75,8 @@ class Codec:
     # byte codec stops a row there. None: no such marker (the stream ends with EOS).
     stream_end: ClassVar[bytes | None] = None
     description: ClassVar[str] = ""  # one line for `jpeglm prep --help`
+    # The cuts `prompt` knows (`--prompt-cut`); the first is the default.
+    prompt_rules: ClassVar[tuple[str, ...]] = ("rows",)
     # The settings `jpeglm prep` builds the codec from (a dataclass whose fields become flags; see
     # jpeglm/cli/flags.py). None: the params dataclass itself. Fields may be paths to files the
     # codec loads (a VQ model, a palette); `from_options` turns them into a codec.
@@ -118,14 +120,34 @@ class Codec:
     def decode(self, symbols) -> tuple[Any, DecodeReport]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def prompt(self, symbols, ratio: float) -> Any:  # pragma: no cover - interface
-        """The prefix of `symbols` that shows the top `ratio` of the picture (first frames of a clip)."""
+    def prompt(self, symbols, ratio: float, rule: str | None = None) -> Any:  # pragma: no cover - interface
+        """The prefix of `symbols` that shows the top `ratio` of the picture (first frames of a clip),
+        cut by `rule` (one of `prompt_rules`; None: the first, the codec's default)."""
         raise NotImplementedError
 
-    def prompt_steps(self) -> int:
-        """How many equal steps `prompt` cuts a picture into (MCU rows, rows of codes, frames):
-        `prompt(symbols, k / prompt_steps())` shows exactly k of them."""
+    def prompt_steps(self, rule: str | None = None) -> int:
+        """How many equal steps `prompt` cuts a picture into under `rule` (MCU rows or half rows, rows
+        of codes, frames): `prompt(symbols, k / prompt_steps(rule), rule)` shows exactly k of them."""
         raise NotImplementedError
+
+    def prompt_rule(self, rule: str | None = None) -> str:
+        """The name of the cut `rule` selects (None: the default, `prompt_rules[0]`); an unknown
+        name is a ValueError that lists the known ones."""
+        if rule is None:
+            return self.prompt_rules[0]
+        if rule not in self.prompt_rules:
+            raise ValueError(f"the {self.name} codec cuts prompts by {', '.join(self.prompt_rules)}, not {rule!r}")
+        return rule
+
+    def prompt_region(self, ratio: float, rule: str | None = None) -> dict:
+        """What a prompt cut at `ratio` shows, for manifests and reports: the rule, the steps shown
+        (`round(ratio * steps)`, the rows-of-codes rounding; codecs that round otherwise override)
+        and the share of the picture they cover."""
+        rule = self.prompt_rule(rule)
+        # codecs with one rule may define prompt_steps() without the argument
+        total = self.prompt_steps() if len(self.prompt_rules) == 1 else self.prompt_steps(rule)
+        shown = int(round(ratio * total))
+        return {"rule": rule, "ratio": ratio, "steps": shown, "of_steps": total, "fraction": shown / total}
 
     def start_symbols(self) -> Any:
         """The symbols every item begins with, fixed by the settings alone (a JPEG header); a
@@ -152,6 +174,11 @@ class Codec:
         buf = io.BytesIO()
         Image.fromarray(np.asarray(media, dtype=np.uint8)).save(buf, "PNG")
         return buf.getvalue()
+
+    def repair(self, symbols) -> tuple[Any, list[str]]:
+        """The symbols `to_file` writes for `symbols` and what it fixed to get them (JPEG: cut after
+        the first EOI, EOI appended; a manifest records the list). Default: nothing to fix."""
+        return symbols, []
 
     def check_file(self, data: bytes) -> dict:
         """Facts about a written file for a sample manifest (e.g. whether a standard decoder opens it

@@ -8,9 +8,10 @@ only on quality and subsampling, so `to_file` splices the ones from an in-memory
 save back in after SOI.
 
 Layout at the defaults: 256x256 with 4:2:0 gives 16x16 MCUs of 16x16 pixels (4 Y + Cb + Cr blocks),
-256 MCUs and 255 restart markers RST0..RST7 cycling, one MCU row = 16 MCUs. `prompt` cuts after the
-restart marker that closes an MCU row (the released code cut after every `FF D7`, i.e. every half
-row; whole rows keep prompt ratios meaning the same area as in the VQ and pixel codecs).
+256 MCUs and 255 restart markers RST0..RST7 cycling, one MCU row = 16 MCUs. `prompt` cuts after a
+restart marker: by default after int(2 * R * ratio) half MCU rows, which at 256x256 is the
+release's cut (after the int(32 * ratio)-th `FF D7`, one every 8 MCUs); `rule="rows"` keeps
+round(R * ratio) whole rows, the area the VQ and pixel codecs' prompts show.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class JpegCodec(Codec):
     media_kind = "image"
     file_suffix = ".jpg"
     stream_end = EOI
+    prompt_rules = ("half_rows", "rows")  # half_rows: the release's cut (see `prompt`)
     description = "canonical JPEG bytes (JPEG-LM)"
 
     # --- layout ----------------------------------------------------------------------------
@@ -164,7 +166,34 @@ class JpegCodec(Codec):
         return self.encode(src)
 
     def to_file(self, data: bytes, media=None) -> bytes:
-        """A complete JPEG file: the tables spliced in right after SOI."""
+        """The .jpg a user opens, as run.py writes it: `repair` (cut after the first EOI, EOI
+        appended when missing, SOI in front when missing), then the tables spliced in after SOI."""
+        return self._splice(self.repair(data)[0])
+
+    def repair(self, data: bytes) -> tuple[bytes, list[str]]:
+        """The stream `to_file` writes and what was fixed to get it: a file ends at its first EOI
+        (bytes after it dropped), ends with EOI (appended to a stream cut by the token budget, or
+        sampled without the grammar, or by vLLM) and starts with SOI (put in front when missing,
+        as run.py's clean_image_string does). The scan itself is left as the model wrote it."""
+        data, fixes = bytes(data), []
+        if not data.startswith(SOI):
+            data = SOI + data
+            fixes.append("SOI put in front")
+        try:
+            start = header_length(data)  # an FF D9 inside a header segment is no EOI
+        except ValueError:
+            start = len(SOI)
+        end = data.find(EOI, start)
+        if end >= 0 and end + len(EOI) < len(data):
+            fixes.append(f"{len(data) - end - len(EOI)} bytes after the first EOI dropped")
+            data = data[: end + len(EOI)]
+        elif end < 0:
+            data += EOI
+            fixes.append("EOI appended")
+        return data, fixes
+
+    def _splice(self, data: bytes) -> bytes:
+        """The stream as it is with the tables spliced in right after SOI."""
         data = bytes(data)
         if data[:2] == SOI:
             return SOI + self.tables() + data[2:]
@@ -181,9 +210,10 @@ class JpegCodec(Codec):
     def pixels_per_item(self) -> int:
         return self.params.size * self.params.size
 
-    def prompt_steps(self) -> int:
-        """Prompts keep whole MCU rows (see `prompt`)."""
-        return self.mcu_layout()[1]
+    def prompt_steps(self, rule: str | None = None) -> int:
+        """Half MCU rows (the default cut) or whole MCU rows ("rows"); see `prompt`."""
+        my = self.mcu_layout()[1]
+        return my if self.prompt_rule(rule) == "rows" else 2 * my
 
     def versions(self) -> dict:
         from PIL import __version__ as pillow, features
@@ -217,7 +247,7 @@ class JpegCodec(Codec):
 
     def _decode(self, data: bytes) -> tuple[np.ndarray, DecodeReport]:
         size = self.params.size
-        arr, err = _strict_decode(self.to_file(data), size)
+        arr, err = _strict_decode(self._splice(data), size)
         if arr is not None:
             return arr, DecodeReport("ok")
         first_error = err
@@ -235,7 +265,7 @@ class JpegCodec(Codec):
             # describes its scan, so the picture it shows, resized, is the best one; its scan behind
             # our header would be re-read as other MCUs. (A scan with our number of restart markers
             # is ours under a broken header: the header is replaced below.)
-            arr = _loose_decode(self.to_file(data), size)
+            arr = _loose_decode(self._splice(data), size)
             if arr is not None:
                 return arr, DecodeReport("repaired", "wrong size or mode, resized (as written)", {"error": first_error})
         if data[:2] == SOI and (hl < 0 or data[:hl] != self.header()):
@@ -255,40 +285,72 @@ class JpegCodec(Codec):
             if not fixed.endswith(EOI):
                 attempts.append(("canonical header put in place, EOI appended", fixed + EOI))
         for reason, candidate in attempts:
-            arr, _ = _strict_decode(self.to_file(candidate), size)
+            arr, _ = _strict_decode(self._splice(candidate), size)
             if arr is not None:
                 return arr, DecodeReport("repaired", reason, {"error": first_error})
         # Last resort: a file that decodes but at another size / mode.
         for reason, candidate in [("as written", data)] + attempts:
-            arr = _loose_decode(self.to_file(candidate), size)
+            arr = _loose_decode(self._splice(candidate), size)
             if arr is not None:
                 return arr, DecodeReport("repaired", f"wrong size or mode, resized ({reason})", {"error": first_error})
         return _placeholder(size), DecodeReport("failed", first_error or "undecodable")
 
-    def prompt(self, data: bytes, ratio: float) -> bytes:
-        """The prefix of `data` that shows the top `ratio` of the picture, cut after the restart
-        marker that closes the last whole MCU row.
-
-        rows = round(ratio * mcus_y), at least 1 for ratio > 0. ratio 0 -> the header only (SOI..SOS,
-        no scan bytes); a ratio that rounds to all rows (e.g. 1.0) -> `data` unchanged (with its EOI:
-        nothing is left to generate). Raises ValueError when `data` has too few restart markers.
-        """
+    def prompt_cut(self, ratio: float, rule: str | None = None) -> int:
+        """The number of MCUs a prompt cut at `ratio` keeps (see `prompt`); 0 for ratio 0."""
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+        rule = self.prompt_rule(rule)
+        mx, my, _ = self.mcu_layout()
+        if rule == "rows":
+            mcus = int(round(ratio * my)) * mx
+        else:
+            # The release's int(32 * ratio) at 256x256, as half rows; the tiny epsilon keeps
+            # k / prompt_steps() from landing just below k (e.g. 7 / 24 * 24 = 6.999...).
+            halves = int(2 * my * ratio + 1e-9)
+            mcus = (halves // 2) * mx + (halves % 2) * (mx // 2)
+        rmb = self.params.restart_marker_blocks
+        mcus = mcus // rmb * rmb  # a cut falls on a restart marker
+        if ratio > 0 and mcus == 0:
+            steps = self.prompt_steps(rule)
+            raise ValueError(
+                f"prompt ratio {ratio:g} shows no MCU under the {rule!r} cut (one step is 1/{steps} of the "
+                f"picture); use a ratio of at least {1 / steps:.4g}, or 0 for an unconditional sample"
+            )
+        return mcus
+
+    def prompt_region(self, ratio: float, rule: str | None = None) -> dict:
+        """What a prompt cut at `ratio` shows: the rule, the MCUs kept (of all of them), the share of
+        the picture, and the pixels: whole rows from the top, then the left part of the next row."""
+        rule = self.prompt_rule(rule)
+        mcus = self.prompt_cut(ratio, rule)
+        mx, my, blocks = self.mcu_layout()
+        mw, mh = 8 * blocks["Y"][0], 8 * blocks["Y"][1]
+        rows, extra = divmod(mcus, mx)
+        return {"rule": rule, "ratio": ratio, "mcus": mcus, "of_mcus": mx * my, "fraction": mcus / (mx * my),
+                "whole_rows_px": rows * mh, "partial_row_px": [rows * mh, (rows + 1) * mh, extra * mw] if extra else None}
+
+    def prompt(self, data: bytes, ratio: float, rule: str | None = None) -> bytes:
+        """The prefix of `data` that shows the top `ratio` of the picture, cut after a restart marker.
+
+        `rule` "half_rows" (the default) is the release's cut generalised: keep int(2 * R * ratio)
+        half MCU rows (R = MCU rows; the middle of a row with an odd number of MCUs rounds down),
+        which at 256x256 is exactly run.py's "up to and including the int(32 * ratio)-th FF D7"
+        (0.6 -> 19 half rows = 152 MCUs). "rows": round(R * ratio) whole rows (0.6 -> 10 rows).
+        ratio 0 -> the header only (SOI..SOS, no scan bytes); a cut of every MCU (ratio 1.0) ->
+        `data` unchanged (with its EOI: nothing is left to generate). A ratio > 0 that shows no MCU
+        and a stream with too few restart markers are ValueErrors.
+        """
+        mcus = self.prompt_cut(ratio, rule)
         data = bytes(data)
         hl = header_length(data)
-        mx, my, _ = self.mcu_layout()
-        rows = int(round(ratio * my))
-        if ratio > 0:
-            rows = max(rows, 1)
-        if rows == 0:
+        if mcus == 0:
             return data[:hl]
-        if rows >= my:
+        if mcus >= self.num_mcus:
             return data
-        need = rows * mx // self.params.restart_marker_blocks  # restart markers up to the row's end
+        need = mcus // self.params.restart_marker_blocks  # restart markers up to the cut
         pos = restart_marker_ends(data, hl, need)
         if len(pos) < need:
-            raise ValueError(f"stream has only {len(pos)} restart markers, {need} needed for {rows} MCU rows")
+            raise ValueError(f"stream has only {len(pos)} restart markers, {need} needed for {mcus} MCUs")
         return data[: pos[need - 1]]
 
 

@@ -167,7 +167,7 @@ class PixelCodec(Codec):
     def symbols_per_item(self) -> int:
         return self.params.size**2
 
-    def prompt_steps(self) -> int:
+    def prompt_steps(self, rule: str | None = None) -> int:
         """Prompts keep whole rows of pixels."""
         return self.params.size
 
@@ -227,9 +227,10 @@ class PixelCodec(Codec):
             return small.copy()
         return np.asarray(Image.fromarray(small, "RGB").resize((e, e), UPSAMPLE[self.params.upsample]))
 
-    def prompt(self, symbols, ratio: float) -> np.ndarray:
+    def prompt(self, symbols, ratio: float, rule: str | None = None) -> np.ndarray:
         """The first round(ratio * size) full rows of pixels."""
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"prompt ratio must be in [0, 1], got {ratio}")
+        self.prompt_rule(rule)  # one rule; an unknown name is a ValueError
         rows = int(round(ratio * self.params.size))
         return np.asarray(symbols, dtype=np.int64).reshape(-1)[: rows * self.params.size].copy()

@@ -176,7 +176,7 @@ class VqCodec(Codec):
     def symbols_per_item(self) -> int:
         return self.params.grid**2
 
-    def prompt_steps(self) -> int:
+    def prompt_steps(self, rule: str | None = None) -> int:
         """Prompts keep whole rows of codes."""
         return self.params.grid
 
@@ -251,9 +251,10 @@ class VqCodec(Codec):
             return img, DecodeReport("repaired", "; ".join(reasons), details)
         return img, DecodeReport("ok")
 
-    def prompt(self, symbols, ratio: float) -> np.ndarray:
+    def prompt(self, symbols, ratio: float, rule: str | None = None) -> np.ndarray:
         """The first round(ratio * grid) full rows of codes (the same picture area as JPEG's MCU rows)."""
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"prompt ratio must be in [0, 1], got {ratio}")
+        self.prompt_rule(rule)  # one rule; an unknown name is a ValueError
         rows = int(round(ratio * self.params.grid))
         return np.asarray(symbols, dtype=np.int64).reshape(-1)[: rows * self.params.grid].copy()

@@ -4,6 +4,6 @@ sampler.py (the batched KV-cache loop: `generate`, `SamplerConfig`, `Sample`) an
 (a byte grammar as a mask over token ids). The `jpeglm sample` command is jpeglm/cli/sample.py.
 """
 
-from jpeglm.sample.sampler import PromptTooLongError, Sample, SamplerConfig, filter_logits, generate
+from jpeglm.sample.sampler import CacheTooLargeError, PromptTooLongError, Sample, SamplerConfig, filter_logits, generate
 
-__all__ = ["PromptTooLongError", "Sample", "SamplerConfig", "filter_logits", "generate"]
+__all__ = ["CacheTooLargeError", "PromptTooLongError", "Sample", "SamplerConfig", "filter_logits", "generate"]

@@ -18,8 +18,10 @@ class SamplerConfig:
     top_k: int = _s(50, "sample among the k most likely tokens; 0 = off (JPEG-LM release: 50)")
     top_p: float = _s(1.0, "nucleus sampling mass; 1.0 = off (JPEG-LM release: 1.0)")
     max_new_tokens: int | None = _s(
-        None, "token budget per sample (default: the model's context minus the prompt); constrained samples are "
-        "steered to a complete file before it runs out")
+        None, "token budget per sample (default: the context the model was trained at minus the prompt: the "
+        "checkpoint's data.seq_len, 12,288 for the released JPEG-LM, never more than max_position_embeddings; the KV "
+        "cache is sized by it); a budget given may go past the trained context, up to max_position_embeddings; "
+        "constrained samples are steered to a complete file before it runs out")
     seed: int = _s(0, "sample i (counting over all prompts) uses seed + i, whatever the batch size")
     batch_size: int = _s(8, "sequences sampled together")
     constrain: bool = _s(True, "constrain sampling to the codec's grammar (JPEG scan, H.264 NAL units) and code "

@@ -40,10 +40,10 @@ import torch
 
 from jpeglm.sample import guidance
 from jpeglm.sample.batch import Batch, Run, filter_logits
+from jpeglm.sample.budget import CacheTooLargeError, check_cache_fits, sampling_context
 from jpeglm.sample.config import SamplerConfig
 from jpeglm.sample.constrain import code_only_mask, constraint_for, token_bytes_table
 from jpeglm.sample.kv_cache import decode_attention_on
-
 
 
 class PromptTooLongError(ValueError):
@@ -66,8 +66,6 @@ class Sample:
     label: int | None = None  # the class sampled (class-conditional models), None: unconditional
 
 
-def _context_length(model) -> int:
-    return int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
 
 
 @dataclass
@@ -135,6 +133,20 @@ def check_classes(tokenizer, classes, cfg_scale: float) -> list[int] | None:
     return classes
 
 
+def _check_cache(model, jobs, cfg, ctx, device) -> None:
+    """Refuse, before allocating, a batch whose KV cache cannot fit the device (the slabs batch.py
+    allocates: the longest prompt + the largest budget, for each batch of jobs)."""
+    worst = (0, 0)
+    for start in range(0, len(jobs), cfg.batch_size):
+        chunk = jobs[start : start + cfg.batch_size]
+        longest = max(len(j.ids) for j in chunk)
+        budget = max(min(cfg.max_new_tokens or ctx, ctx - len(j.ids)) for j in chunk)
+        worst = max(worst, (len(chunk) * (longest + budget), len(chunk)))
+    rows = worst[1]
+    twins = 2 if cfg.cfg_scale != 1.0 else 1  # guidance runs an unconditional twin of every row
+    check_cache_fits(model, rows * twins, worst[0] // rows, device, cfg.max_new_tokens, batch_size=rows)
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerConfig | None = None, device="cpu",
              on_step=None, classes: list[int] | None = None) -> list[Sample]:
@@ -157,7 +169,8 @@ def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerCon
     code_mask = code_only_mask(tokenizer, codec, vocab) if cfg.constrain else None
     classes = check_classes(tokenizer, classes, cfg.cfg_scale)
     jobs = _prompt_jobs(tokenizer, codec, prompts, num_samples, cfg, constraint, classes)
-    ctx = _context_length(model)
+    # the trained context, unless a budget is given or an item has a fixed length (a grid of codes)
+    ctx = sampling_context(model, cfg.max_new_tokens, fixed_length=codec.symbols_per_item() is not None)
     for j in jobs:
         if len(j.ids) >= ctx:
             raise PromptTooLongError(
@@ -166,6 +179,7 @@ def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerCon
     stream_end = None  # unconstrained byte streams still stop at the codec's end marker (JPEG's EOI)
     if constraint is None and codec.stream_end:
         stream_end = (codec.stream_end, token_bytes_table(tokenizer, vocab))
+    _check_cache(model, jobs, cfg, ctx, device)
     run = Run(model, tokenizer, codec, cfg, device, ctx, constraint, code_mask, stream_end, on_step=on_step,
               cfg_scale=cfg.cfg_scale)
     out: list[Sample] = []
@@ -179,4 +193,5 @@ def generate(model, tokenizer, codec, prompts, num_samples: int, cfg: SamplerCon
     return out
 
 
-__all__ = ["SamplerConfig", "Sample", "check_classes", "generate", "filter_logits", "PromptTooLongError"]
+__all__ = ["SamplerConfig", "Sample", "check_classes", "generate", "filter_logits", "PromptTooLongError",
+           "CacheTooLargeError"]
