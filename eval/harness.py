@@ -508,7 +508,7 @@ def _score_all(cfg, out: Path, fid: FID, ref: dict | None, results: EvalResults,
         mine = dataclasses.replace(shared, system=entry.name, codec=codec.to_config())
         for plan, store in plans:
             row, strip_rows = score(store, plan, cfg, fid, real, heldout, mine, codec.media_kind == "video", reals,
-                                    prompt_cut=_prompt_cut(codec, plan.ratio))
+                                    prompt_cut=_prompt_cut(codec, plan.ratio), prompt_shown=_prompt_shown(codec, plan.ratio, reals))
             if strip_rows:
                 p = out / "strips" / f"{entry.name}-{plan.folder}.png"
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -524,6 +524,17 @@ def _score_all(cfg, out: Path, fid: FID, ref: dict | None, results: EvalResults,
                         "code": code_version()}
     files = write_report(results, out)
     return {**results.to_json(), "report_files": {k: str(v) for k, v in files.items()}}
+
+
+def _prompt_shown(codec, ratio: float | None, reals) -> np.ndarray | None:
+    """Where the codec's prompts at `ratio` show the held-out items (codec.prompt_mask at their shape), for
+    the strips; None as `_prompt_cut`."""
+    if ratio is None or not len(reals):
+        return None
+    try:
+        return codec.prompt_mask(ratio, np.shape(reals[0])[:-1])
+    except ValueError:
+        return None
 
 
 def _prompt_cut(codec, ratio: float | None) -> dict | None:

@@ -36,15 +36,28 @@ UNCOND = "unconditional"
 # pictures
 
 
-def prompt_view(real: np.ndarray, ratio: float | None) -> np.ndarray:
-    """What the model was shown: the top `ratio` of the real image, the rest grey, a red line at
-    the cut. Codec-independent, so strips look the same for every system."""
+def prompt_view(real: np.ndarray, ratio: float | None, shown: np.ndarray | None = None) -> np.ndarray:
+    """What the model was shown: the real image where the prompt shows it, the rest grey, a red
+    line just past the cut. `shown`: the HxW bool mask of the codec's prompt (`codec.prompt_mask`),
+    so a cut that ends inside a row (JPEG's half rows) is drawn as the step it is; without it, the
+    top round(h * ratio) rows."""
     out = np.full_like(real, 128)
-    if ratio:
-        h = real.shape[0]
-        cut = int(round(h * ratio))
-        out[:cut] = real[:cut]
-        out[min(cut, h - 1)] = (220, 40, 40)
+    if not ratio:
+        return out
+    h = real.shape[0]
+    if shown is None:
+        shown = np.zeros(real.shape[:2], bool)
+        shown[: round(h * ratio)] = True
+    shown = np.asarray(shown, bool)
+    if shown.shape != real.shape[:2]:
+        raise ValueError(f"prompt mask {shown.shape} does not match the picture {real.shape[:2]}")
+    out[shown] = real[shown]
+    near = np.zeros_like(shown)  # unshown pixels next to a shown one (below it, or right of it)
+    near[1:] |= shown[:-1]
+    near[:, 1:] |= shown[:, :-1]
+    out[near & ~shown] = (220, 40, 40)
+    if shown.all():
+        out[h - 1] = (220, 40, 40)  # the whole picture: the line at its bottom edge
     return out
 
 

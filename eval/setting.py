@@ -202,9 +202,11 @@ def pr_or_reason(real: FeatureSet | None, fake: FeatureSet, device) -> tuple[flo
 
 
 def score(store: SampleStore, plan: SettingPlan, cfg, fid, real: FeatureSet, pr_real: FeatureSet | None,
-          manifest: SamplesManifest, video: bool, reals, prompt_cut: dict | None = None) -> tuple[SettingRow, list[dict]]:
+          manifest: SamplesManifest, video: bool, reals, prompt_cut: dict | None = None,
+          prompt_shown: np.ndarray | None = None) -> tuple[SettingRow, list[dict]]:
     """The setting's row from its files, plus the aggregates (features.npy, samples.npz, manifest.json).
-    `prompt_cut`: the codec's prompt region at the setting's ratio, recorded in the row and manifest."""
+    `prompt_cut`: the codec's prompt region at the setting's ratio, recorded in the row and manifest;
+    `prompt_shown`: that region as a mask over an item (codec.prompt_mask), shaded in the strip."""
     row = SettingRow(setting=plan.name, prompt_ratio=plan.ratio, prompt_cut=prompt_cut, seed=plan.seed,
                      samples_dir=str(store.dir))
     if plan.cfg_scale is not None:
@@ -259,7 +261,7 @@ def score(store: SampleStore, plan: SettingPlan, cfg, fid, real: FeatureSet, pr_
     row.precision, row.recall, row.pr_reason = pr_or_reason(pr_real, fake, fid.device)
     if cfg.fid_bootstrap and res.value is not None and real.file is not None:
         row.fid_std = bootstrap_fid_std(real.file[:], fake.file[:], reps=cfg.fid_bootstrap, seed=plan.seed)
-    return row, _strip_rows(store, failed, plan, reals, cfg)
+    return row, _strip_rows(store, failed, plan, reals, cfg, prompt_shown)
 
 
 def _write_manifest(store: SampleStore, n: int, manifest: SamplesManifest) -> None:
@@ -290,7 +292,7 @@ def _write_manifest(store: SampleStore, n: int, manifest: SamplesManifest) -> No
     os.replace(tmp, store.dir / "manifest.json")
 
 
-def _strip_rows(store: SampleStore, failed: np.ndarray, plan: SettingPlan, reals, cfg) -> list[dict]:
+def _strip_rows(store: SampleStore, failed: np.ndarray, plan: SettingPlan, reals, cfg, shown=None) -> list[dict]:
     def pic(m):
         return m[len(m) // 2] if m.ndim == 4 else m  # video: the middle frame
 
@@ -310,9 +312,11 @@ def _strip_rows(store: SampleStore, failed: np.ndarray, plan: SettingPlan, reals
             rows.append({"prompt": np.full_like(media[0], 128), "samples": media, "real": None,
                          "failed": [bool(failed[i]) for i in part]})
         return rows
+    if shown is not None and shown.ndim == 3:
+        shown = shown[len(shown) // 2]  # video: the middle frame, as `pic`
     for pi in range(min(cfg.strip_prompts, len(reals))):
         part = [i for i in range(pi * plan.per_prompt, min(plan.n, (pi + 1) * plan.per_prompt))][: cfg.strip_samples]
         real = pic(np.asarray(reals[pi]))
-        rows.append({"prompt": prompt_view(real, plan.ratio), "samples": [pic(store.media(i)) for i in part],
+        rows.append({"prompt": prompt_view(real, plan.ratio, shown), "samples": [pic(store.media(i)) for i in part],
                      "real": real, "failed": [bool(failed[i]) for i in part]})
     return rows

@@ -20,7 +20,13 @@ import pytest
 import torch
 from PIL import Image
 
-from jpeglm.app.pictures import InputError, canonical_media, snap, with_cut_line
+from jpeglm.app.pictures import (
+    InputError,
+    canonical_media,
+    prompt_mask,
+    snap,
+    with_cut_line,
+)
 from jpeglm.app.worker import Worker
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams
 from jpeglm.sample import SamplerConfig, generate
@@ -103,10 +109,41 @@ def test_cut_snaps_to_codec_steps_and_line_is_drawn(codec, photo_file):
     assert picture.shape == (SIZE, SIZE, 3)
     # JPEG cuts in half MCU rows (the release's rule): 8 steps at 64x64
     assert codec.prompt_steps() == 8 and snap(codec, 0.6) == (5, 0.625) and snap(codec, 0.05) == (0, 0.0)
-    shown = with_cut_line(picture, 0.5)
+    shown = with_cut_line(picture, prompt_mask(codec, picture, 0.5))
     assert (shown[: SIZE // 2 - 1] == picture[: SIZE // 2 - 1]).all()  # the prompt is shown as it is
     assert (shown[SIZE // 2] == (255, 48, 48)).all()  # the cut line
     assert not (shown[SIZE // 2 + 2 :] == picture[SIZE // 2 + 2 :]).all()  # below it: dimmed
+
+
+def test_cut_line_follows_the_codecs_region_where_a_half_row_ends(codec, photo_file):
+    picture = canonical_media(codec, photo_file)
+    # 0.6 snaps to 5 of 8 half rows: 2 whole MCU rows (32 px) and the left half (32 px) of the third
+    mask = prompt_mask(codec, picture, 0.6)
+    assert codec.prompt_region(0.625)["mcus"] == 10 and mask.sum() == 32 * SIZE + 16 * 32
+    assert mask[:32].all() and mask[32:48, :32].all() and not mask[32:48, 32:].any() and not mask[48:].any()
+    shown = with_cut_line(picture, mask)
+    red = (shown == (255, 48, 48)).all(-1)
+    assert red[47:49, 2:30].all() and red[31:33, 34:62].all()  # a step: below the half row, then one row up
+    assert red[34:46, 31:33].all()  # and the riser where the half row ends
+    assert (shown[:31] == picture[:31]).all() and (shown[33:46, :30] == picture[33:46, :30]).all()
+    assert (shown[34:48, 34:] != picture[34:48, 34:]).any(-1).all()  # right of the half row: dimmed
+    # whole rows: the slider snaps to 4 steps and the line is straight at the kept row
+    assert snap(codec, 0.6, "rows") == (2, 0.5)
+    rows = prompt_mask(codec, picture, 0.6, "rows")
+    assert rows[:32].all() and not rows[32:].any()
+
+
+
+def test_worker_cuts_by_the_rule_in_use(codec, loaded, photo_file):
+    picture = canonical_media(codec, photo_file)
+    symbols = codec.encode(picture)
+    assert _worker(loaded).prompt(picture, 0.6) == (codec.prompt(symbols, 0.625), 0.625)  # half rows, the default
+    rows = _worker(loaded, prompt_cut="rows")
+    assert rows.prompt(picture, 0.6) == (codec.prompt(symbols, 0.5, "rows"), 0.5)
+    with pytest.raises(InputError, match="whole picture"):
+        rows.prompt(picture, 0.9)  # 0.9 snaps to all 4 rows
+    with pytest.raises(ValueError, match="half_rows, rows"):
+        _worker(loaded, prompt_cut="thirds")
 
 
 def test_bad_uploads_give_one_line_messages(codec, tmp_path, monkeypatch):
@@ -180,7 +217,7 @@ def test_video_checkpoint_shows_frames_and_gives_mp4():
     assert builtin_names(codec) == [BUILTIN_CLIP]
     clip = builtin_media(codec, BUILTIN_CLIP)
     assert clip.shape == (4, 48, 64, 3)
-    sheet = with_cut_line(clip, 0.5)  # the four frames in a row, the last two dimmed
+    sheet = with_cut_line(clip, prompt_mask(codec, clip, 0.5))  # the four frames in a row, the last two dimmed
     assert sheet.shape == (48, 4 * 64 + 3 * 3, 3) and (sheet[:, :64] == clip[0]).all()
     assert (sheet[:, 2 * 67 : 2 * 67 + 2] == (255, 48, 48)).all()
     worker = Worker(loaded, "cpu", max_new_tokens=40, min_interval_s=0.0, preview_every=8)
@@ -308,7 +345,9 @@ def test_cli_app_bad_checkpoint_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("jpeglm app: error: --model") and "Traceback" not in err
     assert main(["app", "--model", "no-such-owner/no-such-model"]) == 2  # offline here: not on the hub either
-    assert "not a hub model" in capsys.readouterr().err
+    err = capsys.readouterr().err  # jpeglm.hub's one line, as `jpeglm sample` says it
+    assert "not in the Hugging Face cache" in err and "hf download no-such-owner/no-such-model" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_cli_app_without_gradio_says_how_to_install(monkeypatch, capsys):

@@ -127,6 +127,31 @@ def test_strip_and_prompt_view():
     assert tuple(strip[18, x + 10]) == (230, 0, 0)
 
 
+def test_prompt_view_shades_exactly_the_mcus_the_codec_prompt_keeps():
+    from jpeglm.codecs.jpeg import JpegCodec
+
+    codec = JpegCodec()  # 256x256: 16 MCU rows of 16; 0.6 keeps 19 half rows = 9.5 rows = 152 MCUs
+    real = np.full((256, 256, 3), 200, np.uint8)
+    pv = prompt_view(real, 0.6, codec.prompt_mask(0.6, (256, 256)))
+    kept = (pv == 200).all(-1)
+    assert kept.sum() == 152 * 16 * 16 and kept[:144].all() and kept[144:160, :128].all()
+    assert not kept[144:, 128:].any() and not kept[160:].any()
+    red = (pv == (220, 40, 40)).all(-1)
+    assert red[144, 128:].all() and red[160, :128].all() and red[144:160, 128].all()  # a step, not a line at 154
+    assert (pv[161:] == 128).all() and (pv[145:160, 129:] == 128).all()
+    with pytest.raises(ValueError, match="does not match"):
+        prompt_view(real, 0.6, codec.prompt_mask(0.6, (128, 128)))
+    from jpeglm.eval.harness import _prompt_shown
+    from jpeglm.eval.setting import _strip_rows
+
+    shown = _prompt_shown(codec, 0.6, [real])  # what the harness hands the setting's strip: the codec's mask
+    assert np.array_equal(shown, codec.prompt_mask(0.6, (256, 256)))
+    store = SimpleNamespace(media=lambda i: real)
+    plan = SimpleNamespace(classes=(), ratio=0.6, per_prompt=1, n=1)
+    cfg = SimpleNamespace(strip_prompts=1, strip_samples=1)
+    assert (_strip_rows(store, np.zeros(1, bool), plan, [real], cfg, shown)[0]["prompt"] == pv).all()
+
+
 def test_report_writes_three_formats_with_embedded_images(tmp_path):
     strip = tmp_path / "strips" / "a.png"
     strip.parent.mkdir()

@@ -17,7 +17,9 @@ from jpeglm.app.pictures import (
     builtin_media,
     builtin_names,
     canonical_media,
+    cut_steps,
     for_display,
+    prompt_mask,
     snap,
     with_cut_line,
 )
@@ -39,15 +41,16 @@ def build(worker: Worker, title: str = "jpeglm app"):
     import gradio as gr
 
     codec = worker.codec
-    steps = codec.prompt_steps()
+    rule = worker.prompt_cut  # the slider moves in the codec's steps for the cut in use
+    steps = cut_steps(codec, rule)
     names = builtin_names(codec)
     video = codec.media_kind == "video"
     thing = "clip" if video else "photo"
     classes = list(worker.class_names)  # from the checkpoint's tokenizer, as `jpeglm sample --class` finds them
-    _, start_ratio = snap(codec, 0.5)
+    _, start_ratio = snap(codec, 0.5, rule)
 
     def picked(media, ratio):
-        return media, for_display(with_cut_line(media, snap(codec, ratio)[1])), ""
+        return media, for_display(with_cut_line(media, prompt_mask(codec, media, ratio, rule))), ""
 
     def load(path, ratio):
         try:
@@ -70,7 +73,7 @@ def build(worker: Worker, title: str = "jpeglm app"):
         return shown + (gr.update() if shown[2] else None,)  # an upload in use: no built-in photo chosen
 
     def draw_cut(picture, ratio):
-        return gr.update() if picture is None else for_display(with_cut_line(picture, snap(codec, ratio)[1]))
+        return gr.update() if picture is None else for_display(with_cut_line(picture, prompt_mask(codec, picture, ratio, rule)))
 
     def new_job():
         return uuid.uuid4().hex[:12]

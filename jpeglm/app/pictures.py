@@ -3,7 +3,7 @@ are decoded, the cut line of a prompt, and one still of whatever a codec decodes
 clip's frames as a sheet).
 
 No gradio and no torch here; the codec is only asked through its contract (`prepare`,
-`prompt_steps`, `decode`).
+`prompt_steps`, `prompt_mask`, `decode`).
 """
 
 from __future__ import annotations
@@ -93,30 +93,61 @@ def _checked(codec, media) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def snap(codec, ratio: float) -> tuple[int, float]:
-    """The codec's cut position nearest `ratio`: (k steps kept, k / prompt_steps())."""
-    steps = codec.prompt_steps()
-    k = round(min(max(float(ratio), 0.0), 1.0) * steps)
-    return k, k / steps
+def cut_steps(codec, rule: str | None = None) -> int:
+    """The codec's prompt steps under `rule` (None: its default cut)."""
+    return codec.prompt_steps() if rule is None else codec.prompt_steps(rule)
 
 
-def with_cut_line(media: np.ndarray, fraction: float) -> np.ndarray:
-    """One picture of `media` with what the model writes dimmed and a line where the prompt ends:
-    below the cut row of a picture, or from the first frame after the kept ones of a clip."""
+def snap(codec, ratio: float, rule: str | None = None) -> tuple[int, float]:
+    """The codec's cut position nearest `ratio` under `rule`: (k steps kept, k / steps)."""
+    n = cut_steps(codec, rule)
+    k = round(min(max(float(ratio), 0.0), 1.0) * n)
+    return k, k / n
+
+
+def prompt_mask(codec, media: np.ndarray, ratio: float, rule: str | None = None) -> np.ndarray:
+    """Where the prompt cut nearest `ratio` shows `media`: the codec's own region (`prompt_mask`), so a
+    cut that ends inside a row (JPEG's half rows) is a step, not a straight line."""
+    fraction = snap(codec, ratio, rule)[1]
+    shape = np.shape(media)[:-1]
+    if fraction == 0:
+        return np.zeros(shape, bool)
+    return codec.prompt_mask(fraction, shape, rule)
+
+
+def with_cut_line(media: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """One picture of `media` with what the model writes dimmed and a line where the prompt ends.
+    `shown`: the bool mask of what the prompt shows (`prompt_mask`): a line along its edge in a
+    picture (a step where a half row ends), or the left edge of the first frame to write in a clip."""
     out = media.copy()
+    shown = np.asarray(shown, bool)
+    if shown.shape != out.shape[:-1]:
+        raise ValueError(f"cut mask {shown.shape} does not match the media {out.shape[:-1]}")
     if out.ndim == 4:
-        k = round(fraction * out.shape[0])
+        k = int(shown.reshape(len(shown), -1).all(1).sum())  # frames kept whole
         out[k:] = _dim(out[k:])
         if k < out.shape[0]:
             out[k, :, : max(2, out.shape[2] // 64)] = CUT_COLOUR  # the left edge of the first frame to write
         return still(out)
-    h = out.shape[0]
-    y = round(fraction * h)
-    out[y:] = _dim(out[y:])
-    thick = max(1, h // 128)
-    lo, hi = max(0, y - thick), min(h, y + thick)
-    if hi > lo:
-        out[lo:hi] = CUT_COLOUR
+    out[~shown] = _dim(out[~shown])
+    thick = max(1, out.shape[0] // 128)
+    line = _grow(shown, thick) & _grow(~shown, thick)  # within `thick` of the edge, on either side
+    out[line] = CUT_COLOUR
+    return out
+
+
+def _grow(mask: np.ndarray, r: int) -> np.ndarray:
+    """`mask` widened by `r` pixels along both axes (a box, no wrap-around)."""
+    out = mask.copy()
+    for axis in (0, 1):
+        grown = out.copy()
+        for d in range(1, r + 1):
+            lo = [slice(None)] * 2
+            hi = [slice(None)] * 2
+            lo[axis], hi[axis] = slice(d, None), slice(None, -d)
+            grown[tuple(lo)] |= out[tuple(hi)]
+            grown[tuple(hi)] |= out[tuple(lo)]
+        out = grown
     return out
 
 
@@ -156,6 +187,6 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 6) -> np.ndarra
 
 
 __all__ = [
-    "BUILTIN", "BUILTIN_CLIP", "InputError", "builtin_media", "builtin_names", "canonical_media", "for_display",
-    "side_by_side", "snap", "still", "with_cut_line",
+    "BUILTIN", "BUILTIN_CLIP", "InputError", "builtin_media", "builtin_names", "canonical_media", "cut_steps",
+    "for_display", "prompt_mask", "side_by_side", "snap", "still", "with_cut_line",
 ]

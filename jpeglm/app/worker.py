@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jpeglm.app.pictures import InputError, side_by_side, snap, still
+from jpeglm.app.pictures import InputError, cut_steps, side_by_side, snap, still
 
 
 @dataclass
@@ -52,9 +52,12 @@ class Worker:
     """Owns the loaded checkpoint; `stream` runs one job at a time (a lock, besides the page's queue)."""
 
     def __init__(self, loaded, device: str = "cpu", max_samples: int = 8, max_new_tokens: int | None = None,
-                 preview_every: int = 32, min_interval_s: float = 0.2, watchdog_s: float = 20.0, out_dir=None):
+                 preview_every: int = 32, min_interval_s: float = 0.2, watchdog_s: float = 20.0, out_dir=None,
+                 prompt_cut: str | None = None):
         self.model, self.tokenizer, self.codec = loaded.model, loaded.tokenizer, loaded.codec
         self.meta = dict(getattr(loaded, "meta", None) or {})
+        # the prompt cut rule (`--prompt-cut`; None: the codec's default); a name it does not know is refused here
+        self.prompt_cut = None if prompt_cut is None else self.codec.prompt_rule(prompt_cut)
         self.device, self.max_samples, self.max_new_tokens = device, max_samples, max_new_tokens
         self.preview_every, self.min_interval_s, self.watchdog_s = preview_every, min_interval_s, watchdog_s
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="jpeglm-app-"))
@@ -80,12 +83,13 @@ class Worker:
     def prompt(self, picture: np.ndarray, ratio: float):
         """(prompt symbols, kept fraction) for the canonical `picture`; InputError when nothing is left to
         generate or the picture cannot be encoded."""
-        k, fraction = snap(self.codec, ratio)
-        if k >= self.codec.prompt_steps():
+        k, fraction = snap(self.codec, ratio, self.prompt_cut)
+        if k >= cut_steps(self.codec, self.prompt_cut):
             raise InputError("the prompt keeps the whole picture: lower the prompt slider to leave something to generate")
         try:
             symbols = self.codec.encode(picture)
-            return self.codec.prompt(symbols, fraction), fraction
+            rule = {} if self.prompt_cut is None else {"rule": self.prompt_cut}  # plug-in codecs may take no rule
+            return self.codec.prompt(symbols, fraction, **rule), fraction
         except ValueError as e:
             raise InputError(f"cannot encode this picture: {e}") from e
 

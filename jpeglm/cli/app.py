@@ -5,29 +5,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint: an export dir, a training run dir, a released JPEG-LM dir, or a hub id (owner/name, downloaded once)")
+    p.add_argument("--model", required=True, help="checkpoint: an export dir, a training run dir, a released JPEG-LM dir, or a hub id ORG/NAME[@REVISION] "
+                   "(downloaded once into the Hugging Face cache; offline, HF_HUB_OFFLINE=1, found there)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--port", type=int, default=7860, help="local port to serve on")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve the network)")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     p.add_argument("--max-samples", type=int, default=8, help="most samples one Generate may ask for")
+    p.add_argument("--prompt-cut", default=None, metavar="RULE", help="how prompts are cut, as in `jpeglm sample` "
+                   "(default: the codec's first rule; JPEG: half_rows, the released run.py's cut, or rows); the slider moves in its steps")
     p.add_argument("--max-new-tokens", type=int, default=None, help="token budget per sample (default: the model's context minus the prompt)")
-
-
-def _resolve(model: str) -> str:
-    """A local path as it is; otherwise a hub id, downloaded (or found in the cache)."""
-    if Path(model).exists() or model.count("/") != 1:
-        return model
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(model)
-    except Exception as e:  # offline, no such repo, no access: one line for the user
-        raise ValueError(f"no such local path, and not a hub model this machine can fetch ({type(e).__name__}: {e})") from e
 
 
 def run(args) -> int:
@@ -46,11 +36,18 @@ def run(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        loaded = load_for_inference(_resolve(args.model), device=device)
+        loaded = load_for_inference(args.model, device=device)  # a hub id resolves through jpeglm.hub
     except (CheckpointError, OSError, ValueError) as e:
         print(f"jpeglm app: error: --model {args.model}: {e}", file=sys.stderr)
         return 2
-    page = build_app(loaded, device, max_samples=args.max_samples, max_new_tokens=args.max_new_tokens)
+    if args.prompt_cut is not None:
+        try:
+            loaded.codec.prompt_rule(args.prompt_cut)
+        except ValueError as e:  # a cut rule this checkpoint's codec does not know
+            print(f"jpeglm app: error: --prompt-cut: {e}", file=sys.stderr)
+            return 2
+    page = build_app(loaded, device, max_samples=args.max_samples, max_new_tokens=args.max_new_tokens,
+                     prompt_cut=args.prompt_cut)
     from jpeglm.app.pictures import MAX_UPLOAD_BYTES
 
     page.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,

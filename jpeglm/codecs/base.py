@@ -149,6 +149,16 @@ class Codec:
         shown = int(round(ratio * total))
         return {"rule": rule, "ratio": ratio, "steps": shown, "of_steps": total, "fraction": shown / total}
 
+    def prompt_mask(self, ratio: float, shape: tuple[int, ...], rule: str | None = None) -> np.ndarray:
+        """Where a prompt cut at `ratio` shows the media, as a bool array of `shape` ((H, W) of a
+        picture, (T, H, W) of a clip, at any size): what strips and the app shade, so they show
+        exactly the prompt. Default: the first `steps / of_steps` of the first axis (rows of codes,
+        frames), from `prompt_region`; codecs whose cut ends inside a row override."""
+        region = self.prompt_region(ratio, rule)
+        mask = np.zeros(tuple(shape), bool)
+        mask[: round(shape[0] * region["steps"] / region["of_steps"])] = True
+        return mask
+
     def start_symbols(self) -> Any:
         """The symbols every item begins with, fixed by the settings alone (a JPEG header); a
         constrained unconditional sample starts from them. Default: none."""

@@ -329,6 +329,16 @@ class JpegCodec(Codec):
         return {"rule": rule, "ratio": ratio, "mcus": mcus, "of_mcus": mx * my, "fraction": mcus / (mx * my),
                 "whole_rows_px": rows * mh, "partial_row_px": [rows * mh, (rows + 1) * mh, extra * mw] if extra else None}
 
+    def prompt_mask(self, ratio: float, shape: tuple[int, ...], rule: str | None = None) -> np.ndarray:
+        """The MCUs a prompt cut at `ratio` keeps, over an (H, W) picture (scaled from size x size):
+        the whole rows, then the left part of the next row where a half row ends (see `prompt_region`)."""
+        mcus = self.prompt_cut(ratio, rule)
+        mx, my, _ = self.mcu_layout()
+        h, w = shape
+        ys = np.arange(h) * my // h  # the MCU row and column of each pixel
+        xs = np.arange(w) * mx // w
+        return ys[:, None] * mx + xs[None, :] < mcus
+
     def prompt(self, data: bytes, ratio: float, rule: str | None = None) -> bytes:
         """The prefix of `data` that shows the top `ratio` of the picture, cut after a restart marker.
 
