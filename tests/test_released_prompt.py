@@ -96,3 +96,39 @@ def test_half_rows_at_other_sizes(photos):
 def test_an_unknown_rule_is_refused(streams):
     with pytest.raises(ValueError, match="half_rows, rows"):
         JpegCodec().prompt(streams[0], 0.5, "thirds")
+
+
+def _mcus_shown(codec, prompt, full):
+    """Per MCU: does the decoded prompt show it (its inside, one pixel clear of chroma upsampling
+    across its edges, as the complete file decodes it)?"""
+    mx, my, blocks = codec.mcu_layout()
+    mw, mh = 8 * blocks["Y"][0], 8 * blocks["Y"][1]
+    part, _ = codec.decode(prompt)
+    same = np.zeros((my, mx), bool)
+    for r in range(my):
+        for c in range(mx):
+            ys, xs = slice(r * mh + 1, (r + 1) * mh - 1), slice(c * mw + 1, (c + 1) * mw - 1)
+            same[r, c] = np.array_equal(part[ys, xs], full[ys, xs])
+    return same
+
+
+@pytest.mark.parametrize("size,rule", [(256, None), (256, "rows"), (48, None)])
+def test_prompt_mask_is_what_the_decoded_prompt_shows(photos, size, rule):
+    """The mask strips and the app shade (codec.prompt_mask) is, MCU for MCU, what decoding the
+    prompt shows, on the 0.05 grid: at 256x256 and 0.6, 9 rows and the left half of the 10th."""
+    codec = JpegCodec(JpegParams(size=size))
+    d = codec.encode(photos[0])
+    full, _ = codec.decode(d)
+    mx, my, blocks = codec.mcu_layout()
+    mw, mh = 8 * blocks["Y"][0], 8 * blocks["Y"][1]
+    for ratio in GRID[:-1] if size == 256 else [1 / 6, 1 / 3, 0.5, 5 / 6]:
+        mask = codec.prompt_mask(ratio, (size, size), rule)
+        assert mask.sum() == codec.prompt_region(ratio, rule)["mcus"] * mw * mh, ratio
+        per_mcu = mask[::mh, ::mw]
+        assert (mask == np.repeat(np.repeat(per_mcu, mh, 0), mw, 1)).all()  # whole MCUs only
+        assert np.array_equal(_mcus_shown(codec, codec.prompt(d, ratio, rule), full), per_mcu), ratio
+    if size == 256 and rule is None:
+        m = codec.prompt_mask(0.6, (256, 256))
+        assert m[:144].all() and m[144:160, :128].all() and not m[144:, 128:].any() and not m[160:].any()
+        half = codec.prompt_mask(0.6, (128, 128))  # any size: the same region, scaled
+        assert half.sum() * 4 == m.sum() and half[72:80, :64].all() and not half[72:80, 64:].any()
