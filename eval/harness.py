@@ -508,7 +508,8 @@ def _score_all(cfg, out: Path, fid: FID, ref: dict | None, results: EvalResults,
         mine = dataclasses.replace(shared, system=entry.name, codec=codec.to_config())
         for plan, store in plans:
             row, strip_rows = score(store, plan, cfg, fid, real, heldout, mine, codec.media_kind == "video", reals,
-                                    prompt_cut=_prompt_cut(codec, plan.ratio), prompt_shown=_prompt_shown(codec, plan.ratio, reals))
+                                    prompt_cut=_prompt_cut(codec, plan.ratio),
+                                    prompt_shown=_prompt_shown(codec, plan.ratio, reals))
             if strip_rows:
                 p = out / "strips" / f"{entry.name}-{plan.folder}.png"
                 p.parent.mkdir(parents=True, exist_ok=True)
