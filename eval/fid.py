@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from jpeglm.errors import UserError
+
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
 SMALL_N = 10_000  # below this FID is visibly biased upwards (Chong & Forsyth 2020)
@@ -56,7 +58,7 @@ BACKENDS = ("fid-helper", "torch-fidelity")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
-class FidError(RuntimeError):
+class FidError(UserError, RuntimeError):
     """FID cannot be computed as asked (missing network, too few images, unknown backend)."""
 
 

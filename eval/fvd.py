@@ -44,6 +44,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from jpeglm.errors import UserError
 from jpeglm.eval.fid import FidError, file_sha256, frechet_distance
 
 INPUT_SIZE = 224
@@ -54,7 +55,7 @@ RESIZE_METHOD = ("bilinear (torch interpolate, align_corners=False, no antialias
 NETWORK_NAME = "I3D (Kinetics-400) TorchScript, called as model(x, rescale=False, resize=False, return_features=True)"
 
 
-class FvdError(RuntimeError):
+class FvdError(UserError, RuntimeError):
     """FVD cannot be computed as asked (weights file missing, not TorchScript, wrong call signature)."""
 
 

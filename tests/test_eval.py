@@ -346,5 +346,5 @@ def test_cli_missing_heldout_folder_is_a_clear_error(tmp_path, capsys):
     cfg = tmp_path / "e.yaml"
     cfg.write_text(f"systems: [{{name: a, checkpoint: x}}]\nimages: {tmp_path}/none\nout: {tmp_path}/out\n")
     assert run(SimpleNamespace(config=str(cfg), set=[], out=None, device="cpu")) == 2
-    assert "does not exist" in capsys.readouterr().out and not (tmp_path / "out").exists()
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "out").exists()
     assert run(SimpleNamespace(config=str(tmp_path / "missing.yaml"), set=[], out=None, device="cpu")) == 2

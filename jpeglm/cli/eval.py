@@ -12,6 +12,7 @@ precedence: the dataclass default, the `--config` file, `--set` overrides, the f
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from jpeglm.cli import flags
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jpeglm.config import ConfigError
+    from jpeglm.errors import UserError
     from jpeglm.eval.parallel import ParallelError
 
     overrides = [*args.set, *flags.config_overrides(EvalConfig, args)]
@@ -36,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
         from jpeglm.eval.harness import evaluate
 
         results = evaluate(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"jpeglm eval: error: {e}")
+    except (UserError, ValueError, FileNotFoundError) as e:  # a bad config or folder, no FID network, ...
+        print(f"jpeglm eval: error: {e}", file=sys.stderr)
         return 2
     except ParallelError as e:
         print(f"jpeglm eval: error: {e}")

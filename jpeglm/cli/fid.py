@@ -46,6 +46,7 @@ def _engine(fs):
 
 
 def run(args: argparse.Namespace) -> int:
+    from jpeglm.errors import UserError
     from jpeglm.eval.featstats import (
         folder_stats,
         frechet_from_stats,
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                     args.dir_a, args.dir_b, backend=fs.backend, device=fs.device,
                     batch_size=fs.batch_size, cache_dir=fs.cache_dir, network_path=fs.weights,
                 )
-    except (FidError, ValueError) as e:
+    except (UserError, ValueError) as e:  # FidError and the other UserErrors
         print(f"jpeglm fid: error: {e}", file=sys.stderr)
         return 2
     for path, reason in skipped:

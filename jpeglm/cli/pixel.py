@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,14 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     if out.suffix != ".npz":
-        print(f"jpeglm pixel fit: error: --out must end in .npz, got {out}")
+        print(f"jpeglm pixel fit: error: --out must end in .npz, got {out}", file=sys.stderr)
         return 2
     try:
         settings = flags.build(PaletteSettings, args)
         pixels, n_images, skipped = collect_pixels(args.input, settings, split=args.split)
         palette = fit_palette(pixels, settings)
     except (ValueError, OSError) as e:
-        print(f"jpeglm pixel fit: error: {e}")
+        print(f"jpeglm pixel fit: error: {e}", file=sys.stderr)
         return 2
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])

@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jpeglm.errors import UserError
 
-class SampleError(Exception):
+
+class SampleError(UserError):
     """A user error with a one-line message (bad prompt file, bad checkpoint, bad settings)."""
 
 
@@ -68,7 +70,7 @@ def run(args) -> int:
 
     try:
         manifest = sample_to_dir(args)
-    except SampleError as e:
+    except UserError as e:  # SampleError, a folder another run holds, ...: one line (also when called directly)
         print(f"jpeglm sample: error: {e}", file=sys.stderr)
         return 2
     except ParallelError as e:

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         tok, stats = train_from_shards(args.data, flags.build(BpeSettings, args))
     except (ShardError, TokenizerError, ValueError, OSError) as e:
-        print(f"jpeglm tokenizer train: {e}", file=sys.stderr)
+        print(f"jpeglm tokenizer train: error: {e}", file=sys.stderr)
         return 2
     tok.save_pretrained(args.out)
     print(json.dumps(stats, indent=None))

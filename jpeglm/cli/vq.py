@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 from jpeglm.cli import flags
 from jpeglm.config import load_config, resolve_config, to_dict
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jpeglm.baselines.vq_train import load_images, train
-    from jpeglm.config import ConfigError
+    from jpeglm.errors import UserError
 
     VqConfig = _config_type()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -45,16 +46,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(VqConfig, resolve_config(args.config, "vq") if args.config else None, overrides)
         keys, images, skipped = load_images(args.input, cfg.model.image_size, split=args.split)
-    except (ConfigError, ValueError, OSError) as e:
-        print(f"jpeglm vq train: error: {e}")
+    except (UserError, ValueError, OSError) as e:
+        print(f"jpeglm vq train: error: {e}", file=sys.stderr)
         return 2
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
     log.info("%d images (%d skipped); model %s", len(keys), len(skipped), to_dict(cfg.model))
     try:
         result = train(cfg, images, keys, out_dir=args.out, resume=args.resume)
-    except ValueError as e:
-        print(f"jpeglm vq train: error: {e}")
+    except (UserError, ValueError) as e:
+        print(f"jpeglm vq train: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result["metrics"]))
     return 0

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from jpeglm.errors import UserError
 from jpeglm.sample import guidance
 from jpeglm.sample.batch import Batch, Run, filter_logits
 from jpeglm.sample.budget import CacheTooLargeError, check_cache_fits, sampling_context
@@ -46,7 +47,7 @@ from jpeglm.sample.constrain import code_only_mask, constraint_for, token_bytes_
 from jpeglm.sample.kv_cache import decode_attention_on
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(UserError, ValueError):
     """A prompt that leaves no room to generate within the model's context."""
 
 
