@@ -47,8 +47,12 @@ def _describe(holder: dict) -> str:
 class OutputLock:
     """`with OutputLock(out, "jpeglm train"):` holds OUT for this process; LockError if another holds it."""
 
-    def __init__(self, folder: str | os.PathLike, what: str, shared: bool = False):
+    def __init__(self, folder: str | os.PathLike, what: str, shared: bool = False, remove_if_unused: bool = False):
+        """`remove_if_unused`: a folder this lock created that holds nothing but the lock file at
+        release (the run failed before writing) is removed, so a refused run leaves no folder."""
         self.folder = Path(folder)
+        self.remove_if_unused = remove_if_unused
+        self._created = False
         self.path = self.folder / LOCK_NAME
         self.what = what
         self.shared = shared
@@ -67,6 +71,7 @@ class OutputLock:
 
         if self.folder.exists() and not self.folder.is_dir():
             raise LockError(f"{self.folder} is a file, not a folder")
+        self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -108,6 +113,9 @@ class OutputLock:
         with contextlib.suppress(OSError):
             if not self.shared:
                 os.ftruncate(self._fd, 0)  # an empty file: nobody holds it (never unlinked: flock races)
+            if self.remove_if_unused and self._created and os.listdir(self.folder) == [LOCK_NAME]:
+                self.path.unlink()  # still held: a run that opened it meanwhile was refused
+                self.folder.rmdir()
         os.close(self._fd)  # closing drops the flock
         self._fd = None
 

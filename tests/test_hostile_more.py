@@ -97,3 +97,55 @@ def test_vq_and_pixel_cli_errors_are_one_line_on_stderr(tmp_path, capsys):
     rc, out, err = _cli(["pixel", "fit", "--input", empty, "--out", tmp_path / "palette.txt"], capsys)
     _one_line(rc, err, "jpeglm pixel fit: error:", ".npz")
     assert "error" not in out
+
+
+# ------------------------------------------------------------------------------------------
+# 2. sample and eval hold their --out like train and prep
+# ------------------------------------------------------------------------------------------
+def test_sample_and_eval_refuse_a_folder_another_run_holds(tmp_path, capsys, monkeypatch):
+    import jpeglm.cli.sample as cli
+    from jpeglm.lock import LOCK_NAME, OutputLock
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(cli, "_load", lambda path, device: pytest.fail("sampled into a folder another run holds"))
+    with OutputLock(out, "jpeglm eval --out x"):
+        rc, _, err = _cli(["sample", "--model", "m", "--device", "cpu", "--out", out], capsys)
+        _one_line(rc, err, f"{out} is being written by jpeglm eval --out x (pid {os.getpid()} on ")
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # the holder's folder is left as it was
+    held = tmp_path / "held"
+    held.mkdir()
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(f"systems: [{{name: a, checkpoint: {tmp_path}/none}}]\nimages: {held}\nout: {out}\n")
+    with OutputLock(out, "jpeglm sample --model m"):
+        rc, _, err = _cli(["eval", "--config", cfg], capsys)
+        _one_line(rc, err, f"{out} is being written by jpeglm sample --model m (pid {os.getpid()} on ")
+        # ranks > 0 of a data-parallel eval take no lock (rank 0 holds it for them)
+        monkeypatch.setenv("RANK", "1")
+        cfg.write_text(f"systems: [{{name: a, checkpoint: {tmp_path}/none}}]\nimages: {tmp_path}/nowhere\nout: {out}\n")
+        rc, _, err = _cli(["eval", "--config", cfg], capsys)
+        _one_line(rc, err, "nowhere", "does not exist")
+
+
+def test_a_refused_or_failed_sample_leaves_no_folder_and_a_finished_one_no_lock_file(tmp_path, capsys, monkeypatch):
+    import jpeglm.cli.sample as cli
+    from jpeglm.codecs.jpeg import JpegCodec, JpegParams
+    from jpeglm.lock import LOCK_NAME, OutputLock
+    from jpeglm.tokenizer import ByteTokenizer
+    from tests.test_sample import tiny_llama
+
+    tok = ByteTokenizer()
+    loaded = SimpleNamespace(model=tiny_llama(tok.vocab_size), tokenizer=tok, codec=JpegCodec(JpegParams(size=16)), meta={})
+    monkeypatch.setattr(cli, "_load", lambda path, device: loaded)
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("text")
+    out = tmp_path / "s"
+    rc, _, err = _cli(["sample", "--model", "m", "--prompt", bad, "--device", "cpu", "--out", out], capsys)
+    assert rc == 2 and not out.exists()
+    argv = ["sample", "--model", "m", "--num", "1", "--max-new-tokens", "8", "--device", "cpu", "--out", out]
+    rc, _, err = _cli(argv, capsys)
+    assert rc == 0, err
+    assert LOCK_NAME not in os.listdir(out) and (out / "manifest.json").is_file()
+    with OutputLock(out, "jpeglm sample --model other"):  # --overwrite does not override another run
+        rc, _, err = _cli([*argv, "--overwrite"], capsys)
+        _one_line(rc, err, "being written by jpeglm sample --model other")
+    assert _cli([*argv, "--overwrite"], capsys)[0] == 0

@@ -27,6 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flags.add_config_fields(parser, EvalConfig, skip=("sampler.seed",))
 
 
+def _out_lock(out: str):
+    """OUT's lock (jpeglm.lock): a second eval or sample into OUT is refused naming this run. Taken by
+    the single process or rank 0 of a data-parallel eval (torchrun sets RANK); other ranks hold none."""
+    import contextlib
+    import os
+
+    from jpeglm.lock import OutputLock
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return OutputLock(out, f"jpeglm eval --out {out}", remove_if_unused=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from jpeglm.errors import UserError
     from jpeglm.eval.parallel import ParallelError
@@ -36,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(EvalConfig, resolve_config(args.config, "eval"), overrides)
         from jpeglm.eval.harness import evaluate
 
-        results = evaluate(cfg)
+        with _out_lock(cfg.out):
+            results = evaluate(cfg)
     except (UserError, ValueError, FileNotFoundError) as e:  # a bad config or folder, no FID network, ...
         print(f"jpeglm eval: error: {e}", file=sys.stderr)
         return 2

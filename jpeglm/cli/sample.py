@@ -135,8 +135,7 @@ def _default_device() -> str:
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise SampleError(f"--out {out} exists and is not an empty directory (use --overwrite to replace it)")
+    _check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out)
     return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -177,8 +176,7 @@ def _publish(tmp: Path, out: Path) -> None:
 def sample_to_dir(args) -> dict | None:
     """The whole command as a function tests call: returns the manifest it wrote (None on ranks > 0)."""
     from jpeglm.eval.parallel import Ranks
-    from jpeglm.sample import CacheTooLargeError, PromptTooLongError, SamplerConfig
-    from jpeglm.sample.budget import sampling_context
+    from jpeglm.sample import SamplerConfig
 
     out = Path(args.out)
     from jpeglm.cli import flags
@@ -189,11 +187,32 @@ def sample_to_dir(args) -> dict | None:
         raise SampleError(str(e)) from e
     if args.num < 1:
         raise SampleError("--num must be >= 1")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise SampleError(f"--out {out} exists and is not an empty directory (use --overwrite to replace it)")
     ranks = Ranks.from_env()
     if ranks.world_size > 1 and args.backend == "vllm":
         raise SampleError("--backend vllm runs in one process (vLLM shards the model itself); start it without torchrun")
+    _check_out(out, args.overwrite)  # before the lock: nothing is created in a folder that is refused
+    import contextlib
+
+    from jpeglm.lock import OutputLock
+
+    # one run per --out: a second sample or eval into it is refused naming this one (rank 0 holds it
+    # for all ranks of a data-parallel run: it is the one that writes)
+    with OutputLock(out, f"jpeglm sample --model {args.model}", remove_if_unused=True) if ranks.rank == 0 \
+            else contextlib.nullcontext():
+        return _sample_locked(args, out, cfg, ranks)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    from jpeglm.lock import LOCK_NAME
+
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())) and not overwrite:
+        raise SampleError(f"--out {out} exists and is not an empty directory (use --overwrite to replace it)")
+
+
+def _sample_locked(args, out: Path, cfg, ranks) -> dict | None:
+    from jpeglm.sample import CacheTooLargeError, PromptTooLongError
+    from jpeglm.sample.budget import sampling_context
+
     device = ranks.device(args.device) or _default_device()
     loaded = _load(args.model, device)
     codec, tokenizer = loaded.codec, loaded.tokenizer
