@@ -45,6 +45,7 @@ from jpeglm.data_prep.sources import Item, Source
 from jpeglm.data_prep.store import Store
 from jpeglm.data_prep.writer import (ChunkResult, PrepError, Record, claim_output, marker_name, read_done, save_tokenizer,
                                      write_chunk, write_manifest)
+from jpeglm.media import DEFAULT_MAX_FILE_BYTES
 from jpeglm.shards import FORMAT, PARTS_DIR, SPLITS, TOKENIZER_DIR, VERSION, dtype_for_vocab, shard_name
 
 DEFAULT_RECORDS_PER_SHARD = 1000
@@ -89,7 +90,7 @@ class PrepSettings:
                                 "and is the unit of resume (workers share a chunk when there are few)", metavar="K")
     limit: int | None = _s(None, "use only the first N input items (in sorted order)", metavar="N")
     min_side: int = _s(64, "skip images (and videos) whose shorter side is below this many pixels, rather than upscale them")
-    max_file_bytes: int = _s(256 << 20, "skip image files larger than this many bytes without reading them (a huge or "
+    max_file_bytes: int = _s(DEFAULT_MAX_FILE_BYTES, "skip image files larger than this many bytes without reading them (a huge or "
                              "sparse file is never read whole into memory); videos are streamed and not limited", metavar="N")
     part: str | None = _s(None, "encode only chunks c with c %% N == I (0-based), so N machines sharing --out split one "
                           "prep; the last part to finish writes the manifest. Same bytes as one run", metavar="I/N")
@@ -262,22 +263,13 @@ def _record(key: str, symbols, n_pixels: int, label: int | None = None) -> Recor
     return Record(key, ids, len(symbols), codec.stream_bytes(symbols), int(n_pixels), label)
 
 
-def _check_size(src, limit: int) -> None:
-    """Refuse a file (or cell) over `limit` bytes before anything reads it whole."""
-    from jpeglm.media import MediaError
-
-    size = os.stat(src).st_size if isinstance(src, (str, os.PathLike)) else len(src) if isinstance(src, (bytes, bytearray)) else 0
-    if size > limit:
-        raise MediaError(f"file too large: {size} bytes, over max_file_bytes {limit} (not read)")
-
-
 def _encode_image(item: Item, src, label: int | None = None):
-    from jpeglm.media import open_image
+    from jpeglm.media import check_file_size, open_image
 
     codec = _W["codec"]
     # Opening here (not inside the codec) gives every codec the same checks and skip reasons;
     # the codec then crops and resizes the opened picture as its own parameters say.
-    _check_size(src, _W["max_file_bytes"])
+    check_file_size(src, _W["max_file_bytes"])
     img = open_image(src, min_side=_W["min_side"])
     symbols = codec.encode(img)
     # bits per pixel are counted at the size a system is judged at (pixel codec: eval_size, not its grid)

@@ -28,6 +28,7 @@ from jpeglm.errors import UserError
 
 DEFAULT_MIN_SIDE = 64
 DEFAULT_MAX_PIXELS = 64_000_000  # under Pillow's MAX_IMAGE_PIXELS (89 Mpx), so our check fires first
+DEFAULT_MAX_FILE_BYTES = 256 << 20  # a huge (or sparse) file is refused before it is read whole
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
 
@@ -81,6 +82,14 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im
     return im.convert("RGB")
+
+
+def check_file_size(src, limit: int = DEFAULT_MAX_FILE_BYTES) -> None:
+    """Refuse a file (or dataset cell) over `limit` bytes with a MediaError, before anything reads it
+    whole: the one size check of every image loader (prep, vq train, pixel fit)."""
+    size = os.stat(src).st_size if isinstance(src, (str, os.PathLike)) else len(src) if isinstance(src, (bytes, bytearray)) else 0
+    if size > limit:
+        raise MediaError(f"file too large: {size} bytes, over max_file_bytes {limit} (not read)")
 
 
 def open_image(

@@ -34,7 +34,7 @@ def _small_image(path: Path, seed: int = 0) -> Path:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(path)
+    Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(path)
     return path
 
 
@@ -42,9 +42,10 @@ def _small_image(path: Path, seed: int = 0) -> Path:
 # 1. every user-caused error of eval, fid, sample, vq and pixel is a UserError: one line, exit 2
 # ------------------------------------------------------------------------------------------
 def test_eval_fid_sample_errors_are_user_errors():
-    from jpeglm.cli.sample import SampleError
     from jpeglm.eval.fid import FidError
     from jpeglm.eval.fvd import FvdError
+
+    from jpeglm.cli.sample import SampleError
     from jpeglm.sample import PromptTooLongError
 
     for cls in (FidError, FvdError, SampleError, PromptTooLongError):
@@ -77,13 +78,13 @@ def test_sample_cli_errors_are_one_line_on_stderr(tmp_path, capsys, monkeypatch)
     from jpeglm.codecs.jpeg import JpegCodec, JpegParams
     from jpeglm.tokenizer import ByteTokenizer
 
-    rc, out, err = _cli(["sample", "--model", tmp_path / "no_model", "--out", tmp_path / "s"], capsys)
+    rc, _, err = _cli(["sample", "--model", tmp_path / "no_model", "--out", tmp_path / "s"], capsys)
     _one_line(rc, err, "jpeglm sample: error:", "no_model")
     loaded = SimpleNamespace(model=None, tokenizer=ByteTokenizer(), codec=JpegCodec(JpegParams(size=32)), meta={})
     monkeypatch.setattr(cli, "_load", lambda path, device: loaded)
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
-    rc, out, err = _cli(["sample", "--model", "m", "--prompt", bad, "--device", "cpu", "--out", tmp_path / "s"], capsys)
+    rc, _, err = _cli(["sample", "--model", "m", "--prompt", bad, "--device", "cpu", "--out", tmp_path / "s"], capsys)
     _one_line(rc, err, "jpeglm sample: error:", "corrupt.jpg")
     assert not (tmp_path / "s").exists()
 
@@ -149,3 +150,32 @@ def test_a_refused_or_failed_sample_leaves_no_folder_and_a_finished_one_no_lock_
         rc, _, err = _cli([*argv, "--overwrite"], capsys)
         _one_line(rc, err, "being written by jpeglm sample --model other")
     assert _cli([*argv, "--overwrite"], capsys)[0] == 0
+
+
+# ------------------------------------------------------------------------------------------
+# 3. vq train and pixel fit size-check files before reading them, as prep does
+# ------------------------------------------------------------------------------------------
+def test_vq_and_pixel_image_loading_skip_huge_files_unread(tmp_path, monkeypatch):
+    import PIL.Image
+
+    from jpeglm.baselines.pixel_fit import PaletteSettings, collect_pixels
+    from jpeglm.baselines.vq_train import VqTrainConfig, load_images
+    from jpeglm.media import DEFAULT_MAX_FILE_BYTES
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _small_image(src / "ok.png")
+    with open(src / "huge.png", "wb") as f:  # 1 GB, sparse: costs no disk
+        f.truncate(1 << 30)
+    opened = []
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
+    keys, images, skipped = load_images(str(src), 16)
+    assert keys == ["ok.png"] and images.shape == (1, 16, 16, 3)
+    assert [s["path"] for s in skipped] == ["huge.png"] and "max_file_bytes" in skipped[0]["reason"]
+    _, n, skipped = collect_pixels(str(src), PaletteSettings(size=8))
+    assert n == 1 and [s["path"] for s in skipped] == ["huge.png"] and "max_file_bytes" in skipped[0]["reason"]
+    assert not [p for p in opened if p.endswith("huge.png")]
+    assert VqTrainConfig().max_file_bytes == PaletteSettings().max_file_bytes == DEFAULT_MAX_FILE_BYTES
+    with pytest.raises(ValueError, match=r"no usable images .* \(2 skipped\)"):  # the limit is the caller's
+        load_images(str(src), 16, max_file_bytes=10)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jpeglm.media import DEFAULT_MAX_FILE_BYTES
+
 log = logging.getLogger("jpeglm.baselines.pixel_fit")
 
 
@@ -36,6 +38,8 @@ class PaletteSettings:
     size: int = _s(32, "pixel grid side the codec will use (32 or 64); pixels are sampled at this size")
     max_pixels: int = _s(1_000_000, "k-means on at most this many pixels (a seeded random subset)")
     max_images: int = _s(0, "read at most this many images (0 = all)")
+    max_file_bytes: int = _s(DEFAULT_MAX_FILE_BYTES, "skip image files larger than this many bytes without reading "
+                             "them (as prep does)")
     iters: int = _s(20, "k-means iterations")
     seed: int = _s(0, "seed of the pixel subset and the k-means++ init")
 
@@ -52,7 +56,7 @@ def collect_pixels(spec: str, settings: PaletteSettings, split: str | None = Non
     from tqdm.auto import tqdm
 
     from jpeglm.data_prep.sources import open_source
-    from jpeglm.media import MediaError, open_image, prepare_image
+    from jpeglm.media import MediaError, check_file_size, open_image, prepare_image
 
     size = settings.size
     source = open_source(spec, "image", split=split)
@@ -62,7 +66,9 @@ def collect_pixels(spec: str, settings: PaletteSettings, split: str | None = Non
     chunks, skipped = [], []
     for item in tqdm(items, desc="reading images", unit="img", leave=False):
         try:
-            chunks.append(np.asarray(prepare_image(open_image(source.fetch(item)), size)).reshape(-1, 3))
+            src = source.fetch(item)
+            check_file_size(src, settings.max_file_bytes)
+            chunks.append(np.asarray(prepare_image(open_image(src), size)).reshape(-1, 3))
         except (MediaError, OSError) as e:
             skipped.append({"path": item.key, "reason": str(e)})
     if not chunks:

@@ -27,6 +27,7 @@ import torch
 from jpeglm.codecs.vq_model import PatchDiscriminator, VggPerceptual, VqAutoencoder, VqModelConfig, hinge_d_loss
 from jpeglm.config import atomic_write_text, save_config, to_dict
 from jpeglm.errors import UserError
+from jpeglm.media import DEFAULT_MAX_FILE_BYTES
 
 log = logging.getLogger("jpeglm.baselines.vq_train")
 
@@ -59,6 +60,8 @@ class VqTrainConfig:
     restart_threshold: float = field(default=1.0, metadata={"help": "VQ: a code used fewer times than this since the last restart is dead"})
     holdout: int = field(default=16, metadata={"help": "held-out images for PSNR/usage (chosen by a hash of the item key)"})
     max_images: int = field(default=0, metadata={"help": "use at most this many training images (0 = all)"})
+    max_file_bytes: int = field(default=DEFAULT_MAX_FILE_BYTES, metadata={
+        "help": "skip image files larger than this many bytes without reading them (as prep does)"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flips"})
     seed: int = field(default=0, metadata={"help": "seed of init, batches and restarts"})
     log_every: int = field(default=10, metadata={"help": "log a JSONL line every N steps"})
@@ -91,18 +94,22 @@ class VqConfig:
 
 
 # --- data ---------------------------------------------------------------------------------------
-def load_images(spec: str, size: int, split: str | None = None) -> tuple[list[str], np.ndarray, list[dict]]:
-    """All usable images of a source at `size` -> (keys, uint8 (N, size, size, 3), skipped)."""
+def load_images(spec: str, size: int, split: str | None = None,
+                max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[list[str], np.ndarray, list[dict]]:
+    """All usable images of a source at `size` -> (keys, uint8 (N, size, size, 3), skipped); a file
+    over `max_file_bytes` is skipped unread."""
     from tqdm.auto import tqdm
 
     from jpeglm.data_prep.sources import open_source
-    from jpeglm.media import MediaError, open_image, prepare_image
+    from jpeglm.media import MediaError, check_file_size, open_image, prepare_image
 
     source = open_source(spec, "image", split=split)
     keys, arrays, skipped = [], [], []
     for item in tqdm(source.items(), desc="loading images", unit="img", leave=False):
         try:
-            arrays.append(np.asarray(prepare_image(open_image(source.fetch(item)), size)))
+            src = source.fetch(item)
+            check_file_size(src, max_file_bytes)
+            arrays.append(np.asarray(prepare_image(open_image(src), size)))
             keys.append(item.key)
         except (MediaError, OSError) as e:
             skipped.append({"path": item.key, "reason": str(e)})

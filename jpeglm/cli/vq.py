@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = [*(args.overrides or []), *flags.config_overrides(VqConfig, args)]
     try:
         cfg = load_config(VqConfig, resolve_config(args.config, "vq") if args.config else None, overrides)
-        keys, images, skipped = load_images(args.input, cfg.model.image_size, split=args.split)
+        keys, images, skipped = load_images(args.input, cfg.model.image_size, split=args.split,
+                                             max_file_bytes=cfg.train.max_file_bytes)
     except (UserError, ValueError, OSError) as e:
         print(f"jpeglm vq train: error: {e}", file=sys.stderr)
         return 2
