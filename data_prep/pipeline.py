@@ -41,7 +41,7 @@ import numpy as np
 
 from jpeglm.data_prep import units as unitlib
 from jpeglm.data_prep.engines import make_engine
-from jpeglm.data_prep.sources import Item, Source
+from jpeglm.data_prep.sources import Item, Source, fetch_image
 from jpeglm.data_prep.store import Store
 from jpeglm.data_prep.writer import (ChunkResult, PrepError, Record, claim_output, marker_name, read_done, save_tokenizer,
                                      write_chunk, write_manifest)
@@ -264,12 +264,11 @@ def _record(key: str, symbols, n_pixels: int, label: int | None = None) -> Recor
 
 
 def _encode_image(item: Item, src, label: int | None = None):
-    from jpeglm.media import check_file_size, open_image
+    from jpeglm.media import open_image
 
     codec = _W["codec"]
     # Opening here (not inside the codec) gives every codec the same checks and skip reasons;
     # the codec then crops and resizes the opened picture as its own parameters say.
-    check_file_size(src, _W["max_file_bytes"])
     img = open_image(src, min_side=_W["min_side"])
     symbols = codec.encode(img)
     # bits per pixel are counted at the size a system is judged at (pixel codec: eval_size, not its grid)
@@ -318,8 +317,10 @@ def _process(item: Item) -> list:
         if label is None:  # a labelled dataset has no unconditional records (class dropout makes those)
             return [(item.key, _W["why_unlabelled"])]
     try:
-        src = _W["source"].fetch(item)
-        encode = _encode_video if _W["codec"].media_kind == "video" else _encode_image
+        if _W["codec"].media_kind == "video":  # videos are streamed: not size-limited
+            src, encode = _W["source"].fetch(item), _encode_video
+        else:  # size-checked before it is read whole (a huge file or tar member is never read)
+            src, encode = fetch_image(_W["source"], item, _W["max_file_bytes"]), _encode_image
         results = encode(item, src, label)
         if not results:
             return [(item.key, "no complete clip under the clip rule (video too short?)")]

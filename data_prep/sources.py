@@ -71,10 +71,28 @@ class Source:
     def fetch(self, item: Item):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def size_of(self, item: Item) -> int | None:
+        """The bytes `fetch` would read into memory, when known without reading (a tar member's
+        header), else None."""
+        return None
+
     def describe(self) -> dict:
         """What the manifest records as `source` (no absolute paths of the machine: the same
         input gives the same manifest wherever the output goes)."""
         raise NotImplementedError  # pragma: no cover - interface
+
+
+def fetch_image(source: Source, item: Item, max_file_bytes: int):
+    """`source.fetch(item)` for an image, refused with a MediaError when over `max_file_bytes`
+    before it is read: by the size the source knows up front (a tar member) or the file's size."""
+    from jpeglm.media import check_file_size
+
+    known = source.size_of(item)
+    if known is not None:
+        check_file_size(known, max_file_bytes)
+    src = source.fetch(item)
+    check_file_size(src, max_file_bytes)
+    return src
 
 
 class FileSource(Source):

@@ -183,7 +183,7 @@ class TarSource(_ShardSource):
             f = fs.open(path, "rb")
         except Exception as e:  # not found, no permission, no network, no fsspec backend
             raise _error(self.label, url, e) from None
-        members, error = [], None
+        members, unsafe, error = [], [], None
         protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
         mode = "r:" if protocols & set(_SEEKS_CHEAPLY) else "r|"  # seek over members, or stream the shard once
         try:
@@ -191,12 +191,17 @@ class TarSource(_ShardSource):
                 for m in tf:
                     if m.isfile():
                         members.append((m.name, m.offset_data, m.size))
+                    elif m.issym() or m.islnk():  # a link names another member: never followed
+                        unsafe.append((m.name, "a link, not a file"))
         except (tarfile.TarError, EOFError, OSError) as e:
             error = e
         wanted = VIDEO_MEMBERS if self.media_kind == "video" else IMAGE_MEMBERS
         items, samples = [], OrderedDict()  # key -> {ext: (offset, size)}, consecutive members grouped
         prev = None
         for name, offset, n in members:
+            if name.startswith("/") or ".." in name.split("/"):  # keys never leave their shard
+                unsafe.append((name, "an absolute path or `..`"))
+                continue
             parsed = _sample_name(name)
             if parsed is None:
                 continue
@@ -214,11 +219,15 @@ class TarSource(_ShardSource):
                 items.append(Item(k, ("skip", f"truncated tar: the {ext} member ends past the end of the file")))
             else:
                 items.append(Item(k, ("tar", index, exts[ext][0], exts[ext][1], ext)))
+        items += [Item(f"{rel}/{name}", ("skip", f"unsafe tar member name ({why}): skipped")) for name, why in unsafe]
         truncated_last = members and members[-1][1] + members[-1][2] > size
         if error is not None and not truncated_last:  # the samples before the damage are kept
             what = f"after {len(samples)} samples" if samples else "at its start (not a tar file?)"
             items.append(Item(f"{rel}/", ("skip", f"tar unreadable {what}: {type(error).__name__}: {error}")))
         return items
+
+    def size_of(self, item: Item) -> int | None:
+        return item.ref[3] if item.ref[0] == "tar" else None
 
     def fetch(self, item: Item):
         from jpeglm.media import MediaError

@@ -85,9 +85,13 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def check_file_size(src, limit: int = DEFAULT_MAX_FILE_BYTES) -> None:
-    """Refuse a file (or dataset cell) over `limit` bytes with a MediaError, before anything reads it
-    whole: the one size check of every image loader (prep, vq train, pixel fit)."""
-    size = os.stat(src).st_size if isinstance(src, (str, os.PathLike)) else len(src) if isinstance(src, (bytes, bytearray)) else 0
+    """Refuse a file (or dataset cell, or a size in bytes known from a header) over `limit` bytes with a
+    MediaError, before anything reads it whole: the one size check of every image loader (prep, vq
+    train, pixel fit; data_prep.sources.fetch_image)."""
+    if isinstance(src, int):
+        size = src
+    else:
+        size = os.stat(src).st_size if isinstance(src, (str, os.PathLike)) else len(src) if isinstance(src, (bytes, bytearray)) else 0
     if size > limit:
         raise MediaError(f"file too large: {size} bytes, over max_file_bytes {limit} (not read)")
 

@@ -179,3 +179,42 @@ def test_vq_and_pixel_image_loading_skip_huge_files_unread(tmp_path, monkeypatch
     assert VqTrainConfig().max_file_bytes == PaletteSettings().max_file_bytes == DEFAULT_MAX_FILE_BYTES
     with pytest.raises(ValueError, match=r"no usable images .* \(2 skipped\)"):  # the limit is the caller's
         load_images(str(src), 16, max_file_bytes=10)
+
+
+# ------------------------------------------------------------------------------------------
+# 4. web inputs: a tar member cannot leave its shard's keys, a huge member is never read
+# ------------------------------------------------------------------------------------------
+def test_tar_members_with_unsafe_names_links_or_huge_sizes_are_skipped_unread(tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    from jpeglm.codecs.jpeg import JpegCodec
+    from jpeglm.data_prep import webdata
+    from jpeglm.data_prep.pipeline import prep
+    from jpeglm.data_prep.sources import open_source
+    from tests.test_prep_webdata import photo_bytes
+
+    small, big = photo_bytes(2)
+    big = big + b"\0" * 4000  # still a JPEG (bytes after EOI), and over the limit below
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (("000.jpg", small), ("../../evil.jpg", small), ("/abs/x.jpg", small), ("001.jpg", big)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("002.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "s.tar").write_bytes(buf.getvalue())
+    read = []
+    real_fetch = webdata.TarSource.fetch
+    monkeypatch.setattr(webdata.TarSource, "fetch", lambda self, item: read.append(item.key) or real_fetch(self, item))
+    limit = len(small) + 100
+    res = prep(open_source(str(tmp_path / "shards" / "s.tar")), JpegCodec, tmp_path / "out", val_fraction=0.0,
+               max_file_bytes=limit, progress=False, log=None)
+    assert res.num_records == 1
+    reasons = {s["path"]: s["reason"] for s in res.skipped}
+    assert set(reasons) == {"s.tar/001", "s.tar/../../evil.jpg", "s.tar//abs/x.jpg", "s.tar/002.jpg"}, reasons
+    assert "max_file_bytes" in reasons["s.tar/001"] and "s.tar/001" not in read  # refused from its header
+    assert "unsafe tar member name" in reasons["s.tar/../../evil.jpg"] and "a link" in reasons["s.tar/002.jpg"]

@@ -55,8 +55,8 @@ def collect_pixels(spec: str, settings: PaletteSettings, split: str | None = Non
     `settings.max_images` images), the image count and the skipped items with reasons."""
     from tqdm.auto import tqdm
 
-    from jpeglm.data_prep.sources import open_source
-    from jpeglm.media import MediaError, check_file_size, open_image, prepare_image
+    from jpeglm.data_prep.sources import fetch_image, open_source
+    from jpeglm.media import MediaError, open_image, prepare_image
 
     size = settings.size
     source = open_source(spec, "image", split=split)
@@ -66,8 +66,7 @@ def collect_pixels(spec: str, settings: PaletteSettings, split: str | None = Non
     chunks, skipped = [], []
     for item in tqdm(items, desc="reading images", unit="img", leave=False):
         try:
-            src = source.fetch(item)
-            check_file_size(src, settings.max_file_bytes)
+            src = fetch_image(source, item, settings.max_file_bytes)
             chunks.append(np.asarray(prepare_image(open_image(src), size)).reshape(-1, 3))
         except (MediaError, OSError) as e:
             skipped.append({"path": item.key, "reason": str(e)})

@@ -100,15 +100,14 @@ def load_images(spec: str, size: int, split: str | None = None,
     over `max_file_bytes` is skipped unread."""
     from tqdm.auto import tqdm
 
-    from jpeglm.data_prep.sources import open_source
-    from jpeglm.media import MediaError, check_file_size, open_image, prepare_image
+    from jpeglm.data_prep.sources import fetch_image, open_source
+    from jpeglm.media import MediaError, open_image, prepare_image
 
     source = open_source(spec, "image", split=split)
     keys, arrays, skipped = [], [], []
     for item in tqdm(source.items(), desc="loading images", unit="img", leave=False):
         try:
-            src = source.fetch(item)
-            check_file_size(src, max_file_bytes)
+            src = fetch_image(source, item, max_file_bytes)
             arrays.append(np.asarray(prepare_image(open_image(src), size)))
             keys.append(item.key)
         except (MediaError, OSError) as e:
