@@ -392,7 +392,8 @@ def prep(source: Source, codec_factory: Callable, out: str | Path, settings: Pre
     from jpeglm.lock import OutputLock
 
     # one prep per folder (the parts of one prep share it); the kernel drops it if this run dies
-    with OutputLock(store.local, "jpeglm prep" if s.part is None else f"jpeglm prep --part {s.part}", shared=s.part is not None):
+    with OutputLock(store.local, "jpeglm prep" if s.part is None else f"jpeglm prep --part {s.part}", shared=s.part is not None,
+                    remove_if_unused=s.part is None):  # a prep refused before writing leaves no folder
         return _prep(source, codec_factory, store, s, t0, tokenizer, clip_rule, log)
 
 

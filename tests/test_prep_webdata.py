@@ -24,7 +24,7 @@ def prep_cli(*argv) -> int:
 
 
 def tree(d: Path) -> dict[str, bytes]:
-    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".jpeglm.lock"}  # the lock file is no output
 
 
 def records(out) -> dict[str, bytes]:
