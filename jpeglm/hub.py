@@ -15,12 +15,14 @@ import os
 import re
 from pathlib import Path
 
+from jpeglm.errors import UserError
+
 # ORG/NAME as the hub spells repo ids (letters, digits, - _ .), an optional @REVISION
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<rev>[\w./-]{1,200}))?$")
 IGNORE = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.tflite", "flax_model*", "tf_model*", "rust_model*", "coreml/*"]
 
 
-class HubError(ValueError):
+class HubError(UserError, ValueError):
     """A model spec that is neither a local folder nor a hub id that can be found."""
 
 

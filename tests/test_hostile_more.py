@@ -46,9 +46,11 @@ def test_eval_fid_sample_errors_are_user_errors():
     from jpeglm.eval.fvd import FvdError
 
     from jpeglm.cli.sample import SampleError
+    from jpeglm.hub import HubError
     from jpeglm.sample import PromptTooLongError
+    from jpeglm.sample.budget import CacheTooLargeError
 
-    for cls in (FidError, FvdError, SampleError, PromptTooLongError):
+    for cls in (FidError, FvdError, SampleError, PromptTooLongError, HubError, CacheTooLargeError):
         assert issubclass(cls, UserError), cls
 
 
@@ -188,10 +190,11 @@ def test_tar_members_with_unsafe_names_links_or_huge_sizes_are_skipped_unread(tm
     import io
     import tarfile
 
-    from jpeglm.codecs.jpeg import JpegCodec
     from jpeglm.data_prep import webdata
     from jpeglm.data_prep.pipeline import prep
     from jpeglm.data_prep.sources import open_source
+
+    from jpeglm.codecs.jpeg import JpegCodec
     from tests.test_prep_webdata import photo_bytes
 
     small, big = photo_bytes(2)

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import os
 
+from jpeglm.errors import UserError
+
 RELEASED_TRAINED_CONTEXT = 12288  # the released JPEG-LM's training chunks (run.py: MAX_MODEL_SEQ_LEN)
 CONTEXT_ATTR = "jpeglm_context"  # set on model.config by load_for_inference
 HEADROOM = 0.9  # share of the free memory the cache may take (activations and logits need the rest)
 GIB = 1024**3
 
 
-class CacheTooLargeError(ValueError):
+class CacheTooLargeError(UserError, ValueError):
     """A batch whose KV cache cannot fit the device; the message says what to lower."""
 
 
