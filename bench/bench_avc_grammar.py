@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             })
             print(json.dumps(rows[-1]), flush=True)
         # grammar-only cost: one mask + advance per byte over a real stream (byte tokenizer)
-        c = constraint_for(codec, tok, int(model.config.vocab_size), avc=True)
+        c = constraint_for(codec, tok, int(model.config.vocab_size))
         data = codec.encode(builtin_clip())
         ids = tok.encode(data, bos=False, eos=False)
         st, t = c.start_state(), time.perf_counter()

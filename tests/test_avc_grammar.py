@@ -10,7 +10,7 @@ import torch
 
 from jpeglm.codecs.avc import NAL_IDR, NAL_SLICE, AvcCodec, split_nals
 from jpeglm.codecs.avc_grammar import AvcNalGrammar, grammar_for
-from jpeglm.sample.constrain import AvcTokenConstraint, constraint_for
+from jpeglm.sample.constrain import TokenConstraint, constraint_for
 from jpeglm.tokenizer import BpeTokenizer, ByteTokenizer
 from jpeglm.video import builtin_clip
 
@@ -162,13 +162,13 @@ def test_constraint_gate_and_jpeg_untouched(codec, photos):
     from jpeglm.codecs.jpeg import JpegCodec, JpegParams, header_length
 
     tok = ByteTokenizer()
-    assert constraint_for(codec, tok, avc=False) is None  # the H.264 grammar alone can be turned off
+    assert constraint_for(codec, tok, skip={"avc"}) is None  # the H.264 grammar alone can be turned off
     c = constraint_for(codec, tok)  # on by default, like the JPEG grammar
-    assert isinstance(c, AvcTokenConstraint) and c.prompt_offset(b"\x00\x00\x01\x65") == 0
-    # ... and the gate leaves JPEG alone: with avc=False a JPEG codec still gets its scan grammar,
+    assert isinstance(c, TokenConstraint) and c.prompt_offset(b"\x00\x00\x01\x65") == 0
+    # ... and the gate leaves JPEG alone: with skip={"avc"} a JPEG codec still gets its scan grammar,
     # which a real scan completes (the name promised this; the body never looked at JPEG)
     jpeg = JpegCodec(JpegParams(size=64))
-    jc = constraint_for(jpeg, tok, avc=False)
+    jc = constraint_for(jpeg, tok, skip={"avc"})
     scan = jpeg.encode(photos[0])
     assert jc is not None and jc.is_complete(jc.advance_bytes(jc.start_state(), scan[header_length(scan):]))
 
@@ -194,7 +194,7 @@ def test_token_constraint_never_masks_everything(codec, streams, kind):
         tok = ByteTokenizer()
     else:
         tok = BpeTokenizer.train(list(streams.values()), vocab_size=300)
-    c = constraint_for(codec, tok, tok.vocab_size + 3, avc=True)
+    c = constraint_for(codec, tok, tok.vocab_size + 3)
     assert not c.is_complete(c.advance_bytes(c.start_state(), streams["builtin"]))  # never stops a row
     rng = np.random.default_rng(1)
     for _ in range(3):

@@ -18,8 +18,9 @@ import torch
 from PIL import Image
 
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams, header_length
-from jpeglm.sample.constrain import RestartGrammar, TokenConstraint, constraint_for, scan_grammar_for
+from jpeglm.codecs.jpeg_grammar import RestartGrammar, scan_grammar_for
 from jpeglm.sample import PromptTooLongError, SamplerConfig, filter_logits, generate
+from jpeglm.sample.constrain import constraint_for
 from jpeglm.tokenizer import BpeTokenizer, ByteTokenizer
 
 SIZE = 64

@@ -239,6 +239,12 @@ class AvcCodec(Codec):
         p = self.params
         return p.frames * p.height * p.width
 
+    def grammar(self):
+        """The NAL-unit grammar (jpeglm/codecs/avc_grammar.py; one per settings)."""
+        from jpeglm.codecs.avc_grammar import grammar_for
+
+        return grammar_for(self.params)
+
     def prompt_steps(self, rule: str | None = None) -> int:
         """Prompts keep whole frames."""
         return self.params.frames

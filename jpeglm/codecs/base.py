@@ -164,6 +164,17 @@ class Codec:
         constrained unconditional sample starts from them. Default: none."""
         return b"" if self.symbol_kind == "bytes" else np.zeros(0, np.int64)
 
+    def grammar(self) -> Any:
+        """The byte grammar constrained sampling keeps this codec's streams in (the protocol of
+        jpeglm/codecs/grammar.py; a fresh one per call, its caches its own), or None: no grammar
+        (code codecs are held to their code tokens instead)."""
+        return None
+
+    def structure_grammar(self) -> Any:
+        """A cheap grammar run beside `grammar()` that bounds the shortest completion for end
+        steering (`n_rst` restart intervals, states with `intervals_closed`), or None."""
+        return None
+
     def symbols_per_item(self) -> int | None:
         """The number of symbols in one whole item when it is fixed (a grid of codes), else None
         (byte streams vary). A sampler stops after that many."""

@@ -210,6 +210,18 @@ class JpegCodec(Codec):
     def pixels_per_item(self) -> int:
         return self.params.size * self.params.size
 
+    def grammar(self):
+        """The Huffman-level scan grammar (jpeglm/codecs/jpeg_grammar.py)."""
+        from jpeglm.codecs.jpeg_grammar import JpegScanGrammar
+
+        return JpegScanGrammar(self)
+
+    def structure_grammar(self):
+        """The restart-marker grammar: counts closed intervals, a cheap bound on the ending."""
+        from jpeglm.codecs.jpeg_grammar import RestartGrammar
+
+        return RestartGrammar.for_codec(self)
+
     def prompt_steps(self, rule: str | None = None) -> int:
         """Half MCU rows (the default cut) or whole MCU rows ("rows"); see `prompt`."""
         my = self.mcu_layout()[1]

@@ -18,7 +18,7 @@ remaining budget is no larger than a bound on the bytes of the shortest completi
 switches to forcing that completion (for JPEG: close the current restart interval, then `FF RSTn`
 for every missing interval — libjpeg decodes an empty interval as flat gray, without an error —
 and `FF D9`). The grammar's `completion(state)` gives the bytes; a structural grammar running
-beside (JPEG's `RestartGrammar`, counting closed intervals) gives the bound, which only moves when
+beside (the codec's `structure_grammar()`, e.g. one counting closed restart intervals) gives the bound, which only moves when
 an interval closes (see `TokenConstraint.completion_length`), so steering is never too late.
 Forced bytes the main grammar refuses stop the steering and sampling goes on under the mask (the
 decode report then says what happened).
@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from jpeglm.codecs.grammar import TokenTrie
-from jpeglm.codecs.jpeg_grammar import RestartGrammar, RestartState, scan_grammar_for
 
 
 # --- token-level constraint ------------------------------------------------------------------------
@@ -196,27 +195,18 @@ class TokenConstraint:
         return best
 
 
-# The H.264 NAL grammar's constraint is the same class (the grammar says where the stream may end
-# and where a prompt starts); the name stays for callers that ask for it.
-AvcTokenConstraint = TokenConstraint
-
-
-def constraint_for(codec, tokenizer, vocab_size: int | None = None, avc: bool = True) -> TokenConstraint | None:
-    """The token constraint for a codec + tokenizer, or None when the codec has no grammar
-    (code codecs get `code_only_mask` instead). JPEG gets the Huffman-level scan grammar, H.264
-    the NAL-unit grammar (`avc=False` turns the latter off alone)."""
-    if getattr(tokenizer, "kind", "byte") == "code":
+def constraint_for(codec, tokenizer, vocab_size: int | None = None, skip=()) -> TokenConstraint | None:
+    """The token constraint for a codec + tokenizer: the codec's own `grammar()` (and its
+    `structure_grammar()` for end steering) over the tokenizer's byte table, or None when the codec
+    has none (code codecs get `code_only_mask` instead) or its name is in `skip` (e.g. to sample one
+    codec unconstrained while the others keep their grammars)."""
+    if getattr(tokenizer, "kind", "byte") == "code" or getattr(codec, "name", None) in set(skip):
         return None
-    if getattr(codec, "name", None) == "avc":
-        if not avc:
-            return None
-        from jpeglm.codecs.avc_grammar import grammar_for
-
-        return TokenConstraint(grammar_for(codec.params), token_bytes_table(tokenizer, vocab_size), tokenizer.eos_id)
-    if getattr(codec, "name", None) != "jpeg":
+    grammar = codec.grammar() if hasattr(codec, "grammar") else None
+    if grammar is None:
         return None
-    table = token_bytes_table(tokenizer, vocab_size)
-    return TokenConstraint(scan_grammar_for(codec), table, tokenizer.eos_id, RestartGrammar.for_codec(codec))
+    structural = codec.structure_grammar() if hasattr(codec, "structure_grammar") else None
+    return TokenConstraint(grammar, token_bytes_table(tokenizer, vocab_size), tokenizer.eos_id, structural)
 
 
 def token_bytes_table(tokenizer, vocab_size: int | None = None) -> list[bytes | None]:
@@ -244,4 +234,4 @@ def code_only_mask(tokenizer, codec, vocab_size: int | None = None) -> torch.Ten
     return m
 
 
-__all__ = ["AvcTokenConstraint", "RestartGrammar", "RestartState", "TokenConstraint", "code_only_mask", "constraint_for", "scan_grammar_for", "token_bytes_table"]
+__all__ = ["TokenConstraint", "code_only_mask", "constraint_for", "token_bytes_table"]
