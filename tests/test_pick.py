@@ -147,3 +147,60 @@ def test_same_seed_same_file_at_batch_1_and_3(codec, streams):
     assert a == run(3)
     assert len(set(a)) == 3
     assert all(codec.is_strictly_decodable(codec.to_file(x)) for x in a)
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_pick_mask_equals_the_fresh_mask_over_a_random_walk(codec, streams, kind):
+    """The candidate path's per-state mask cache (`pick_mask`: one-byte tokens from `allowed_bytes`,
+    longer ones by grammar steps) equals the whole trie mask computed afresh (the vectorised walk over whole rows, uncached), before and after it is
+    cached, along a random walk through real and random bytes (markers, stuffing and the end too)."""
+    tok = ByteTokenizer() if kind == "byte" else BpeTokenizer.train(streams, vocab_size=300)
+    c = constraint_for(codec, tok)
+    rng = np.random.default_rng(0)
+    st, n, visited = c.start_state(), 0, []
+    data = streams[0][header_length(streams[0]):]
+    while not c.is_complete(st) and n < 400:
+        want = np.array(c.grammar.walk_trie(st[0], c.trie), bool)  # uncached, whole rows
+        want[c.eos_id] |= c.may_end(st) or not want.any()
+        got = c.pick_mask(st)
+        assert np.array_equal(got, want), n
+        assert np.array_equal(c.pick_mask(st), want) and not got.flags.writeable  # cached, read only
+        assert np.array_equal(got, c.mask(st).numpy())  # the mask path agrees
+        visited.append(st)
+        allowed = np.flatnonzero(got)
+        if n < 200 and rng.random() < 0.5:  # follow the real scan a while (its markers and stuffing)
+            nxt = [t for t in allowed if c.token_bytes[t] and data.startswith(c.token_bytes[t])]
+            t = int(nxt[-1]) if nxt else int(rng.choice(allowed))
+        else:
+            t = int(rng.choice(allowed))
+        if c.token_bytes[t] and data.startswith(c.token_bytes[t]):
+            data = data[len(c.token_bytes[t]):]
+        else:
+            data = b""
+        st = c.advance(st, t)
+        n += 1
+    assert len(visited) > 50
+    for st in visited[::7]:  # still equal once everything is cached
+        want = np.array(c.grammar.walk_trie(st[0], c.trie), bool)  # uncached, whole rows
+        want[c.eos_id] |= c.may_end(st) or not want.any()
+        assert np.array_equal(c.pick_mask(st), want)
+
+
+def test_jpeg_byte_mask_without_the_row_equals_the_row(codec, streams):
+    """`JpegScanGrammar.allowed_bytes` in the entropy-coded data (nibble slices, no row built) equals
+    what `step` accepts, and the row built later agrees with it."""
+    from jpeglm.codecs.jpeg_grammar import SCAN, JpegScanGrammar
+
+    g = JpegScanGrammar(codec)
+    rng = np.random.default_rng(1)
+    st = g.start_state()
+    for _ in range(300):
+        m = g.allowed_bytes(st)
+        assert np.array_equal(m, [g.step(st, b) is not None for b in range(256)])
+        if st[0] == SCAN:  # the row, once built, says the same
+            g._row(st[2])
+            assert np.array_equal(g.allowed_bytes(st), m)
+        allowed = np.flatnonzero(m)
+        if not len(allowed):
+            break
+        st = g.step(st, int(rng.choice(allowed)))

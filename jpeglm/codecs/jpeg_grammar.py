@@ -152,6 +152,7 @@ class JpegScanGrammar(Grammar):
         self._none = _readonly(np.zeros(256, bool))
         self._rows_np = np.full((1024, 256), -1, np.int32)
         self._nibbles: dict[tuple, list] = {}
+        self._valid16: dict[tuple, np.ndarray] = {}  # bit-level state -> which of the 16 nibbles it takes
         self._finish_cache: dict[tuple, bytes] = {}
         self._bits_cache: dict[tuple, tuple] = {}
         self._min_interval: bytes | None = None
@@ -255,6 +256,20 @@ class JpegScanGrammar(Grammar):
             return -1
         return END if nxt[1] == 4 else self._intern(nxt)
 
+    def _byte_mask(self, d: int) -> np.ndarray:
+        """bool[256] of state id `d` without building its row (no next states interned): 16 slices
+        of 16, one per high nibble, from the memoised nibble steps. Cached as `_row` caches it."""
+        m = np.zeros(256, bool)
+        valid16, nibble = self._valid16, self._nibble
+        for hi, mid in enumerate(nibble(self._states[d])):
+            if mid is not None:
+                v = valid16.get(mid)
+                if v is None:
+                    v = valid16[mid] = np.array([x is not None for x in nibble(mid)], bool)
+                m[hi << 4 : (hi << 4) + 16] = v
+        self._masks[d] = m = _readonly(m)
+        return m
+
     def _nibble(self, st: tuple) -> list:
         """The bit-level state after each of the 16 four-bit values from `st` (None: invalid)."""
         out = self._nibbles.get(st)
@@ -317,8 +332,8 @@ class JpegScanGrammar(Grammar):
         """bool[256]: which bytes may come next (a cached read-only array; copy to modify)."""
         stage, n, d = state
         if stage == SCAN:
-            self._row(d)
-            return self._masks[d]
+            m = self._masks[d]
+            return m if m is not None else self._byte_mask(d)
         if stage == STUFF:
             return self._only[0x00]
         if stage == MARK_FF:

@@ -56,6 +56,7 @@ class TokenConstraint:
         self.trie = TokenTrie(token_bytes)
         self._per_interval: float | None = None
         self._cache: dict[int, tuple] = {}  # id(numpy mask) -> (mask, tensor, tensor with EOS)
+        self._pick_masks: dict = {}  # token_key -> (mask, mask with EOS, any token allowed): `pick_mask`
         self._plans: dict = {}  # state -> the rest of the completion being forced (end steering)
         self.cache_hits = 0
         self.cache_misses = 0
@@ -128,6 +129,49 @@ class TokenConstraint:
         if node is None or self.trie.children[node] or len(self.trie.ends[node]) != 1:
             return None
         return self.trie.ends[node][0]
+
+    def pick_mask(self, state) -> np.ndarray:
+        """`mask(state)` as a read-only numpy array, for the candidate path (jpeglm/sample/pick.py):
+        cached per `grammar.token_key`, and computed without the trie walk's whole rows: the
+        one-byte tokens from `allowed_bytes` at once, longer ones by grammar steps down the trie
+        below each allowed first byte (JPEG: no next states built for bytes never taken)."""
+        g = state[0]
+        key = self.grammar.token_key(g, self.trie.max_len)
+        hit = self._pick_masks.get(key)
+        if hit is None:
+            arr = self.trie.cached(self.grammar, g)
+            m = np.array(arr, bool) if arr is not None else self._steps_mask(g)
+            with_eos = m.copy()
+            with_eos[self.eos_id] = True
+            m.flags.writeable = with_eos.flags.writeable = False
+            if len(self._pick_masks) > 200_000:  # bound memory on very long runs
+                self._pick_masks.clear()
+            hit = self._pick_masks[key] = (m, with_eos, bool(m.any()))
+        return hit[1] if (not hit[2] or self.grammar.is_complete(g)) else hit[0]
+
+    def _steps_mask(self, g) -> np.ndarray:
+        """bool[vocab]: the tokens whose bytes the grammar takes in sequence from `g` (== the trie
+        mask, EOS not included)."""
+        trie, step = self.trie, self.grammar.step
+        m = np.zeros(self.vocab_size, bool)
+        ab = self.grammar.allowed_bytes(g)
+        if not trie.levels:
+            return m
+        _, byte, end_pos, end_tid = trie.levels[0]
+        m[end_tid] = ab[byte[end_pos]]
+        children, ends = trie.children, trie.ends
+        stack = [(child, step(g, b)) for b, child in children[0] if children[child] and ab[b]]
+        while stack:
+            node, st = stack.pop()
+            for b, child in children[node]:
+                nxt = step(st, b)
+                if nxt is None:
+                    continue
+                if ends[child]:
+                    m[ends[child]] = True
+                if children[child]:
+                    stack.append((child, nxt))
+        return m
 
     # masks -------------------------------------------------------------------------------------
     def cached_mask(self, state) -> torch.Tensor | None:

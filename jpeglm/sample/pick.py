@@ -5,11 +5,13 @@ Sampling from softmax(masked logits / T) (top-k applied after the mask, as `filt
 the same as taking argmax(logits / T + G) over the allowed tokens of the top-k-of-allowed set, with
 G i.i.d. standard Gumbel noise (the Gumbel-max trick). So the candidates are visited in order of
 noisy score and the first one the grammar allows (and that is in the top-k of the allowed tokens)
-is the pick: the *same token* the whole mask would give for the same noise, found with a few
-grammar steps (`TokenConstraint.allows`) instead of a mask over the vocabulary. Membership in the
-top-k of the allowed tokens is free for a candidate inside the top-k of all tokens; below it the
-exact threshold (the k-th largest allowed logit) is found once per step by walking the tokens in
-order of logit. `reference_pick` is the mask-first computation, for the tests.
+is the pick: the *same token* the whole mask would give for the same noise. The noisy winner is
+taken at once when the grammar allows it (`TokenConstraint.allows`, a few grammar steps) and it lies
+in the top-k of all tokens (then it is in the top-k of the allowed ones too); otherwise the state's
+token mask (`TokenConstraint.pick_mask`, cached per grammar state) gives the exact top-k-of-allowed
+threshold and the pick in a few vectorised numpy calls. Without a mask, candidates are visited in
+noisy order and the threshold is found by walking the tokens in order of logit.
+`reference_pick` is the mask-first computation, for the tests.
 
 Each row draws its noise from its own generator, so a sample does not depend on the batch.
 """
@@ -28,17 +30,23 @@ def gumbel(vocab: int, gen: torch.Generator) -> torch.Tensor:
     return torch.empty(vocab).exponential_(generator=gen).log_().neg_()
 
 
-def pick_allowed(scaled: torch.Tensor, noise: torch.Tensor, allows, top_k: int, cached_mask=None) -> int | None:
+def pick_allowed(scaled, noise, allows, top_k: int, cached_mask=None) -> int | None:
     """argmax over {allowed tokens in the top-k of the allowed tokens} of scaled + noise.
 
-    `scaled`: float[V] logits already divided by the temperature (-inf: never), `noise`: float[V],
-    `allows(token) -> bool`; `cached_mask() -> bool[V] | None`: the whole mask when it costs nothing
-    (it then gives the top-k threshold). None when no token is allowed. (numpy inside: on a few
-    hundred values its calls cost a fraction of torch's.)"""
-    s = scaled.detach().cpu().numpy().astype(np.float64, copy=False)
+    `scaled`: float[V] logits already divided by the temperature (-inf: never), `noise`: float[V]
+    (tensors or arrays), `allows(token) -> bool`; `cached_mask() -> bool[V] | None`: the whole mask
+    (numpy or torch), or None when it would cost a walk. None when no token is allowed.
+
+    The noisy winner is the pick when the grammar allows it and fewer than k tokens of any kind
+    score above its logit (one check, the usual case for a trained model). Otherwise, with the mask,
+    everything is vectorised: the k-th largest allowed logit, then the best allowed noisy score at
+    or above it. Without a mask: candidates in noisy order, the threshold found by a walk in order
+    of logit. (numpy inside: on a few hundred values its calls cost a fraction of torch's; float32
+    like the mask-first computation, so the sum is rounded the same way.)"""
+    s = _np(scaled)
     vocab = s.shape[0]
     k = top_k if 0 < top_k < vocab else 0
-    noisy = s + noise.detach().cpu().numpy()
+    noisy = s + _np(noise)
     seen: dict[int, bool] = {}
 
     def ok(t: int) -> bool:
@@ -47,6 +55,38 @@ def pick_allowed(scaled: torch.Tensor, noise: torch.Tensor, allows, top_k: int, 
             v = seen[t] = bool(allows(t))
         return v
 
+    best = int(noisy.argmax())
+    if noisy[best] == NEG_INF:
+        return None
+    if (not k or np.count_nonzero(s > s[best]) < k) and ok(best):
+        return best  # allowed, and in the top-k of all tokens, so in the top-k of the allowed ones
+    m = cached_mask() if cached_mask is not None else None
+    if m is not None:
+        m = _np(m).astype(bool, copy=False)
+        keep = m
+        if k:
+            allowed = s[m]
+            if len(allowed) > k:
+                keep = m & (s >= np.partition(allowed, len(allowed) - k)[len(allowed) - k])
+        score = np.where(keep, noisy, NEG_INF)
+        t = int(score.argmax())
+        return None if score[t] == NEG_INF else t
+    return _pick_by_candidates(s, noisy, ok, k)
+
+
+def _np(x) -> np.ndarray:
+    """A float / bool vector as numpy without a copy when it is one already (CPU tensors: a view)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        return (x if x.device.type == "cpu" else x.cpu()).numpy()
+    return np.asarray(x)
+
+
+def _pick_by_candidates(s: np.ndarray, noisy: np.ndarray, ok, k: int) -> int | None:
+    """The maskless path: candidates in noisy order, the first allowed one in the top-k of the
+    allowed tokens; that threshold (the k-th largest allowed logit) found once by walking the
+    tokens in order of logit."""
+    vocab = s.shape[0]
     kth_all = float(np.partition(s, vocab - k)[vocab - k]) if k else NEG_INF
     thr: list[float] = []  # the k-th largest allowed logit, once needed
 
@@ -55,22 +95,16 @@ def pick_allowed(scaled: torch.Tensor, noise: torch.Tensor, allows, top_k: int, 
         if not k or logit >= kth_all:
             return True  # fewer than k tokens of any kind are above it
         if not thr:
-            m = cached_mask() if cached_mask is not None else None
-            if m is not None:
-                allowed = s[m.numpy()]
-                thr.append(float(np.partition(allowed, len(allowed) - k)[len(allowed) - k]) if len(allowed) >= k else NEG_INF)
-            else:
-                thr.append(NEG_INF)
-                order = np.argsort(-s, kind="stable")
-                n = 0
-                for tok in order.tolist():
-                    if s[tok] == NEG_INF:
+            thr.append(NEG_INF)
+            n = 0
+            for tok in np.argsort(-s, kind="stable").tolist():
+                if s[tok] == NEG_INF:
+                    break
+                if ok(tok):
+                    n += 1
+                    if n == k:
+                        thr[0] = float(s[tok])
                         break
-                    if ok(tok):
-                        n += 1
-                        if n == k:
-                            thr[0] = float(s[tok])
-                            break
         return logit >= thr[0]
 
     n_cand = min(CANDIDATES, vocab)
