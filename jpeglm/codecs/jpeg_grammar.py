@@ -152,6 +152,7 @@ class JpegScanGrammar(Grammar):
         self._none = _readonly(np.zeros(256, bool))
         self._rows_np = np.full((1024, 256), -1, np.int32)
         self._nibbles: dict[tuple, list] = {}
+        self._met: set[tuple] = set()  # bit-level states met once (their nibble table not built yet)
         self._valid16: dict[tuple, np.ndarray] = {}  # bit-level state -> which of the 16 nibbles it takes
         self._finish_cache: dict[tuple, bytes] = {}
         self._bits_cache: dict[tuple, tuple] = {}
@@ -248,13 +249,32 @@ class JpegScanGrammar(Grammar):
         """`_row(d)[byte]` without building the row: two memoised nibble steps. A sampler that
         checks a few candidate tokens reaches many states once; a whole row (256 bytes) for each
         would cost ~20x more."""
-        mid = self._nibble(self._states[d])[byte >> 4]
+        mid = self._nibble_at(self._states[d], byte >> 4)
         if mid is None:
             return -1
-        nxt = self._nibble(mid)[byte & 15]
+        nxt = self._nibble_at(mid, byte & 15)
         if nxt is None:
             return -1
         return END if nxt[1] == 4 else self._intern(nxt)
+
+    def _nibble_at(self, st: tuple, value: int) -> tuple | None:
+        """`_nibble(st)[value]`; the first time `st` is met only these 4 bit steps are taken (a
+        state a sampler reaches once never pays for its 16-entry table), from the second on the
+        memoised table."""
+        out = self._nibbles.get(st)
+        if out is not None:
+            return out[value]
+        if st in self._met:
+            return self._nibble(st)[value]
+        self._met.add(st)
+        if len(self._met) > 1_000_000:
+            self._met.clear()
+        step = self._step
+        for j in (3, 2, 1, 0):
+            st = step(st, (value >> j) & 1)
+            if st is None:
+                return None
+        return st
 
     def _byte_mask(self, d: int) -> np.ndarray:
         """bool[256] of state id `d` without building its row (no next states interned): 16 slices
