@@ -565,6 +565,7 @@ class RestartGrammar(Grammar):
             raise ValueError("num_restart_markers must be >= 0")
         self.n_rst = int(num_restart_markers)
         self._masks: dict[RestartState, np.ndarray] = {}
+        self._plain: dict[RestartState, tuple] = {}  # state not after FF -> (next after another byte, after FF)
 
     @classmethod
     def for_codec(cls, codec) -> RestartGrammar:
@@ -594,6 +595,11 @@ class RestartGrammar(Grammar):
         return m
 
     def step(self, s: RestartState, b: int) -> RestartState | None:
+        if not s.after_ff and not s.complete:  # the common case: one lookup, no new state object
+            pair = self._plain.get(s)
+            if pair is None:
+                pair = self._plain[s] = (RestartState(s.intervals_closed, False), RestartState(s.intervals_closed, True))
+            return pair[b == 0xFF]
         if not self.allowed_bytes(s)[b]:
             return None
         if not s.after_ff:

@@ -216,7 +216,7 @@ class Batch:
         grammar forces is appended without a draw; every other row draws its Gumbel noise and takes
         the best allowed candidate. Same distribution as mask -> top-k -> sample."""
         c, cfg = self.constraint, self.cfg
-        scaled = (logits / cfg.temperature if cfg.temperature != 1.0 else logits).cpu()
+        scaled = (logits / cfg.temperature if cfg.temperature != 1.0 else logits).detach().cpu().numpy()  # rows: numpy views
         tokens, forced = [0] * len(self.alive), set()
         for r, ji in enumerate(self.alive):
             t0 = time.perf_counter()

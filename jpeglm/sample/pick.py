@@ -76,9 +76,13 @@ def pick_allowed(scaled, noise, allows, top_k: int, cached_mask=None) -> int | N
 
 def _np(x) -> np.ndarray:
     """A float / bool vector as numpy without a copy when it is one already (CPU tensors: a view)."""
+    if isinstance(x, np.ndarray):
+        return x
     if isinstance(x, torch.Tensor):
-        x = x.detach()
-        return (x if x.device.type == "cpu" else x.cpu()).numpy()
+        try:
+            return x.numpy()  # a CPU tensor outside autograd: a view, ~1 us
+        except (RuntimeError, TypeError):
+            return x.detach().cpu().numpy()
     return np.asarray(x)
 
 
