@@ -52,6 +52,32 @@ def test_same_token_as_mask_first_for_fixed_noise(top_k):
     assert pick_allowed(torch.zeros(4), gumbel(4, g), lambda t: False, 2) is None
 
 
+@pytest.mark.parametrize("top_k", [0, 1, 3, 20, 50])
+def test_same_token_from_a_partial_mask(top_k):
+    """A partial mask (tokens known allowed + ids `allows` decides; the BPE hint of a fresh state)
+    gives the mask-first token too."""
+    g = torch.Generator().manual_seed(100 + top_k)
+    for _ in range(300):
+        vocab = int(torch.randint(5, 120, (1,), generator=g))
+        scaled = torch.randn(vocab, generator=g) * float(torch.rand(1, generator=g) * 4)
+        mask = torch.rand(vocab, generator=g) < float(torch.rand(1, generator=g))
+        mask[int(torch.randint(0, vocab, (1,), generator=g))] = True
+        known = mask & (torch.rand(vocab, generator=g) < 0.5)
+        unknown = torch.nonzero((~known) & ((torch.rand(vocab, generator=g) < 0.7) | mask)).flatten()
+        noise = gumbel(vocab, g)
+        want = reference_pick(scaled, noise, mask, top_k)
+        allowed = mask.tolist()
+        calls: list[int] = []
+
+        def allows(t, calls=calls, allowed=allowed):
+            calls.append(t)
+            return allowed[t]
+
+        hint = (known.numpy(), unknown.numpy())
+        assert pick_allowed(scaled, noise, allows, top_k, lambda h=hint: h) == want
+        assert len(set(calls)) == len(calls)
+
+
 def test_samples_the_constrained_distribution():
     """Empirical frequencies over 20k draws match softmax over the allowed top-k (chi-square)."""
     logits = torch.tensor([2.0, 1.5, 0.2, -0.3, 1.0, 0.0, -1.0])
@@ -157,7 +183,7 @@ def test_pick_mask_equals_the_fresh_mask_over_a_random_walk(codec, streams, kind
     tok = ByteTokenizer() if kind == "byte" else BpeTokenizer.train(streams, vocab_size=300)
     c = constraint_for(codec, tok)
     rng = np.random.default_rng(0)
-    st, n, visited = c.start_state(), 0, []
+    st, n, visited, tokens = c.start_state(), 0, [], []
     data = streams[0][header_length(streams[0]):]
     while not c.is_complete(st) and n < 400:
         want = np.array(c.grammar.walk_trie(st[0], c.trie), bool)  # uncached, whole rows
@@ -177,9 +203,26 @@ def test_pick_mask_equals_the_fresh_mask_over_a_random_walk(codec, streams, kind
             data = data[len(c.token_bytes[t]):]
         else:
             data = b""
+        tokens.append(t)
         st = c.advance(st, t)
         n += 1
     assert len(visited) > 50
+    if kind == "bpe":  # a fresh constraint's hints along the same walk: known <= mask <= known + unknown
+        c2 = constraint_for(codec, tok)
+        st2, n_partial = c2.start_state(), 0
+        for st, t in zip(visited, tokens):
+            hint = c2.pick_hint(st2)
+            want = c.pick_mask(st)
+            if isinstance(hint, tuple):
+                n_partial += 1
+                possible = hint[0].copy()
+                possible[hint[1]] = True
+                assert not (hint[0] & ~want).any() and not (want & ~possible).any()
+            else:
+                assert np.array_equal(hint, want)
+            assert isinstance(c2.pick_hint(st2), np.ndarray)  # the key's second visit: the whole mask
+            st2 = c2.advance(st2, t)
+        assert n_partial > 20
     for st in visited[::7]:  # still equal once everything is cached
         want = np.array(c.grammar.walk_trie(st[0], c.trie), bool)  # uncached, whole rows
         want[c.eos_id] |= c.may_end(st) or not want.any()

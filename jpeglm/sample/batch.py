@@ -231,7 +231,7 @@ class Batch:
                 noise = gumbel(scaled.shape[-1], self.gens[ji])
                 t0 = time.perf_counter()
                 tok = pick_allowed(scaled[r], noise, lambda t, st=st: c.allows(st, t), cfg.top_k,
-                                   lambda st=st: c.pick_mask(st))
+                                   lambda st=st: c.pick_hint(st))
                 if tok is None:  # nothing allowed (should not happen): end the row
                     tok = self.tokenizer.eos_id
                 self.constraint_s += time.perf_counter() - t0

@@ -56,6 +56,11 @@ class TokenConstraint:
         self.trie = TokenTrie(token_bytes)
         self._per_interval: float | None = None
         self._cache: dict[int, tuple] = {}  # id(numpy mask) -> (mask, tensor, tensor with EOS)
+        single = [(t, tb[0]) for t, tb in enumerate(token_bytes) if tb and len(tb) == 1]
+        multi = [(t, tb[0]) for t, tb in enumerate(token_bytes) if tb and len(tb) > 1]
+        self._single_ids, self._single_bytes = (np.array([x[i] for x in single], np.int64) for i in (0, 1))
+        self._multi_ids, self._multi_first = (np.array([x[i] for x in multi], np.int64) for i in (0, 1))
+        self._hinted: set = set()  # token keys `pick_hint` answered without a whole mask once
         self._pick_masks: dict = {}  # token_key -> (mask, mask with EOS, any token allowed): `pick_mask`
         self._plans: dict = {}  # state -> the rest of the completion being forced (end steering)
         self.cache_hits = 0
@@ -148,6 +153,29 @@ class TokenConstraint:
                 self._pick_masks.clear()
             hit = self._pick_masks[key] = (m, with_eos, bool(m.any()))
         return hit[1] if (not hit[2] or self.grammar.is_complete(g)) else hit[0]
+
+    def pick_hint(self, state):
+        """What the candidate path (jpeglm/sample/pick.py) needs to know about the allowed tokens,
+        at the least cost: the whole mask (`pick_mask`) when it is cached, when the vocabulary has
+        one-byte tokens only (then it is `allowed_bytes` itself), or when this state's key comes
+        back a second time (then it is built and cached); else the pair (tokens known allowed: the
+        one-byte ones from `allowed_bytes`; ids of the longer tokens whose first byte is allowed,
+        which `allows` decides one by one when needed). Every other token is refused."""
+        g = state[0]
+        if not self._multi_ids.size:
+            return self.pick_mask(state)
+        key = self.grammar.token_key(g, self.trie.max_len)
+        if key in self._pick_masks or key in self._hinted or self.trie.cached(self.grammar, g) is not None:
+            return self.pick_mask(state)
+        if len(self._hinted) > 200_000:
+            self._hinted.clear()
+        self._hinted.add(key)
+        ab = self.grammar.allowed_bytes(g)
+        lower = np.zeros(self.vocab_size, bool)
+        lower[self._single_ids] = ab[self._single_bytes]
+        if self.grammar.is_complete(g):
+            lower[self.eos_id] = True
+        return lower, self._multi_ids[ab[self._multi_first]]
 
     def _steps_mask(self, g) -> np.ndarray:
         """bool[vocab]: the tokens whose bytes the grammar takes in sequence from `g` (== the trie

@@ -61,6 +61,8 @@ def pick_allowed(scaled, noise, allows, top_k: int, cached_mask=None) -> int | N
     if (not k or np.count_nonzero(s > s[best]) < k) and ok(best):
         return best  # allowed, and in the top-k of all tokens, so in the top-k of the allowed ones
     m = cached_mask() if cached_mask is not None else None
+    if isinstance(m, tuple):
+        return _pick_with_unknowns(s, noisy, ok, k, _np(m[0]).astype(bool, copy=False), np.asarray(m[1], np.int64))
     if m is not None:
         m = _np(m).astype(bool, copy=False)
         keep = m
@@ -84,6 +86,42 @@ def _np(x) -> np.ndarray:
         except (RuntimeError, TypeError):
             return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def _pick_with_unknowns(s, noisy, ok, k: int, lower: np.ndarray, unknown: np.ndarray) -> int | None:
+    """The pick from a partial mask: `lower` the tokens known allowed, `unknown` the ids `ok`
+    decides, every other token refused. Candidates in noisy order among the possible tokens; a
+    candidate is in the top-k of the allowed tokens when fewer than k allowed ones score above its
+    logit: counted from `lower`, and from the unknown tokens above it (asked only while the count
+    is undecided)."""
+    possible = lower.copy()
+    possible[unknown] = True
+    score = np.where(possible, noisy, NEG_INF)
+    unknown = unknown[np.argsort(-s[unknown], kind="stable")]  # by logit, descending
+    unk_s = s[unknown]
+    while True:
+        t = int(score.argmax())
+        if score[t] == NEG_INF:
+            return None
+        score[t] = NEG_INF
+        if not (lower[t] or ok(t)):
+            continue
+        if not k:
+            return t
+        logit = s[t]
+        n = int(np.count_nonzero(lower & (s > logit)))
+        above = unknown[: int(np.count_nonzero(unk_s > logit))]
+        if n + len(above) < k:
+            return t
+        if n >= k:
+            continue
+        for u in above.tolist():
+            if ok(u):
+                n += 1
+                if n >= k:
+                    break
+        if n < k:
+            return t
 
 
 def _pick_by_candidates(s: np.ndarray, noisy: np.ndarray, ok, k: int) -> int | None:
