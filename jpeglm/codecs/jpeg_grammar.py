@@ -295,16 +295,20 @@ class JpegScanGrammar(Grammar):
         out = self._nibbles.get(st)
         if out is None:
             out = [None] * 16
-            stack = [(st, 0, 0)]
-            while stack:
-                cur, depth, val = stack.pop()
-                if depth == 4:
-                    out[val] = cur
-                    continue
-                for bit in (0, 1):
-                    nxt = self._step(cur, bit)
-                    if nxt is not None:
-                        stack.append((nxt, depth + 1, (val << 1) | bit))
+            level = [(st, 0)]
+            for _ in range(4):
+                nxt_level = []
+                for cur, val in level:
+                    a = self._step(cur, 0)
+                    # extra bits (phases 1 and 3) go to the same state whatever the bit: one step
+                    b = a if cur[1] == 1 or cur[1] == 3 else self._step(cur, 1)
+                    if a is not None:
+                        nxt_level.append((a, val << 1))
+                    if b is not None:
+                        nxt_level.append((b, (val << 1) | 1))
+                level = nxt_level
+            for cur, val in level:
+                out[val] = cur
             self._nibbles[st] = out
         return out
 

@@ -187,6 +187,8 @@ class TokenConstraint:
             return m
         _, byte, end_pos, end_tid = trie.levels[0]
         m[end_tid] = ab[byte[end_pos]]
+        if not self._multi_ids.size:  # one-byte tokens only: done
+            return m
         children, ends = trie.children, trie.ends
         stack = [(child, step(g, b)) for b, child in children[0] if children[child] and ab[b]]
         while stack:
