@@ -13,7 +13,6 @@ its row carries `cfg_scale` and `classes`, and `plot_fid_vs_cfg` draws FID again
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -54,24 +53,14 @@ def plot_fid_vs_cfg(results, path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from jpeglm.eval.report import save_fid_plot
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for name, pts in lines:
         xs, ys = zip(*pts)
         ax.plot(xs, ys, marker="o", label=name)
-    ax.set_xlabel("classifier-free guidance scale (1 = no guidance)")
-    ax.set_ylabel("FID (lower is better)")
-    n = results.fid.get("n_note", "")
-    ax.set_title("Class-balanced FID against guidance scale" + (f" ({n})" if n else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_fid_plot(results, fig, ax, path, "classifier-free guidance scale (1 = no guidance)",
+                         "Class-balanced FID against guidance scale")
 
 
 __all__ = ["class_names", "class_plans", "plot_fid_vs_cfg", "setting_name"]

@@ -136,10 +136,19 @@ def plot_fid(results: EvalResults, path: Path) -> Path | None:
         return None
     if ticks:
         ax.set_xticks(ticks, ["uncond." if t == 0 else f"{t:g}" for t in ticks])
-    ax.set_xlabel("prompt ratio (share of the picture given to the model)")
+    return save_fid_plot(results, fig, ax, path, "prompt ratio (share of the picture given to the model)",
+                         "FID against prompt ratio")
+
+
+def save_fid_plot(results: EvalResults, fig, ax, path: Path, xlabel: str, title: str) -> Path:
+    """Label an FID plot (y: FID; the title gets the sample-count note), save it to `path`
+    atomically and close it; shared by every FID plot of the report."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (lower is better)")
     n = results.fid.get("n_note", "")
-    ax.set_title("FID against prompt ratio" + (f" ({n})" if n else ""))
+    ax.set_title(title + (f" ({n})" if n else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -29,7 +29,8 @@ class LockError(UserError, RuntimeError):
     """The output folder is being written by another run."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -89,7 +90,7 @@ class OutputLock:
             previous = self._read(fd)
             if previous and not self.shared:
                 mine = previous.get("host") == socket.gethostname()
-                alive = not mine or _pid_alive(int(previous.get("pid", 0)))
+                alive = not mine or pid_alive(int(previous.get("pid", 0)))
                 if not flocked and alive and previous.get("pid") != os.getpid():
                     raise LockError(f"{self.folder} is being written by {_describe(previous)} (no flock on this file "
                                     f"system: delete {self.path} if that run is gone)")

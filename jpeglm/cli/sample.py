@@ -145,22 +145,14 @@ def _remove_leftovers(out: Path) -> None:
     """Temporary folders a killed `jpeglm sample` into the same --out left beside it (.OUT.tmp-*,
     .OUT.old-*), unless their process is still running (the pid is in .old names; .tmp ones are
     removed once older than an hour, so a run sampling now keeps its own)."""
+    from jpeglm.lock import pid_alive
+
     for p in out.parent.glob(f".{out.name}.*"):
         rest = p.name[len(out.name) + 2 :]
         if rest.startswith("tmp-") and time.time() - p.stat().st_mtime > 3600:
             shutil.rmtree(p, ignore_errors=True)
-        elif rest.startswith("old-") and rest[4:].isdigit() and not _alive(int(rest[4:])):
+        elif rest.startswith("old-") and rest[4:].isdigit() and not pid_alive(int(rest[4:])):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _publish(tmp: Path, out: Path) -> None:
