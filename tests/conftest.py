@@ -49,3 +49,16 @@ def photo_dir(tmp_path, photos) -> Path:
     for i, im in enumerate(photos):
         im.save(d / f"photo_{i:02d}.png")
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    its models are tiny, and on a shared 2-core machine two spinning OpenMP threads per process made
+    a step 20x slower, not faster."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

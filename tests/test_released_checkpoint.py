@@ -21,13 +21,7 @@ from jpeglm.sample import SamplerConfig, generate
 
 REPO, COMMIT = "uwnlp/jpeg-lm-reimplementation", "0123456789abcdef0123456789abcdef01234567"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

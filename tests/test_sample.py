@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from _models import tiny_llama
 from PIL import Image
 
 from jpeglm.codecs.jpeg import JpegCodec, JpegParams, header_length
@@ -25,25 +26,7 @@ from jpeglm.tokenizer import BpeTokenizer, ByteTokenizer
 
 SIZE = 64
 
-
-def tiny_llama(vocab_size: int, ctx: int = 2048, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=ctx,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    return LlamaForCausalLM(cfg).eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a shared 2-core machine two spinning
-    OpenMP threads per process made a step 20x slower, not faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from jpeglm.sample.kv_cache import model_inputs
 from jpeglm.sample.kv_cache import slab_cache as _slab_cache
 from jpeglm.tokenizer import ByteTokenizer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gqa_llama(vocab: int, kv_heads: int = 2, seed: int = 0):
