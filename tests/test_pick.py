@@ -247,3 +247,22 @@ def test_jpeg_byte_mask_without_the_row_equals_the_row(codec, streams):
         if not len(allowed):
             break
         st = g.step(st, int(rng.choice(allowed)))
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_an_eos_id_outside_the_vocabulary_runs_the_budget(codec, streams, kind):
+    """A tokenizer whose EOS no model can sample (the throughput benchmarks' NoEos) is a valid input:
+    the constraint's masks leave EOS out instead of raising IndexError, and every row runs its budget."""
+
+    class NoEos:
+        def __init__(self, tok):
+            self._tok, self.eos_id = tok, 1 << 30
+
+        def __getattr__(self, name):
+            return getattr(self._tok, name)
+
+    tok = ByteTokenizer() if kind == "byte" else BpeTokenizer.train(streams, vocab_size=300)
+    model = tiny_llama(tok.vocab_size, seed=3)
+    samples = generate(model, NoEos(tok), codec, [codec.prompt(streams[0], 0.25)], 2,
+                       SamplerConfig(max_new_tokens=40, batch_size=2, seed=5))
+    assert [s.n_new_tokens for s in samples] == [40, 40]

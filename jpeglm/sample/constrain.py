@@ -51,6 +51,9 @@ class TokenConstraint:
         self.grammar = grammar
         self.eos_id = int(eos_id)
         self.vocab_size = len(token_bytes)
+        # where EOS goes in a mask: nowhere when the id is outside the vocabulary (a tokenizer whose EOS
+        # no model can sample, as the throughput benchmarks use), instead of an IndexError
+        self._eos_slot = self.eos_id if 0 <= self.eos_id < self.vocab_size else slice(0, 0)
         self.token_bytes = token_bytes
         self.structural = structural
         self.trie = TokenTrie(token_bytes)
@@ -147,7 +150,7 @@ class TokenConstraint:
             arr = self.trie.cached(self.grammar, g)
             m = np.array(arr, bool) if arr is not None else self._steps_mask(g)
             with_eos = m.copy()
-            with_eos[self.eos_id] = True
+            with_eos[self._eos_slot] = True
             m.flags.writeable = with_eos.flags.writeable = False
             if len(self._pick_masks) > 200_000:  # bound memory on very long runs
                 self._pick_masks.clear()
@@ -174,7 +177,7 @@ class TokenConstraint:
         lower = np.zeros(self.vocab_size, bool)
         lower[self._single_ids] = ab[self._single_bytes]
         if self.grammar.is_complete(g):
-            lower[self.eos_id] = True
+            lower[self._eos_slot] = True
         return lower, self._multi_ids[ab[self._multi_first]]
 
     def _steps_mask(self, g) -> np.ndarray:
@@ -221,7 +224,7 @@ class TokenConstraint:
             self.cache_misses += 1
             t = torch.from_numpy(np.array(arr, dtype=bool))
             with_eos = t.clone()
-            with_eos[self.eos_id] = True
+            with_eos[self._eos_slot] = True
             if len(self._cache) > 100_000:
                 self._cache.clear()
             hit = self._cache[id(arr)] = (arr, t, with_eos, bool(t.any()))  # `arr` kept: its id stays unique
