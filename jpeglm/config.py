@@ -32,7 +32,8 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _unwrap_optional(tp):
+def unwrap_optional(tp):
+    """`X | None` (or Optional[X]) -> X; any other type as it is."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -54,7 +55,7 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)} for {cls.__name__} (known: {known})")
     kwargs = {}
     for name, value in data.items():
-        tp = _unwrap_optional(types_[name])
+        tp = unwrap_optional(types_[name])
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             value = from_dict(tp, value, where=f"{where}{name}.")
         elif tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):

@@ -25,6 +25,8 @@ import types
 import typing
 from typing import Any, Literal, TypeVar
 
+from jpeglm.config import unwrap_optional
+
 T = TypeVar("T")
 UNSET = None  # a flag left at None by the user: the dataclass default applies
 
@@ -126,7 +128,7 @@ def config_fields(cls, prefix: str = ""):
     recursing into fields whose type is a dataclass (the config's sections, e.g. `optim.lr`)."""
     hints = typing.get_type_hints(cls)
     for f in cli_fields(cls):
-        tp = _unwrap_optional(hints[f.name])
+        tp = unwrap_optional(hints[f.name])
         if dataclasses.is_dataclass(tp):
             for path, sub, hint, _ in config_fields(tp, prefix + f.name + "."):
                 yield path, sub, hint, f.metadata.get("help", "")
@@ -178,15 +180,6 @@ def config_overrides(cls, args: argparse.Namespace) -> list[str]:
 def _option_strings(parser) -> set[str]:
     container = getattr(parser, "_container", None) or parser
     return {s for a in container._actions for s in a.option_strings}
-
-
-def _unwrap_optional(tp):
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
 
 
 def _parser_has(parser, dest: str) -> bool:
