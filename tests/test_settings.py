@@ -60,7 +60,7 @@ def _config_dataclasses() -> dict[str, type]:
         seen[key] = cls
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            tp = flags._unwrap_optional(hints[f.name])
+            tp = flags.unwrap_optional(hints[f.name])
             item = typing.get_args(tp)[0] if typing.get_origin(tp) is list and typing.get_args(tp) else None
             todo += [t for t in (tp, item) if isinstance(t, type) and dataclasses.is_dataclass(t)]
     return seen
