@@ -1,6 +1,7 @@
 """Copy what `results/pets/run.sh` measured into results/pets/ (the files that are committed).
 
     python results/pets/publish.py [--run runs/pets-cpu] [--dest results/pets]
+    python results/pets/publish.py --conditional          # run_conditional.sh -> results/pets-cond
 
 From the eval folder: report.md (+ a training table), fid_vs_ratio.png, the completion strips
 (small PNGs), the eval config; results.json = report.json plus, per system, the training budget
@@ -88,7 +89,12 @@ def main(argv=None) -> None:
     ap.add_argument("--strips", default="ratio=0.5,unconditional",
                     help="settings whose completion strips are published (comma-separated)")
     ap.add_argument("--dest", default=str(ROOT / "results" / "pets"), help="where the published files go")
+    ap.add_argument("--conditional", action="store_true",
+                    help="publish results/pets/run_conditional.sh's run (runs/pets-cpu-cond -> results/pets-cond)")
     args = ap.parse_args(argv)
+    if args.conditional:
+        args.run, args.dest = str(ROOT / "runs" / "pets-cpu-cond"), str(ROOT / "results" / "pets-cond")
+        args.strips = "ratio=0.5,unconditional,class=cat cfg=1,class=dog cfg=1,class=cat cfg=3,class=dog cfg=3"
     run, dest = Path(args.run), Path(args.dest)
     ev = run / "eval"
     results = json.loads((ev / "report.json").read_text())
@@ -103,8 +109,9 @@ def main(argv=None) -> None:
         s["strips"] = [st for st in s.get("strips", []) if st["setting"] in keep]
         for st in s["strips"]:
             shutil.copyfile(ev / st["path"], dest / st["path"])
-    if (ev / "fid_vs_ratio.png").is_file():
-        shutil.copyfile(ev / "fid_vs_ratio.png", dest / "fid_vs_ratio.png")
+    for plot in ("fid_vs_ratio.png", "fid_vs_cfg.png"):
+        if (ev / plot).is_file():
+            shutil.copyfile(ev / plot, dest / plot)
     shutil.copyfile(ev / "config.yaml", dest / "eval-config.yaml")
     results.pop("report_files", None)
     (dest / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
@@ -112,8 +119,10 @@ def main(argv=None) -> None:
 
     md = render_markdown(results, dest).split("\n")
     at = md.index("## Details") if "## Details" in md else len(md)
+    command = ("bash results/pets/run_conditional.sh && python results/pets/publish.py --conditional" if args.conditional
+               else "bash results/pets/run.sh && python results/pets/publish.py")
     repro = ["## Reproduce", "", "From the repository root, with `../shared/data/pets` present (~1 h on 2 CPU cores):", "",
-             "    bash results/pets/run.sh && python results/pets/publish.py", "",
+             f"    {command}", "",
              "Configs: `configs/train/pets-cpu.yaml` (budget), `configs/model/1m.yaml` (the Llama), "
              "`configs/vq/tiny.yaml` (the LFQ tokenizer), `eval-config.yaml` here (= `configs/eval/pets-cpu.yaml`).", ""]
     note = ["**CPU scale** (64x64, a ~1M-parameter Llama, 2.46M training tokens per system, 100 test prompts per "

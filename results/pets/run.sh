@@ -6,11 +6,11 @@ set -euo pipefail
 PETS=${PETS:-../shared/data/pets}
 R=runs/pets-cpu
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-P="--val-fraction 0.02 --size 64 --no-progress --workers 1"
+P="--val-fraction 0.02 --no-progress --workers 1"
 
-jpeglm prep --codec jpeg --input $PETS/train --out $R/data/jpeg-bytes $P
+jpeglm prep --codec jpeg --input $PETS/train --out $R/data/jpeg-bytes --size 64 $P
 jpeglm tokenizer train --data $R/data/jpeg-bytes --vocab-size 320 --out $R/tokenizer-bpe
-jpeglm prep --codec jpeg --input $PETS/train --tokenizer $R/tokenizer-bpe --out $R/data/jpeg $P
+jpeglm prep --codec jpeg --input $PETS/train --tokenizer $R/tokenizer-bpe --out $R/data/jpeg --size 64 $P
 
 jpeglm vq train --input $PETS/train --out $R/vq-model --config configs/vq/tiny.yaml --max-steps 1500 --threads 1
 jpeglm prep --codec vq --vq-model $R/vq-model --input $PETS/train --out $R/data/vq $P
