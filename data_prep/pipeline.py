@@ -10,9 +10,10 @@
   input size; a worker (each builds its codec and tokenizer once) encodes the unit's items and
   writes them itself: a whole chunk with `writer.write_chunk` (files atomically, the done marker
   last), a smaller unit as a piece that the driver merges into its chunk once the chunk's pieces
-  are all there. Only markers travel back, no records (sending every record's tokens back to
-  one writer process had cost ~0.5 ms per image: 1.06x; BENCHMARKS.md), and the bytes are the
-  same for any number of workers and any unit size;
+  are all there. What travels back is a marker, or a piece as a few byte strings (its token ids
+  and .jsonl lines, ready to concatenate), never per-record objects (pickling every record's
+  tokens to one writer process had cost ~0.5 ms per image: 1.06x; BENCHMARKS.md), and the bytes
+  are the same for any number of workers and any unit size;
 - the units run on an engine (engines.py): this process, local processes (this one among them),
   or a Ray cluster; the output folder may be a local or shared path or an fsspec URL (store.py).
   A killed run redoes only the chunks without a marker (keeping finished pieces) and ends
@@ -331,7 +332,8 @@ def _process(item: Item) -> list:
 
 def _process_unit(unit: unitlib.Unit) -> dict:
     """Encode one unit's items in order and write them: a whole chunk ({"marker": its done marker}),
-    or a piece of one ({"piece": (chunk, start, end)})."""
+    or a piece of one ({"piece": (chunk, start, end), "data": the piece}: its bytes travel back, so the
+    driver merges from memory)."""
     chunk = ChunkResult(unit.chunk, len(unit.items))
     counter = _W.get("counter")
     for item in unit.items:
@@ -347,7 +349,7 @@ def _process_unit(unit: unitlib.Unit) -> dict:
                 counter.value += 1
     if unit.whole:
         return {"marker": write_chunk(_W["out"], chunk, _W["dtype"])}
-    return {"piece": (unit.chunk, *unitlib.write_piece(_W["out"], unit, chunk, _W["dtype"]))}
+    return {"piece": (unit.chunk, unit.start, unit.end), "data": unitlib.write_piece(_W["out"], unit, chunk, _W["dtype"])}
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -538,15 +540,18 @@ def _run_units(plan: _Plan, store: Store, engine, todo: list[int], todo_items: i
                desc="prep" if part is None else f"prep part {part[0]}/{part[1]}")
     missing = {c: len(plan.chunks[c]) - sum(b - a for a, b in have[c]) for c in todo}
 
+    loaded: dict = {c: {} for c in todo}  # the pieces of this run, as they came back: merged from memory
+
     def on_result(result: dict) -> None:
         if "marker" in result:
             plan.done[result["marker"]["chunk"]] = result["marker"]
             return
         c, a, b = result["piece"]
         have[c].append((a, b))
+        loaded[c][(a, b)] = result.get("data")
         missing[c] -= b - a
         if missing[c] == 0:  # the chunk's last piece: write the chunk (the same bytes as one unit would)
-            plan.done[c] = unitlib.merge_chunk(store, c, len(plan.chunks[c]), have[c], dtype)
+            plan.done[c] = unitlib.merge_chunk(store, c, len(plan.chunks[c]), have[c], dtype, loaded.pop(c))
 
     for c in todo:  # chunks whose pieces were all there already (a run killed before its merge)
         if missing[c] == 0:

@@ -6,15 +6,17 @@ the input size, and smaller towards the end ("guided" scheduling, `UnitSizes`), 
 run out of work within a few items of each other. A unit that is a whole chunk is written as the chunk itself; a
 smaller one is written as a *piece* (parts/pieces/chunk-C.START-END.piece), and once the pieces
 of a chunk cover it, `merge_chunk` concatenates them in item order and writes the chunk with the
-very same `write_chunk`: so the shard files are the same bytes for any worker count and any unit
+very same `writer.write_shards` that `write_chunk` uses: so the shard files are the same bytes for any worker count and any unit
 size. Pieces are resume points too: a rerun keeps the pieces a killed run finished (even of
 another unit size) and encodes only the gaps.
 
 A piece file is one atomic write: 8 magic bytes, the header length (8 bytes, little-endian), a
-JSON header (chunk, item range, skipped items, the records' metadata per split, a CRC-32 of the
-ids), then the token ids of the train records and of the val records in the shard dtype. JSON and
-raw arrays only: loading a piece runs no code. Pieces live for seconds (until their chunk is
-merged, with fsync), so they are not fsync'd: the CRC catches one that a crash left half on disk
+JSON header (chunk, item range, skipped items, per split the records' lengths and the sums the
+done marker counts (writer.ShardPart), a CRC-32 of the body), then the body: the token ids of the
+train and of the val records in the shard dtype, then their .jsonl lines, as the shard files hold
+them. Merging is concatenation (no per-record work in the driver, whose time is the serial tail
+of a prep). JSON and raw bytes only: loading a piece runs no code. Pieces live for seconds (until
+their chunk is merged, with fsync), so they are not fsync'd: the CRC catches one that a crash left half on disk
 (an fsync per piece cost ~1.5 ms, as much as encoding three photos).
 """
 
@@ -30,13 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from jpeglm.data_prep.store import Store
-from jpeglm.data_prep.writer import PIECES_DIR, ChunkResult, PrepError, Record, write_chunk
+from jpeglm.data_prep.writer import (PIECES_DIR, ChunkResult, PrepError, ShardPart, join_parts, shard_part,
+                                     write_shards)
 from jpeglm.shards import SPLITS
 
 UNITS_PER_SLOT = 4  # a unit is at most 1/(4 x workers) of the work left when it is cut: so units
 # shrink geometrically towards the end of a run, and the workers finish within MIN_UNIT items of each other
 MIN_UNIT = 4  # items: below this the per-task cost (a piece file, a merge, ~0.3 ms) is no longer small
-_MAGIC = b"JPLMPC1\n"
+_MAGIC = b"JPLMPC2\n"  # 2: the header holds ShardPart sums, the body also the .jsonl bytes
 _NAME = re.compile(r"chunk-(\d+)\.(\d+)-(\d+)\.piece")
 
 
@@ -115,61 +118,65 @@ def plan_units(chunks: list[list], todo: list[int], size, pieces: dict[int, list
     return units, kept
 
 
-def write_piece(store: Store, unit: Unit, part: ChunkResult, dtype: np.dtype) -> tuple[int, int]:
-    """Write the encoded items of a unit that is not a whole chunk as one piece file."""
-    body = b"".join(np.asarray(r.tokens, dtype=dtype).tobytes() for s in SPLITS for r in part.records[s])
+def write_piece(store: Store, unit: Unit, part: ChunkResult, dtype: np.dtype) -> dict:
+    """Write the encoded items of a unit that is not a whole chunk as one piece file; returns the
+    piece as `read_piece` would ({"skipped", "parts"}), for the driver to merge without reading it."""
+    parts = {s: shard_part(part.records[s], dtype) for s in SPLITS}
+    body = b"".join([*(parts[s].tokens for s in SPLITS), *(parts[s].jsonl for s in SPLITS)])
     header = {"chunk": unit.chunk, "start": unit.start, "end": unit.end, "skipped": part.skipped, "crc32": zlib.crc32(body),
-              "records": {s: [r.meta() for r in part.records[s]] for s in SPLITS}}
+              "splits": {s: parts[s].header() for s in SPLITS}}
     head = json.dumps(header, sort_keys=True).encode()
     store.write_bytes(piece_name(unit.chunk, unit.start, unit.end), _MAGIC + struct.pack("<Q", len(head)) + head + body,
                       sync=False)
-    return unit.start, unit.end
+    return {"skipped": part.skipped, "parts": parts}
 
 
 def read_piece(store: Store, chunk: int, start: int, end: int, dtype: np.dtype) -> dict | None:
-    """A piece's header with its records rebuilt ({"skipped", "records"}), None if not whole."""
+    """A piece's {"skipped", "parts": {split: ShardPart}}, None if it is not whole."""
     try:
         data = store.read_bytes(piece_name(chunk, start, end))
         if data[:8] != _MAGIC:
-            return None
+            return None  # not a piece, or one of an older layout: redone
         (n,) = struct.unpack("<Q", data[8:16])
         header = json.loads(data[16 : 16 + n])
-        tokens = np.frombuffer(data, dtype=dtype, offset=16 + n)
-        if (header["chunk"], header["start"], header["end"]) != (chunk, start, end):
+        body = memoryview(data)[16 + n :]
+        if (header["chunk"], header["start"], header["end"]) != (chunk, start, end) or zlib.crc32(body) != header["crc32"]:
             return None
-        if zlib.crc32(memoryview(data)[16 + n :]) != header["crc32"]:
+        heads = header["splits"]
+        sizes = [sum(heads[s]["lengths"]) * dtype.itemsize for s in SPLITS] + [heads[s]["jsonl_bytes"] for s in SPLITS]
+        if sum(sizes) != len(body) or any(len(heads[s]["lengths"]) != len(heads[s]["n_bytes"]) for s in SPLITS):
             return None
-        records, pos = {}, 0
-        for split in SPLITS:
-            records[split] = []
-            for meta in header["records"][split]:
-                k = int(meta["n_tokens"])
-                records[split].append(Record(meta["key"], tokens[pos : pos + k], meta["n_symbols"], meta["n_bytes"],
-                                             meta["n_pixels"], meta.get("label")))
-                pos += k
-        if pos != tokens.size:
-            return None
-        return {"skipped": header["skipped"], "records": records}
+        blobs, pos = [], 0
+        for k in sizes:
+            blobs.append(bytes(body[pos : pos + k]))
+            pos += k
+        parts = {s: ShardPart.from_header(heads[s], blobs[i], blobs[len(SPLITS) + i]) for i, s in enumerate(SPLITS)}
+        return {"skipped": header["skipped"], "parts": parts}
     except (OSError, ValueError, KeyError, TypeError, struct.error):
         return None
 
 
-def merge_chunk(store: Store, chunk: int, num_items: int, ranges: list[tuple[int, int]], dtype: np.dtype) -> dict:
-    """Write chunk `chunk` from its pieces (which cover it, in order) and delete its pieces."""
-    whole = ChunkResult(chunk, num_items)
+def merge_chunk(store: Store, chunk: int, num_items: int, ranges: list[tuple[int, int]], dtype: np.dtype,
+                loaded: dict | None = None) -> dict:
+    """Write chunk `chunk` from its pieces (which cover it, in order) and delete its pieces: their
+    bytes are concatenated, so the files are those one unit of the whole chunk writes. `loaded`:
+    (start, end) -> the pieces the driver has in memory already (those not there are read)."""
+    loaded = loaded or {}
+    parts: dict[str, list] = {s: [] for s in SPLITS}
+    skipped: list[dict] = []
     pos = 0
     for a, b in sorted(ranges):
-        piece = read_piece(store, chunk, a, b, dtype) if a == pos else None
+        piece = (loaded.get((a, b)) or read_piece(store, chunk, a, b, dtype)) if a == pos else None
         if piece is None:
             raise PrepError(f"piece {piece_name(chunk, a, b)} of chunk {chunk} is missing or damaged "
                             "(was the output folder changed during the prep?); rerun to redo it")
         for split in SPLITS:
-            whole.records[split].extend(piece["records"][split])
-        whole.skipped.extend(piece["skipped"])
+            parts[split].append(piece["parts"][split])
+        skipped.extend(piece["skipped"])
         pos = b
     if pos != num_items:
         raise PrepError(f"the pieces of chunk {chunk} cover {pos} of its {num_items} items")
-    marker = write_chunk(store, whole, dtype)
+    marker = write_shards(store, chunk, num_items, skipped, {s: join_parts(parts[s]) for s in SPLITS})
     for a, b in list_pieces(store).get(chunk, []):  # also those of another layout that were not used
         store.remove(piece_name(chunk, a, b))
     return marker
