@@ -405,7 +405,8 @@ def _prep(source: Source, codec_factory: Callable, store: Store, s: PrepSettings
     todo = [c for c in range(len(plan.chunks)) if c not in plan.done and _in_part(c, s.part_index)]
     todo_items = sum(len(plan.chunks[c]) for c in todo)
     if todo:
-        with make_engine(s.engine, s.address, s.workers, _init_worker, plan.setup, _process_unit) as engine:
+        preload = (getattr(codec_factory, "__module__", None) or type(codec_factory).__module__,)  # the codec's module
+        with make_engine(s.engine, s.address, s.workers, _init_worker, plan.setup, _process_unit, preload) as engine:
             _run_units(plan, store, engine, todo, todo_items, s)
 
     done = plan.done
