@@ -59,17 +59,64 @@ class LocalEngine:
         """`init(setup, counter=None)` sets a worker up and returns None, or a one-line error (it does not
         raise: the task then fails with it); `task(unit)` does a unit; `preload`: modules the workers need."""
         self.slots, self.init, self.setup, self.task, self.preload = workers, init, setup, task, tuple(preload)
+        self._pool = None
+        self._starting: threading.Thread | None = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        self._close(ok=False)  # a pool started and not run (nothing to do, or the prep stopped first)
         return False
+
+    def start(self, max_units: int) -> None:
+        """Start the worker processes now, for a run of at most `max_units` units, so that they start
+        while this process does something else (the prep's checks and bookkeeping: 10-20 ms, about what
+        a worker takes to start). Nothing to start for one worker or one unit."""
+        if self._pool is None and self._starting is None and self.slots > 1 and max_units > 1:
+            # in a thread: starting a process is a round trip to the fork server (5-15 ms) this process need not wait for
+            self._starting = threading.Thread(target=self._start, args=(min(self.slots, max_units) - 1,), daemon=True)
+            self._starting.start()
+
+    def _started(self) -> None:
+        """Wait for a start() under way."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+
+    def _start(self, size: int) -> None:
+        ctx = mp_context(self.preload)
+        self._counter = ctx.Value("q", 0)  # items finished, counted by the workers (progress between units)
+        self._ready = ctx.Value("i", 0)  # workers that have started and built their codec
+        # A worker still starting when run() returns (it is not waited for) unpickles these
+        # then; kept alive until the next run, else their semaphores are gone and it crashes.
+        _KEEP_ALIVE[:] = [self._counter, self._ready]
+        self._size = size
+        self._pool = ProcessPoolExecutor(size, mp_context=ctx, initializer=_pool_init,
+                                         initargs=(self.init, self.setup, self._counter, self._ready))
+        # the first task starts the workers; it answers once one has set up (with its error, if any)
+        self._probe = self._pool.submit(_setup_error)
+
+    def _close(self, ok: bool) -> None:
+        self._started()
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # No public way to stop running workers before Python 3.14's terminate_workers().
+        procs = list((getattr(pool, "_processes", None) or {}).values()) if not ok else []
+        # on success every result is in: idle workers exit on their own (waiting for them took ~10 ms)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(5)
 
     def run(self, units: list, on_result: Callable, on_progress: Callable) -> None:
         """Run `task(unit)` for every unit; `on_result(result)` in this process as each finishes,
         `on_progress(items_finished)` now and then."""
         if self.slots <= 1 or len(units) <= 1:
+            self._close(ok=False)  # started for more work than there turned out to be
             self.init(self.setup)
             done = 0
             for unit in units:
@@ -77,19 +124,15 @@ class LocalEngine:
                 done += len(unit.items)
                 on_progress(done)
             return
-        ctx = mp_context(self.preload)
-        counter = ctx.Value("q", 0)  # items finished, counted by the workers (progress between units)
-        ready = ctx.Value("i", 0)  # workers that have started and built their codec
-        # A worker still starting when run() returns (it is not waited for) unpickles these
-        # then; kept alive until the next run, else their semaphores are gone and it crashes.
-        _KEEP_ALIVE[:] = [counter, ready]
         # This process is one of the workers: a thread here encodes units while the other workers
         # start (a worker takes 50-100 ms to start on 2 loaded cores, a third of a 500-photo prep),
         # so --workers N starts N - 1 processes. Pillow, PyAV and torch release the GIL while they
         # code, so this thread keeps the pool fed meanwhile. A worker is handed units only once it
         # is ready: a unit queued for a worker still starting is one the others may end up waiting for.
-        size = min(self.slots, len(units)) - 1
-        pool = ProcessPoolExecutor(size, mp_context=ctx, initializer=_pool_init, initargs=(self.init, self.setup, counter, ready))
+        self._started()
+        if self._pool is None:
+            self._start(min(self.slots, len(units)) - 1)
+        pool, probe, counter, ready, size = self._pool, self._probe, self._counter, self._ready, self._size
         todo = deque(units)
         pending: set = set()
         # Everything the driver waits for arrives here, as it happens: a pool task done, the probe
@@ -106,8 +149,6 @@ class LocalEngine:
             fut.add_done_callback(lambda f: events.put(("done", f)))
 
         try:
-            # the first task starts the workers; it answers once one has set up (with its error, if any)
-            probe = pool.submit(_setup_error)
             probe.add_done_callback(lambda f: events.put(("probe", f)))
             self.init(self.setup, counter)
             local = threading.Thread(target=self._encode_here, args=(todo, events, stop), daemon=True)
@@ -149,15 +190,7 @@ class LocalEngine:
             ok = True
         finally:
             stop.set()  # the thread here ends after its unit
-            # No public way to stop running workers before Python 3.14's terminate_workers().
-            procs = list((getattr(pool, "_processes", None) or {}).values()) if not ok else []
-            # on success every result is in: idle workers exit on their own (waiting for them took ~10 ms)
-            pool.shutdown(wait=False, cancel_futures=True)
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-            for p in procs:
-                p.join(5)
+            self._close(ok)
 
     def _encode_here(self, todo: deque, out: queue.SimpleQueue, stop: threading.Event) -> None:
         try:
@@ -236,6 +269,9 @@ class RayEngine:
         if self.started:
             self.ray.shutdown()
         return False
+
+    def start(self, max_units: int) -> None:
+        """Nothing to start ahead: Ray's workers are up once the cluster is."""
 
     def run(self, units: list, on_result: Callable, on_progress: Callable) -> None:
         ray = self.ray

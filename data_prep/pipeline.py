@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from contextlib import ExitStack
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -402,14 +403,30 @@ def prep(source: Source, codec_factory: Callable, out: str | Path, settings: Pre
 
 def _prep(source: Source, codec_factory: Callable, store: Store, s: PrepSettings, t0: float, tokenizer, clip_rule,
           log) -> PrepResult:
-    plan = _plan(source, codec_factory, store, s, tokenizer, clip_rule, log)
+    preload = (getattr(codec_factory, "__module__", None) or type(codec_factory).__module__,)  # the codec's module
+    with ExitStack() as stack:
+        started: list = []
+
+        def start_workers(setup: _Setup, num_items: int) -> None:
+            # Local workers start as soon as their setup is known: they start (10-50 ms each) while this
+            # process claims the output and saves its bookkeeping. Ray starts only when there is work.
+            if s.engine == "local" and s.workers > 1:
+                started.append(stack.enter_context(make_engine("local", None, s.workers, _init_worker, setup, _process_unit,
+                                                               preload)))
+                started[0].start(-(-num_items // (s.items_per_task or unitlib.MIN_UNIT)))  # at most this many units
+
+        plan = _plan(source, codec_factory, store, s, tokenizer, clip_rule, log, on_setup=start_workers)
+        return _finish(plan, store, s, t0, log, started[0] if started else None, preload)
+
+
+def _finish(plan: _Plan, store: Store, s: PrepSettings, t0: float, log, engine, preload) -> PrepResult:
+    """Encode what is left of `plan` (on `engine`, or one made here), then write the manifest."""
     try:
         todo = [c for c in range(len(plan.chunks)) if c not in plan.done and _in_part(c, s.part_index)]
         todo_items = sum(len(plan.chunks[c]) for c in todo)
         if todo:
-            preload = (getattr(codec_factory, "__module__", None) or type(codec_factory).__module__,)  # the codec's module
-            with make_engine(s.engine, s.address, s.workers, _init_worker, plan.setup, _process_unit, preload) as engine:
-                _run_units(plan, store, engine, todo, todo_items, s)
+            with engine or make_engine(s.engine, s.address, s.workers, _init_worker, plan.setup, _process_unit, preload) as e:
+                _run_units(plan, store, e, todo, todo_items, s)
         plan.files_saved.result()  # the tokenizer's and codec's files are in place (or their error is raised)
         done = plan.done
         listed = set(store.listdir(PARTS_DIR))  # one listing: chunks other parts finished meanwhile
@@ -454,7 +471,9 @@ class _Plan:
 
 
 def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings, tokenizer, clip_rule,
-          log=None) -> _Plan:
+          log=None, on_setup: Callable | None = None) -> _Plan:
+    """The prep's checks and bookkeeping; `on_setup(setup, num_items)` is called once the workers' setup
+    is known, before anything is written (_prep starts the workers there)."""
     from jpeglm.tokenizer import ByteTokenizer, CodeTokenizer
 
     codec = codec_factory()
@@ -480,6 +499,10 @@ def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings
         settings["labels"] = labels.fingerprint()
     if s.max_file_bytes != PrepSettings.max_file_bytes:  # recorded when it differs: older preps resume as they were
         settings["max_file_bytes"] = s.max_file_bytes
+    setup = _Setup(codec_factory, tok_files, source, dtype.name, clip_rule, str(store), s,
+                   labels.of_key if labels is not None else None, labels.why_missing if labels is not None else "")
+    if on_setup is not None:
+        on_setup(setup, len(items))
     claim_output(store, settings, s.overwrite, shared=s.part is not None)
     # The tokenizer's and the codec's files are only read after the prep (workers get the tokenizer's
     # bytes in their setup): written by a thread meanwhile, as the units run (fsyncs, 5-10 ms of a
@@ -490,8 +513,6 @@ def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings
     listed = set(store.listdir(PARTS_DIR))  # one listing, then only the markers that are there are read
     done = {c: m for c in range(len(chunks))
             if Path(marker_name(c)).name in listed and (m := read_done(store, c, dtype)) is not None}
-    setup = _Setup(codec_factory, tok_files, source, dtype.name, clip_rule, str(store), s,
-                   labels.of_key if labels is not None else None, labels.why_missing if labels is not None else "")
     return _Plan(codec, tokenizer, dtype, chunks, settings, io_done, done, setup, labels)
 
 
