@@ -157,6 +157,12 @@ def bench_images(args) -> list[str]:
                   f"{paired('local 1', 'local 2'):.2f}x median of paired rounds (goal >= 1.8x). "
                   f"1 worker vs bare loop: {t_bare / per['local 1']:.2f}x best-of-rounds, "
                   f"{paired('bare', 'local 1'):.2f}x paired (goal >= 0.8x)."]
+        if pool is not None and k == 2:  # the same scaling as a share of what the machine itself gave in these rounds
+            per_round = [(a / b) / (c / d) for a, b, c, d in zip(times["local 1"], times["local 2"], times["bare"], times[ceiling])]
+            lines += ["", (f"Scaling 1 -> 2 workers relative to the machine's ceiling in the same rounds: "
+                           f"{(per['local 1'] / per['local 2']) / (t_bare / t_ceil):.0%} best-of-rounds, "
+                           f"{float(np.median(per_round)):.0%} median of paired rounds (1.8x on a machine whose own ceiling "
+                           "is 1.9x is 95%).")]
     lines += ["", "Every round, seconds: " + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in times.items()) + "."]
     lines += ["", f"One-time start of a prep on {STARTUP_ITEMS} items (first call in the process; includes starting the fork server "
               "for workers > 1): " + ", ".join(f"{name} {t:.2f} s" for name, t in startup.items()) + "."]
