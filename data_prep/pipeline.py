@@ -573,28 +573,30 @@ def _run_units(plan: _Plan, store: Store, engine, todo: list[int], todo_items: i
     part = s.part_index
     bar = tqdm(total=todo_items, initial=reused, unit="item", file=sys.stderr, dynamic_ncols=True, disable=not s.progress,
                desc="prep" if part is None else f"prep part {part[0]}/{part[1]}")
-    missing = {c: len(plan.chunks[c]) - sum(b - a for a, b in have[c]) for c in todo}
 
-    loaded: dict = {c: {} for c in todo}  # the pieces of this run, as they came back: merged from memory
+    # split chunks are written as their pieces come back (in item order), the last piece finishing the chunk
+    mergers = {c: unitlib.ChunkMerger(store, c, len(plan.chunks[c]), have[c], dtype) for c in todo}
 
     def on_result(result: dict) -> None:
         if "marker" in result:
             plan.done[result["marker"]["chunk"]] = result["marker"]
             return
         c, a, b = result["piece"]
-        have[c].append((a, b))
-        loaded[c][(a, b)] = result.get("data")
-        missing[c] -= b - a
-        if missing[c] == 0:  # the chunk's last piece: write the chunk (the same bytes as one unit would)
-            plan.done[c] = unitlib.merge_chunk(store, c, len(plan.chunks[c]), have[c], dtype, loaded.pop(c))
+        marker = mergers[c].add(a, b, result.get("data"))
+        if marker is not None:  # the chunk's last piece: the chunk is written (the same bytes as one unit would)
+            plan.done[c] = marker
+            del mergers[c]
 
     for c in todo:  # chunks whose pieces were all there already (a run killed before its merge)
-        if missing[c] == 0:
+        if sum(b - a for a, b in have[c]) == len(plan.chunks[c]):
             plan.done[c] = unitlib.merge_chunk(store, c, len(plan.chunks[c]), have[c], dtype)
+            del mergers[c]
     try:
         engine.run(units, on_result, lambda n: bar.update(reused + n - bar.n))
     finally:
         bar.close()
+        for merger in mergers.values():  # chunks not finished: their pieces stay, to resume from
+            merger.abort()
 
 
 

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -145,34 +145,60 @@ def write_chunk(root, chunk: ChunkResult, dtype: np.dtype) -> dict:
 
 def write_shards(root, index: int, num_items: int, skipped: list[dict], parts: dict[str, ShardPart]) -> dict:
     """Write chunk `index` (its ShardPart per split) as shard files, then its done marker; return the marker."""
-    store = Store.of(root)
-    marker = {"chunk": index, "num_items": num_items, "splits": {}, "skipped": skipped}
-    files = {}
-    for split in SPLITS:
-        part = parts[split]
-        bin_path, idx_path, jsonl_path = shard_files(split, index)
-        offsets = np.zeros(len(part.lengths) + 1, dtype=np.int64)
-        np.cumsum(np.asarray(part.lengths, dtype=np.int64), out=offsets[1:])
-        idx = io.BytesIO()
-        np.save(idx, offsets, allow_pickle=False)
-        files.update({bin_path: part.tokens, idx_path: idx.getvalue(), jsonl_path: part.jsonl})
-        marker["splits"][split] = {
-            "num_records": len(part.lengths),
-            "num_tokens": int(offsets[-1]),
-            "num_symbols": part.num_symbols,
-            "num_bytes": float(sum(part.n_bytes)),
-            "num_pixels": part.num_pixels,
-            # the largest token id: training checks it against the vocabulary as the shard opens
-            "max_id": part.max_id,
-        }
-        if part.class_counts:  # records per class id (labelled preps only)
-            marker["splits"][split]["class_counts"] = {str(k): part.class_counts[k] for k in sorted(part.class_counts)}
-    store.write_files(files)  # fsync'd: on disk before the marker can be
-    # Last: the chunk is done. Not fsync'd (~3 ms, all of it in the serial tail of a one-chunk prep):
-    # the data are on disk already, so a power cut can only lose the marker or leave it empty or
-    # torn, and read_done then redoes the chunk; it can never make a marker point at missing data.
-    store.write_bytes(marker_name(index), _json_bytes(marker), sync=False)
-    return marker
+    stream = ShardStream(root, index)
+    stream.append(parts)
+    return stream.finish(num_items, skipped)
+
+
+class ShardStream:
+    """Chunk `index`'s shard files, written part by part as consecutive parts come (`append`, in
+    record order), then put in place with their index files and the done marker (`finish`); the
+    same bytes as one `write_shards` of all the parts. `abort` drops what was written."""
+
+    def __init__(self, root, index: int):
+        self.store, self.index = Store.of(root), index
+        self.files = self.store.staged()
+        self.parts: dict[str, list[ShardPart]] = {s: [] for s in SPLITS}  # without their bytes (written already)
+
+    def append(self, parts: dict[str, ShardPart]) -> None:
+        for split in SPLITS:
+            part = parts[split]
+            bin_path, _, jsonl_path = shard_files(split, self.index)
+            self.files.append(bin_path, part.tokens)
+            self.files.append(jsonl_path, part.jsonl)
+            self.parts[split].append(replace(part, tokens=b"", jsonl=b""))
+
+    def finish(self, num_items: int, skipped: list[dict]) -> dict:
+        marker = {"chunk": self.index, "num_items": num_items, "splits": {}, "skipped": skipped}
+        indexes = {}
+        for split in SPLITS:
+            part = join_parts(self.parts[split])
+            _, idx_path, _ = shard_files(split, self.index)
+            offsets = np.zeros(len(part.lengths) + 1, dtype=np.int64)
+            np.cumsum(np.asarray(part.lengths, dtype=np.int64), out=offsets[1:])
+            idx = io.BytesIO()
+            np.save(idx, offsets, allow_pickle=False)
+            indexes[idx_path] = idx.getvalue()
+            marker["splits"][split] = {
+                "num_records": len(part.lengths),
+                "num_tokens": int(offsets[-1]),
+                "num_symbols": part.num_symbols,
+                "num_bytes": float(sum(part.n_bytes)),
+                "num_pixels": part.num_pixels,
+                # the largest token id: training checks it against the vocabulary as the shard opens
+                "max_id": part.max_id,
+            }
+            if part.class_counts:  # records per class id (labelled preps only)
+                marker["splits"][split]["class_counts"] = {str(k): part.class_counts[k] for k in sorted(part.class_counts)}
+        self.files.commit(indexes)  # fsync'd: on disk before the marker can be
+        # Last: the chunk is done. Not fsync'd (~3 ms, all of it in the serial tail of a one-chunk prep):
+        # the data are on disk already, so a power cut can only lose the marker or leave it empty or
+        # torn, and read_done then redoes the chunk; it can never make a marker point at missing data.
+        self.store.write_bytes(marker_name(self.index), _json_bytes(marker), sync=False)
+        return marker
+
+    def abort(self) -> None:
+        self.files.abort()
 
 
 def read_done(root, index: int, dtype: np.dtype) -> dict | None:
