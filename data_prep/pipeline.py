@@ -9,11 +9,11 @@
 - a task is a unit of consecutive items of one chunk (units.py), a few per worker whatever the
   input size; a worker (each builds its codec and tokenizer once) encodes the unit's items and
   writes them itself: a whole chunk with `writer.write_chunk` (files atomically, the done marker
-  last), a smaller unit as a piece that the driver merges into its chunk once the chunk's pieces
-  are all there. What travels back is a marker, or a piece as a few byte strings (its token ids
-  and .jsonl lines, ready to concatenate), never per-record objects (pickling every record's
-  tokens to one writer process had cost ~0.5 ms per image: 1.06x; BENCHMARKS.md), and the bytes
-  are the same for any number of workers and any unit size;
+  last), a smaller unit as a piece that the driver appends to its chunk's files as it comes
+  (the chunk's last piece finishes the chunk). What travels back is a marker, or a piece as a
+  few byte strings (its token ids and .jsonl lines, ready to concatenate), never per-record
+  objects (pickling every record's tokens to one writer process had cost ~0.5 ms per image:
+  1.06x; BENCHMARKS.md), and the bytes are the same for any number of workers and unit size;
 - the units run on an engine (engines.py): this process, local processes (this one among them),
   or a Ray cluster; the output folder may be a local or shared path or an fsspec URL (store.py).
   A killed run redoes only the chunks without a marker (keeping finished pieces) and ends

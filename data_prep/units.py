@@ -3,10 +3,11 @@
 A chunk (`records_per_shard` items, which becomes shard c) is the unit of the output; a unit of
 work is a run of consecutive items of one chunk, sized so that every worker gets several whatever
 the input size, and smaller towards the end ("guided" scheduling, `UnitSizes`), so the workers
-run out of work within a few items of each other. A unit that is a whole chunk is written as the chunk itself; a
-smaller one is written as a *piece* (parts/pieces/chunk-C.START-END.piece), and once the pieces
-of a chunk cover it, `merge_chunk` concatenates them in item order and writes the chunk with the
-very same `writer.write_shards` that `write_chunk` uses: so the shard files are the same bytes for any worker count and any unit
+run out of work within a few items of each other. A unit that is a whole chunk is written as the
+chunk itself; a smaller one is written as a *piece* (parts/pieces/chunk-C.START-END.piece) and
+also sent back to the driver, whose `ChunkMerger` appends each piece that continues the chunk to
+its shard files as it comes (the last one finishes the chunk) through the very `writer.ShardStream`
+that `write_chunk` uses: so the shard files are the same bytes for any worker count and any unit
 size. Pieces are resume points too: a rerun keeps the pieces a killed run finished (even of
 another unit size) and encodes only the gaps.
 
@@ -16,8 +17,8 @@ done marker counts (writer.ShardPart), a CRC-32 of the body), then the body: the
 train and of the val records in the shard dtype, then their .jsonl lines, as the shard files hold
 them. Merging is concatenation (no per-record work in the driver, whose time is the serial tail
 of a prep). JSON and raw bytes only: loading a piece runs no code. Pieces live for seconds (until
-their chunk is merged, with fsync), so they are not fsync'd: the CRC catches one that a crash left half on disk
-(an fsync per piece cost ~1.5 ms, as much as encoding three photos).
+their chunk is written, with fsync), so they are not fsync'd: the CRC catches one that a crash
+left half on disk (an fsync per piece cost ~1.5 ms, as much as encoding three photos).
 """
 
 from __future__ import annotations
