@@ -18,30 +18,36 @@ import multiprocessing as mp
 import queue
 import sys
 import threading
-import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
 from jpeglm.data_prep.writer import PrepError
 
 POLL_S = 0.5  # how often the driver refreshes the progress bar while it waits
-_TICK_S = 0.01  # how often the local engine's driver looks at its workers (a ready one waits at most this for work)
+_START_TICK_S = 0.002  # how often the local engine's driver looks for workers that became ready (each then waits at
+# most this for its first unit); once all are, it sleeps until a result comes (or POLL_S passes)
 _KEEP_ALIVE: list = []
 RAY_RETRIES = 3
 _RESUME = "the chunks finished so far are kept: run the same command again to resume"
 
 
-def mp_context():
+PRELOAD = ("__main__", "jpeglm.data_prep.pipeline", "jpeglm.data_prep.sources", "jpeglm.media", "jpeglm.tokenizer")
+
+
+def mp_context(preload: tuple[str, ...] = ()):
     # Not fork: by the time workers start, the parent has threads (the HF tokenizers pool used to
     # save the tokenizer, torch's pools for vq, BLAS), and a fork can copy a lock another thread
     # holds -> a worker that never starts. A fork server is a clean single-threaded process that
     # forks the workers; it is started once per parent and has our modules preloaded, so workers
     # start in a fraction of a second (spawn would re-import everything in every worker).
+    # `preload` adds modules (the codec's: jpeglm.codecs.jpeg took 15 ms to import in every worker);
+    # "__main__" is the script, which every worker would otherwise run again (multiprocessing's
+    # rule); the preload list counts when the fork server starts (the first pool of a process).
     if sys.platform == "linux":
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["jpeglm.data_prep.pipeline", "jpeglm.data_prep.sources", "jpeglm.media", "jpeglm.tokenizer"])
+        ctx.set_forkserver_preload(list(dict.fromkeys([*PRELOAD, *preload])))
         return ctx
     return mp.get_context("spawn")
 
@@ -49,21 +55,68 @@ def mp_context():
 class LocalEngine:
     """`workers` processes on this machine (this process itself when there is one, or one unit)."""
 
-    def __init__(self, workers: int, init: Callable, setup, task: Callable):
+    def __init__(self, workers: int, init: Callable, setup, task: Callable, preload: tuple[str, ...] = ()):
         """`init(setup, counter=None)` sets a worker up and returns None, or a one-line error (it does not
-        raise: the task then fails with it); `task(unit)` does a unit."""
-        self.slots, self.init, self.setup, self.task = workers, init, setup, task
+        raise: the task then fails with it); `task(unit)` does a unit; `preload`: modules the workers need."""
+        self.slots, self.init, self.setup, self.task, self.preload = workers, init, setup, task, tuple(preload)
+        self._pool = None
+        self._starting: threading.Thread | None = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        self._close(ok=False)  # a pool started and not run (nothing to do, or the prep stopped first)
         return False
+
+    def start(self, max_units: int) -> None:
+        """Start the worker processes now, for a run of at most `max_units` units, so that they start
+        while this process does something else (the prep's checks and bookkeeping: 10-20 ms, about what
+        a worker takes to start). Nothing to start for one worker or one unit."""
+        if self._pool is None and self._starting is None and self.slots > 1 and max_units > 1:
+            # in a thread: starting a process is a round trip to the fork server (5-15 ms) this process need not wait for
+            self._starting = threading.Thread(target=self._start, args=(min(self.slots, max_units) - 1,), daemon=True)
+            self._starting.start()
+
+    def _started(self) -> None:
+        """Wait for a start() under way."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+
+    def _start(self, size: int) -> None:
+        ctx = mp_context(self.preload)
+        self._counter = ctx.Value("q", 0)  # items finished, counted by the workers (progress between units)
+        self._ready = ctx.Value("i", 0)  # workers that have started and built their codec
+        # A worker still starting when run() returns (it is not waited for) unpickles these
+        # then; kept alive until the next run, else their semaphores are gone and it crashes.
+        _KEEP_ALIVE[:] = [self._counter, self._ready]
+        self._size = size
+        self._pool = ProcessPoolExecutor(size, mp_context=ctx, initializer=_pool_init,
+                                         initargs=(self.init, self.setup, self._counter, self._ready))
+        # the first task starts the workers; it answers once one has set up (with its error, if any)
+        self._probe = self._pool.submit(_setup_error)
+
+    def _close(self, ok: bool) -> None:
+        self._started()
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # No public way to stop running workers before Python 3.14's terminate_workers().
+        procs = list((getattr(pool, "_processes", None) or {}).values()) if not ok else []
+        # on success every result is in: idle workers exit on their own (waiting for them took ~10 ms)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(5)
 
     def run(self, units: list, on_result: Callable, on_progress: Callable) -> None:
         """Run `task(unit)` for every unit; `on_result(result)` in this process as each finishes,
         `on_progress(items_finished)` now and then."""
         if self.slots <= 1 or len(units) <= 1:
+            self._close(ok=False)  # started for more work than there turned out to be
             self.init(self.setup)
             done = 0
             for unit in units:
@@ -71,68 +124,73 @@ class LocalEngine:
                 done += len(unit.items)
                 on_progress(done)
             return
-        ctx = mp_context()
-        counter = ctx.Value("q", 0)  # items finished, counted by the workers (progress between units)
-        ready = ctx.Value("i", 0)  # workers that have started and built their codec
-        # A worker still starting when run() returns (it is not waited for) unpickles these
-        # then; kept alive until the next run, else their semaphores are gone and it crashes.
-        _KEEP_ALIVE[:] = [counter, ready]
         # This process is one of the workers: a thread here encodes units while the other workers
         # start (a worker takes 50-100 ms to start on 2 loaded cores, a third of a 500-photo prep),
         # so --workers N starts N - 1 processes. Pillow, PyAV and torch release the GIL while they
         # code, so this thread keeps the pool fed meanwhile. A worker is handed units only once it
         # is ready: a unit queued for a worker still starting is one the others may end up waiting for.
-        pool = ProcessPoolExecutor(min(self.slots, len(units)) - 1, mp_context=ctx, initializer=_pool_init,
-                                   initargs=(self.init, self.setup, counter, ready))
+        self._started()
+        if self._pool is None:
+            self._start(min(self.slots, len(units)) - 1)
+        pool, probe, counter, ready, size = self._pool, self._probe, self._counter, self._ready, self._size
         todo = deque(units)
         pending: set = set()
-        here: queue.SimpleQueue = queue.SimpleQueue()  # results of the units encoded in this process
+        # Everything the driver waits for arrives here, as it happens: a pool task done, the probe
+        # answered, a result of the thread here, its end. The driver sleeps on this queue: it wakes
+        # the moment there is something to do (polling every 10 ms had left a worker idle for up
+        # to 10 ms at its start and the last merge waiting as long; ~5% of a 500-photo prep).
+        events: queue.SimpleQueue = queue.SimpleQueue()
         stop = threading.Event()
         ok = False
+
+        def submit(unit) -> None:
+            fut = pool.submit(self.task, unit)
+            pending.add(fut)
+            fut.add_done_callback(lambda f: events.put(("done", f)))
+
         try:
-            # the first task starts the workers; it answers once one has set up (with its error, if any)
-            probe = pool.submit(_setup_error)
+            probe.add_done_callback(lambda f: events.put(("probe", f)))
             self.init(self.setup, counter)
-            local = threading.Thread(target=self._encode_here, args=(todo, here, stop), daemon=True)
+            local = threading.Thread(target=self._encode_here, args=(todo, events, stop), daemon=True)
             local.start()
             local_done = False
             while not local_done or pending:
                 while todo and len(pending) < 2 * ready.value:  # one running and one queued per ready worker
                     try:
-                        pending.add(pool.submit(self.task, todo.popleft()))
+                        submit(todo.popleft())
                     except IndexError:  # the thread here took the last one
                         break
-                if pending:
-                    finished, pending = wait(pending, timeout=_TICK_S, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        on_result(_result(fut))
-                else:
-                    time.sleep(_TICK_S)
-                if probe.done() and _result(probe) is not None:
-                    raise PrepError(_result(probe))
-                while not here.empty():
-                    kind, value = here.get()
-                    if kind == "error":
+                # while workers start, look at `ready` often (a ready worker waits for its first unit)
+                starting = bool(todo) and ready.value < size
+                try:
+                    event = events.get(timeout=_START_TICK_S if starting else POLL_S)
+                except queue.Empty:
+                    event = None
+                while event is not None:
+                    kind, value = event
+                    if kind == "done":
+                        pending.discard(value)
+                        on_result(_result(value))
+                    elif kind == "probe":
+                        if _result(value) is not None:
+                            raise PrepError(_result(value))
+                    elif kind == "error":
                         raise value
-                    if kind == "end":
+                    elif kind == "end":
                         local_done = True
                     else:
                         on_result(value)
+                    try:
+                        event = events.get_nowait()
+                    except queue.Empty:
+                        event = None
                 on_progress(counter.value)
             if _result(probe) is not None:  # a worker that cannot set up stops the prep, whoever did the work
                 raise PrepError(_result(probe))
             ok = True
         finally:
             stop.set()  # the thread here ends after its unit
-            # No public way to stop running workers before Python 3.14's terminate_workers().
-            procs = list((getattr(pool, "_processes", None) or {}).values()) if not ok else []
-            # on success every result is in: idle workers exit on their own (waiting for them took ~10 ms)
-            pool.shutdown(wait=False, cancel_futures=True)
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-            for p in procs:
-                p.join(5)
+            self._close(ok)
 
     def _encode_here(self, todo: deque, out: queue.SimpleQueue, stop: threading.Event) -> None:
         try:
@@ -212,6 +270,9 @@ class RayEngine:
             self.ray.shutdown()
         return False
 
+    def start(self, max_units: int) -> None:
+        """Nothing to start ahead: Ray's workers are up once the cluster is."""
+
     def run(self, units: list, on_result: Callable, on_progress: Callable) -> None:
         ray = self.ray
         call = ray.remote(num_cpus=1, max_retries=RAY_RETRIES, retry_exceptions=[OSError])(_ray_call)
@@ -247,9 +308,10 @@ class RayEngine:
                 ray.cancel(ref, force=True)
 
 
-def make_engine(name: str, address: str | None, workers: int, init: Callable, setup, task: Callable):
+def make_engine(name: str, address: str | None, workers: int, init: Callable, setup, task: Callable,
+                preload: tuple[str, ...] = ()):
     if name == "ray":
         return RayEngine(address, workers, init, setup, task)
     if address:
         raise PrepError("--address is for --engine ray")
-    return LocalEngine(workers, init, setup, task)
+    return LocalEngine(workers, init, setup, task, preload)

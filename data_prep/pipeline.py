@@ -9,10 +9,11 @@
 - a task is a unit of consecutive items of one chunk (units.py), a few per worker whatever the
   input size; a worker (each builds its codec and tokenizer once) encodes the unit's items and
   writes them itself: a whole chunk with `writer.write_chunk` (files atomically, the done marker
-  last), a smaller unit as a piece that the driver merges into its chunk once the chunk's pieces
-  are all there. Only markers travel back, no records (sending every record's tokens back to
-  one writer process had cost ~0.5 ms per image: 1.06x; BENCHMARKS.md), and the bytes are the
-  same for any number of workers and any unit size;
+  last), a smaller unit as a piece that the driver appends to its chunk's files as it comes
+  (the chunk's last piece finishes the chunk). What travels back is a marker, or a piece as a
+  few byte strings (its token ids and .jsonl lines, ready to concatenate), never per-record
+  objects (pickling every record's tokens to one writer process had cost ~0.5 ms per image:
+  1.06x; BENCHMARKS.md), and the bytes are the same for any number of workers and unit size;
 - the units run on an engine (engines.py): this process, local processes (this one among them),
   or a Ray cluster; the output folder may be a local or shared path or an fsspec URL (store.py).
   A killed run redoes only the chunks without a marker (keeping finished pieces) and ends
@@ -33,6 +34,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from contextlib import ExitStack
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
@@ -331,7 +334,8 @@ def _process(item: Item) -> list:
 
 def _process_unit(unit: unitlib.Unit) -> dict:
     """Encode one unit's items in order and write them: a whole chunk ({"marker": its done marker}),
-    or a piece of one ({"piece": (chunk, start, end)})."""
+    or a piece of one ({"piece": (chunk, start, end), "data": the piece}: its bytes travel back, so the
+    driver merges from memory)."""
     chunk = ChunkResult(unit.chunk, len(unit.items))
     counter = _W.get("counter")
     for item in unit.items:
@@ -347,7 +351,7 @@ def _process_unit(unit: unitlib.Unit) -> dict:
                 counter.value += 1
     if unit.whole:
         return {"marker": write_chunk(_W["out"], chunk, _W["dtype"])}
-    return {"piece": (unit.chunk, *unitlib.write_piece(_W["out"], unit, chunk, _W["dtype"]))}
+    return {"piece": (unit.chunk, unit.start, unit.end), "data": unitlib.write_piece(_W["out"], unit, chunk, _W["dtype"])}
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -399,31 +403,51 @@ def prep(source: Source, codec_factory: Callable, out: str | Path, settings: Pre
 
 def _prep(source: Source, codec_factory: Callable, store: Store, s: PrepSettings, t0: float, tokenizer, clip_rule,
           log) -> PrepResult:
-    plan = _plan(source, codec_factory, store, s, tokenizer, clip_rule, log)
-    todo = [c for c in range(len(plan.chunks)) if c not in plan.done and _in_part(c, s.part_index)]
-    todo_items = sum(len(plan.chunks[c]) for c in todo)
-    if todo:
-        with make_engine(s.engine, s.address, s.workers, _init_worker, plan.setup, _process_unit) as engine:
-            _run_units(plan, store, engine, todo, todo_items, s)
+    preload = (getattr(codec_factory, "__module__", None) or type(codec_factory).__module__,)  # the codec's module
+    with ExitStack() as stack:
+        started: list = []
 
-    done = plan.done
-    listed = set(store.listdir(PARTS_DIR))  # one listing: chunks other parts finished meanwhile
-    done.update({c: m for c in range(len(plan.chunks)) if c not in done and Path(marker_name(c)).name in listed
-                 and (m := read_done(store, c, plan.dtype)) is not None})
-    shown = store.local if store.local is not None else str(store)
-    if len(done) < len(plan.chunks):  # other parts are still running (or have not started)
-        i, n = s.part_index
+        def start_workers(setup: _Setup, num_items: int) -> None:
+            # Local workers start as soon as their setup is known: they start (10-50 ms each) while this
+            # process claims the output and saves its bookkeeping. Ray starts only when there is work.
+            if s.engine == "local" and s.workers > 1:
+                started.append(stack.enter_context(make_engine("local", None, s.workers, _init_worker, setup, _process_unit,
+                                                               preload)))
+                started[0].start(-(-num_items // (s.items_per_task or unitlib.MIN_UNIT)))  # at most this many units
+
+        plan = _plan(source, codec_factory, store, s, tokenizer, clip_rule, log, on_setup=start_workers)
+        return _finish(plan, store, s, t0, log, started[0] if started else None, preload)
+
+
+def _finish(plan: _Plan, store: Store, s: PrepSettings, t0: float, log, engine, preload) -> PrepResult:
+    """Encode what is left of `plan` (on `engine`, or one made here), then write the manifest."""
+    try:
+        todo = [c for c in range(len(plan.chunks)) if c not in plan.done and _in_part(c, s.part_index)]
+        todo_items = sum(len(plan.chunks[c]) for c in todo)
+        if todo:
+            with engine or make_engine(s.engine, s.address, s.workers, _init_worker, plan.setup, _process_unit, preload) as e:
+                _run_units(plan, store, e, todo, todo_items, s)
+        plan.files_saved.result()  # the tokenizer's and codec's files are in place (or their error is raised)
+        done = plan.done
+        listed = set(store.listdir(PARTS_DIR))  # one listing: chunks other parts finished meanwhile
+        done.update({c: m for c in range(len(plan.chunks)) if c not in done and Path(marker_name(c)).name in listed
+                     and (m := read_done(store, c, plan.dtype)) is not None})
+        shown = store.local if store.local is not None else str(store)
+        if len(done) < len(plan.chunks):  # other parts are still running (or have not started)
+            i, n = s.part_index
+            if log:
+                log(f"prep: part {i}/{n} done ({todo_items} items this run); {len(plan.chunks) - len(done)} of "
+                    f"{len(plan.chunks)} chunks are left to other parts: the last one to finish (or a run without --part) "
+                    f"writes {store.path('manifest.json')}")
+            return PrepResult(shown, None, time.time() - t0, todo_items)
+        manifest = _manifest(store, plan)
+        write_manifest(store, manifest)
+        result = PrepResult(shown, manifest, time.time() - t0, todo_items)
         if log:
-            log(f"prep: part {i}/{n} done ({todo_items} items this run); {len(plan.chunks) - len(done)} of "
-                f"{len(plan.chunks)} chunks are left to other parts: the last one to finish (or a run without --part) "
-                f"writes {store.path('manifest.json')}")
-        return PrepResult(shown, None, time.time() - t0, todo_items)
-    manifest = _manifest(store, plan)
-    write_manifest(store, manifest)
-    result = PrepResult(shown, manifest, time.time() - t0, todo_items)
-    if log:
-        log(summary_line(result))
-    return result
+            log(summary_line(result))
+        return result
+    finally:
+        wait([plan.files_saved])  # before the output lock is let go; its error (if any) is raised by manifest_codec
 
 
 @dataclass
@@ -435,14 +459,21 @@ class _Plan:
     dtype: np.dtype
     chunks: list
     settings: dict  # the resume-relevant settings (a rerun with others is refused)
-    manifest_codec: dict  # the codec config the manifest records (its files bundled into `out`)
+    files_saved: Future  # the tokenizer's and codec's files being saved into `out`: the manifest's codec config
     done: dict
     setup: _Setup
     labels: object = None  # data_prep.labels.Labels of a --labels prep
 
+    @property
+    def manifest_codec(self) -> dict:
+        """The codec config the manifest records (its files bundled into `out`), once they are saved."""
+        return self.files_saved.result()
+
 
 def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings, tokenizer, clip_rule,
-          log=None) -> _Plan:
+          log=None, on_setup: Callable | None = None) -> _Plan:
+    """The prep's checks and bookkeeping; `on_setup(setup, num_items)` is called once the workers' setup
+    is known, before anything is written (_prep starts the workers there)."""
     from jpeglm.tokenizer import ByteTokenizer, CodeTokenizer
 
     codec = codec_factory()
@@ -468,15 +499,21 @@ def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings
         settings["labels"] = labels.fingerprint()
     if s.max_file_bytes != PrepSettings.max_file_bytes:  # recorded when it differs: older preps resume as they were
         settings["max_file_bytes"] = s.max_file_bytes
+    setup = _Setup(codec_factory, tok_files, source, dtype.name, clip_rule, str(store), s,
+                   labels.of_key if labels is not None else None, labels.why_missing if labels is not None else "")
+    if on_setup is not None:
+        on_setup(setup, len(items))
     claim_output(store, settings, s.overwrite, shared=s.part is not None)
-    save_tokenizer(store, tok_files)
-    manifest_codec = _bundle(codec, store)
+    # The tokenizer's and the codec's files are only read after the prep (workers get the tokenizer's
+    # bytes in their setup): written by a thread meanwhile, as the units run (fsyncs, 5-10 ms of a
+    # 500-photo prep's start otherwise); _prep waits for it before the manifest.
+    io_pool = ThreadPoolExecutor(1, thread_name_prefix="jpeglm-prep-io")
+    io_done = io_pool.submit(lambda: (save_tokenizer(store, tok_files), _bundle(codec, store))[1])
+    io_pool.shutdown(wait=False)  # the thread ends after this one task
     listed = set(store.listdir(PARTS_DIR))  # one listing, then only the markers that are there are read
     done = {c: m for c in range(len(chunks))
             if Path(marker_name(c)).name in listed and (m := read_done(store, c, dtype)) is not None}
-    setup = _Setup(codec_factory, tok_files, source, dtype.name, clip_rule, str(store), s,
-                   labels.of_key if labels is not None else None, labels.why_missing if labels is not None else "")
-    return _Plan(codec, tokenizer, dtype, chunks, settings, manifest_codec, done, setup, labels)
+    return _Plan(codec, tokenizer, dtype, chunks, settings, io_done, done, setup, labels)
 
 
 def _labels(s: PrepSettings, source: Source, items: list, log):
@@ -536,25 +573,30 @@ def _run_units(plan: _Plan, store: Store, engine, todo: list[int], todo_items: i
     part = s.part_index
     bar = tqdm(total=todo_items, initial=reused, unit="item", file=sys.stderr, dynamic_ncols=True, disable=not s.progress,
                desc="prep" if part is None else f"prep part {part[0]}/{part[1]}")
-    missing = {c: len(plan.chunks[c]) - sum(b - a for a, b in have[c]) for c in todo}
+
+    # split chunks are written as their pieces come back (in item order), the last piece finishing the chunk
+    mergers = {c: unitlib.ChunkMerger(store, c, len(plan.chunks[c]), have[c], dtype) for c in todo}
 
     def on_result(result: dict) -> None:
         if "marker" in result:
             plan.done[result["marker"]["chunk"]] = result["marker"]
             return
         c, a, b = result["piece"]
-        have[c].append((a, b))
-        missing[c] -= b - a
-        if missing[c] == 0:  # the chunk's last piece: write the chunk (the same bytes as one unit would)
-            plan.done[c] = unitlib.merge_chunk(store, c, len(plan.chunks[c]), have[c], dtype)
+        marker = mergers[c].add(a, b, result.get("data"))
+        if marker is not None:  # the chunk's last piece: the chunk is written (the same bytes as one unit would)
+            plan.done[c] = marker
+            del mergers[c]
 
     for c in todo:  # chunks whose pieces were all there already (a run killed before its merge)
-        if missing[c] == 0:
+        if sum(b - a for a, b in have[c]) == len(plan.chunks[c]):
             plan.done[c] = unitlib.merge_chunk(store, c, len(plan.chunks[c]), have[c], dtype)
+            del mergers[c]
     try:
         engine.run(units, on_result, lambda n: bar.update(reused + n - bar.n))
     finally:
         bar.close()
+        for merger in mergers.values():  # chunks not finished: their pieces stay, to resume from
+            merger.abort()
 
 
 

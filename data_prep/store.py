@@ -97,32 +97,16 @@ class Store:
             self.fs.mv(self.path(tmp), self.path(rel))
 
     def write_files(self, files: dict[str, bytes]) -> None:
-        """`write_bytes` for several files, all on disk when it returns. The fsyncs run in parallel
-        threads: on ext4 six concurrent fsyncs took 1-13 ms where six in a row took 16-39 ms (the
-        journal commits them together), and a chunk is six files."""
+        """`write_bytes` for several files, all on disk when it returns (see `Staged`)."""
         if self.local is None or len(files) < 2:
             for rel, data in files.items():
                 self.write_bytes(rel, data)
             return
-        staged = []  # (fd, temporary path, final path)
-        try:
-            for rel, data in files.items():
-                path = self.local / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-                staged.append((fd, tmp, path))
-                os.fchmod(fd, _FILE_MODE)
-                with open(fd, "wb", closefd=False) as f:
-                    f.write(data)
-            with ThreadPoolExecutor(min(8, len(staged))) as pool:  # fsync waits for the disk, not for the GIL
-                list(pool.map(os.fsync, [fd for fd, _, _ in staged]))
-            for fd, tmp, path in staged:
-                os.replace(tmp, path)
-        finally:
-            for fd, tmp, _ in staged:
-                os.close(fd)
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        self.staged().commit(files)
+
+    def staged(self) -> Staged:
+        """Files written bit by bit (`append`), then all put in place at once (`commit`)."""
+        return Staged(self)
 
     def read_bytes(self, rel: str) -> bytes:
         if self.local is not None:
@@ -180,3 +164,64 @@ class Store:
             (self.local / rel).mkdir(parents=True, exist_ok=True)
         else:
             self.fs.makedirs(self.path(rel), exist_ok=True)
+
+
+class Staged:
+    """Files that grow as their data come (`append`) and are put in place together (`commit`): locally
+    each is a temporary file beside its name, so a chunk's shard files can be written while its
+    pieces still arrive and only the fsync and the renames are left for the end. The fsyncs run in
+    parallel threads: on ext4 six concurrent fsyncs took 1-13 ms where six in a row took 16-39 ms
+    (the journal commits them together), and a chunk is six files. At a URL the data wait in memory
+    and `commit` writes each file as `Store.write_bytes` does. `abort` (or a failed commit) deletes
+    the temporary files: nothing half-written is ever under a real name."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._files: dict[str, tuple[int, str]] = {}  # rel -> (fd, temporary path), local only
+        self._data: dict[str, list[bytes]] = {}  # rel -> data, at a URL
+
+    def append(self, rel: str, data: bytes) -> None:
+        if self.store.local is None:
+            self._data.setdefault(rel, []).append(data)
+            return
+        if rel not in self._files:
+            path = self.store.local / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            self._files[rel] = (fd, tmp)
+            os.fchmod(fd, _FILE_MODE)
+        fd = self._files[rel][0]
+        view = memoryview(data)
+        while view:  # os.write may write less than it was given
+            view = view[os.write(fd, view) :]
+
+    def commit(self, more: dict[str, bytes] | None = None) -> None:
+        """Append `more` (name -> data), then put every file in place, all on disk when this returns."""
+        try:
+            for rel, data in (more or {}).items():
+                self.append(rel, data)
+            if self.store.local is None:
+                for rel, parts in self._data.items():
+                    self.store.write_bytes(rel, b"".join(parts))
+                self._data.clear()
+                return
+            fds = [fd for fd, _ in self._files.values()]
+            if len(fds) > 1:
+                with ThreadPoolExecutor(min(8, len(fds))) as pool:  # fsync waits for the disk, not for the GIL
+                    list(pool.map(os.fsync, fds))
+            else:
+                for fd in fds:
+                    os.fsync(fd)
+            for rel, (_, tmp) in self._files.items():
+                os.replace(tmp, self.store.local / rel)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close and delete what was not put in place (nothing after a commit)."""
+        files, self._files = self._files, {}
+        self._data.clear()
+        for fd, tmp in files.values():
+            os.close(fd)
+            if os.path.exists(tmp):
+                os.unlink(tmp)

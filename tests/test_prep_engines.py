@@ -95,6 +95,13 @@ def test_units_of_any_size_give_the_same_shards(tmp_path):
         out = tmp_path / f"o{i}"
         run(src, out, **kw)
         assert tree(out) == tree(ref), kw  # no piece left behind either
+    # a labelled prep (class counts in the markers) merged from pieces: the same bytes too
+    classes = tmp_path / "classes"
+    make_images(classes / "cat", 5)
+    make_images(classes / "dog", 4)
+    run(classes, tmp_path / "lref", labels="folders")
+    run(classes, tmp_path / "lpieces", labels="folders", workers=2, items_per_task=1)
+    assert tree(tmp_path / "lpieces") == tree(tmp_path / "lref")
     # 500 items, 2 workers, chunks of 1000: units shrink from 1/8 of the work to MIN_UNIT items at the end
     units, _ = unitlib.plan_units([list(range(500))], [0], unitlib.UnitSizes(1000, 2), {})
     sizes = [u.end - u.start for u in units]
@@ -140,6 +147,21 @@ def test_killed_worker_stops_the_prep_and_the_rerun_resumes(tmp_path):
     run(src, out, workers=2, items_per_task=3, codec=KillOnceFactory(tmp_path / "killed"))  # the flag is set: no kill
     run(src, ref)
     assert tree(out) == tree(ref)
+
+
+def test_a_refused_prep_stops_the_workers_it_started(tmp_path):
+    """Workers start before the output is claimed; a prep refused there (another folder's files) stops them."""
+    import multiprocessing as mp
+
+    src = make_images(tmp_path / "src", 12)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a prep")
+    before = set(mp.active_children())
+    with pytest.raises(PrepError, match="not a jpeglm prep"):
+        run(src, out, workers=2)
+    assert not [p for p in mp.active_children() if p not in before and p.is_alive()]
+    assert not (out / "parts").exists()  # nothing of a prep written there
 
 
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
