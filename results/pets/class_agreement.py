@@ -39,9 +39,12 @@ def labelled_photos(pets: Path, split: str, names: list[str], limit: int) -> tup
 
 
 def photo_features(fid, paths: list[Path], size: int) -> np.ndarray:
+    """Features of the photos prepared as the eval prepares its held-out ones, cached by file list and size."""
+    from jpeglm.eval.fid import files_key
     from jpeglm.media import open_image, prepare_image
 
-    return fid.features([np.asarray(prepare_image(open_image(p), size)) for p in paths])
+    return fid.features([np.asarray(prepare_image(open_image(p), size)) for p in paths],
+                        cache_key=f"probe-{size}-{files_key(paths)}")
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-3):
@@ -99,7 +102,7 @@ def main(argv=None) -> None:
     if not rows:
         sys.exit(f"{ev}/report.json has no class-balanced settings")
     names = list(rows[0][1]["classes"])
-    fid = FID(batch_size=32, warn_small_n=False)
+    fid = FID(batch_size=32, warn_small_n=False, cache_dir=ev / "probe-features")
     train_p, train_y = labelled_photos(pets, "train", names, args.train_n)
     test_p, test_y = labelled_photos(pets, "test", names, 10**9)
     predict = fit_probe(photo_features(fid, train_p, size), train_y, len(names))
