@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.conditional:
         args.run, args.dest = str(ROOT / "runs" / "pets-cpu-cond"), str(ROOT / "results" / "pets-cond")
-        args.strips = "ratio=0.5,unconditional,class=cat cfg=1,class=dog cfg=1,class=cat cfg=3,class=dog cfg=3"
+        args.strips = "ratio=0.5,unconditional,classes cfg=1,classes cfg=3"  # eval/conditional.py names them `classes cfg=S`
     run, dest = Path(args.run), Path(args.dest)
     ev = run / "eval"
     results = json.loads((ev / "report.json").read_text())
@@ -124,7 +124,8 @@ def main(argv=None) -> None:
     repro = ["## Reproduce", "", "From the repository root, with `../shared/data/pets` present (~1 h on 2 CPU cores):", "",
              f"    {command}", "",
              "Configs: `configs/train/pets-cpu.yaml` (budget), `configs/model/1m.yaml` (the Llama), "
-             "`configs/vq/tiny.yaml` (the LFQ tokenizer), `eval-config.yaml` here (= `configs/eval/pets-cpu.yaml`).", ""]
+             "`configs/vq/tiny.yaml` (the LFQ tokenizer), `eval-config.yaml` here (= `configs/eval/"
+             + ("pets-cpu-cond" if args.conditional else "pets-cpu") + ".yaml`).", ""]
     note = ["**CPU scale** (64x64, a ~1M-parameter Llama, 2.46M training tokens per system, 100 test prompts per "
             "setting, one seed): compare the rows with each other, not with published numbers. What the numbers "
             "say and what they cannot: the Results section of the [README](../../README.md).", ""]
