@@ -193,13 +193,15 @@ def test_eval_flags_and_the_sampler_seed(tmp_path):
         load_config(EvalConfig, None, ["fid_backend=pytorch-fid"])
 
 
-def test_report_records_are_what_report_json_holds(tmp_path):
-    """The published pets results (a real report.json + publish.py's `training`) read back into the
-    records with no key left over, and a record written out has exactly its fields."""
+@pytest.mark.parametrize("published_dir", ["pets", "pets-cond"])
+def test_report_records_are_what_report_json_holds(tmp_path, published_dir):
+    """The published pets results (real report.json files + publish.py's `training`; pets-cond: the
+    class-balanced rows with cfg_scale and classes) read back into the records with no key left over,
+    and a record written out has exactly its fields."""
     from jpeglm.eval.records import EvalResults, FloorResult, SettingRow, SystemResult
     from jpeglm.eval.report import write_report
 
-    published = json.loads((REPO / "results" / "pets" / "results.json").read_text())
+    published = json.loads((REPO / "results" / published_dir / "results.json").read_text())
     fields = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
     assert set(published) - {"report_files"} <= fields(EvalResults)
     for s in published["systems"]:
