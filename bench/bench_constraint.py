@@ -15,6 +15,7 @@ whole mask (mask -> top-k -> sample, what the loop did before). Goal (issue 14):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import platform
 import time
 from pathlib import Path
@@ -86,15 +87,19 @@ def measure(model, tok, codec, n: int, budget: int, batch: int, mode: str) -> di
     run = Run(model, tok, codec, cfg, "cpu", int(model.config.max_position_embeddings), constraint)
     cls = Batch if mode == "candidates" else _MaskBatch
     cs, ntok, strict, t = 0.0, 0, 0, time.perf_counter()
+    ids = hashlib.sha256()  # fingerprint of every sample's tokens: a change to the sampling shows here
     with torch.inference_mode():
         for start in range(0, len(jobs), batch):
             b = cls(run, jobs[start : start + batch])
             samples = b.run()
             cs += b.constraint_s
             ntok += sum(s.n_new_tokens for s in samples)
+            for s in samples:
+                ids.update(np.asarray(s.new_token_ids, np.int64).tobytes() + b"|")
             strict += sum(codec.is_strictly_decodable(codec.to_file(s.symbols)) for s in samples)
     secs = time.perf_counter() - t
-    return {"us_per_token": cs / max(ntok, 1) * 1e6, "tokens": ntok, "tok_s": ntok / secs, "strict": strict, "n": n}
+    return {"us_per_token": cs / max(ntok, 1) * 1e6, "tokens": ntok, "tok_s": ntok / secs, "strict": strict, "n": n,
+            "ids_sha": ids.hexdigest()[:12]}
 
 
 def main(argv=None) -> int:
@@ -106,6 +111,10 @@ def main(argv=None) -> int:
     ap.add_argument("--train-steps", type=int, default=300, help="training steps of the 'trained' model (0: skip it)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--write", type=Path, default=None, help="write the results (markdown) here")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated rows to run, each 'tokenizer:model:choice' with '*' for any "
+                         "(e.g. 'bpe-320:random:candidates'); model is 'random' or 'trained'")
+    ap.add_argument("--profile", type=Path, default=None, help="write a cProfile of the measured rows here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     size = 64 if args.quick else 256
@@ -114,17 +123,35 @@ def main(argv=None) -> int:
     codec = JpegCodec(JpegParams(size=size))
     streams = [codec.encode(p) for p in photos()]
     toks = {"byte": ByteTokenizer(), "bpe-320": BpeTokenizer.train(streams, vocab_size=320)}
+    only = [tuple(x.split(":")) for x in args.only.split(",")] if args.only else None
+
+    def wanted(*row) -> bool:
+        return only is None or any(all("*" in (w, v) or w == v.split(" ")[0] for w, v in zip(o, row)) for o in only)
+
+    prof = None
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
     ctx = args.budget + 1024  # header + budget
     rows = []
     for tname, tok in toks.items():
+        if not wanted(tname, "*", "*"):
+            continue
         models = [("random", tiny_llama(tok.vocab_size, ctx), None)]
-        if args.train_steps:
+        if args.train_steps and wanted(tname, "trained", "*"):
             m = tiny_llama(tok.vocab_size, ctx)
             loss = train_briefly(m, tok, streams, args.train_steps)
             models.append((f"trained {args.train_steps} steps", m, loss))
         for mname, model, loss in models:
             for mode in ("candidates", "mask"):
+                if not wanted(tname, mname, mode):
+                    continue
+                if prof is not None:
+                    prof.enable()
                 r = measure(model, tok, codec, args.num, args.budget, args.batch, mode)
+                if prof is not None:
+                    prof.disable()
                 r.update(tokenizer=tname, model=mname, mode=mode, loss=loss)
                 rows.append(r)
                 print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
@@ -156,6 +183,8 @@ def main(argv=None) -> int:
         "for greedy decoding and top-p. Both sample the same distribution."),
     ]
     text = "\n".join(lines) + "\n"
+    if prof is not None:
+        prof.dump_stats(str(args.profile))
     print(text)
     if args.write:
         from jpeglm.config import atomic_write_text
