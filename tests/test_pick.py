@@ -186,7 +186,8 @@ def test_pick_mask_equals_the_fresh_mask_over_a_random_walk(codec, streams, kind
     st, n, visited, tokens = c.start_state(), 0, [], []
     data = streams[0][header_length(streams[0]):]
     while not c.is_complete(st) and n < 400:
-        want = np.array(c.grammar.walk_trie(st[0], c.trie), bool)  # uncached, whole rows
+        want = np.array(c.grammar.walk_trie(st[0], c.trie), bool)  # uncached (JPEG: the table walk)
+        assert np.array_equal(want, c.trie.walk(c.grammar, st[0]))  # == the generic depth-first walk by `step`
         want[c.eos_id] |= c.may_end(st) or not want.any()
         got = c.pick_mask(st)
         assert np.array_equal(got, want), n
@@ -209,6 +210,8 @@ def test_pick_mask_equals_the_fresh_mask_over_a_random_walk(codec, streams, kind
     assert len(visited) > 50
     if kind == "bpe":  # a fresh constraint's hints along the same walk: known <= mask <= known + unknown
         c2 = constraint_for(codec, tok)
+        c2._fast = False  # the partial hints, for grammars without a cheap whole mask (JPEG has one)
+        assert c.pick_hint(visited[-1]) is c.pick_mask(visited[-1])  # with it: always the whole mask
         st2, n_partial = c2.start_state(), 0
         for st, t in zip(visited, tokens):
             hint = c2.pick_hint(st2)
@@ -230,8 +233,8 @@ def test_pick_mask_equals_the_fresh_mask_over_a_random_walk(codec, streams, kind
 
 
 def test_jpeg_byte_mask_without_the_row_equals_the_row(codec, streams):
-    """`JpegScanGrammar.allowed_bytes` in the entropy-coded data (nibble slices, no row built) equals
-    what `step` accepts, and the row built later agrees with it."""
+    """`JpegScanGrammar.allowed_bytes` in the entropy-coded data (from the nibble tables) equals
+    what `step` accepts."""
     from jpeglm.codecs.jpeg_grammar import SCAN, JpegScanGrammar
 
     g = JpegScanGrammar(codec)
@@ -240,9 +243,8 @@ def test_jpeg_byte_mask_without_the_row_equals_the_row(codec, streams):
     for _ in range(300):
         m = g.allowed_bytes(st)
         assert np.array_equal(m, [g.step(st, b) is not None for b in range(256)])
-        if st[0] == SCAN:  # the row, once built, says the same
-            g._row(st[2])
-            assert np.array_equal(g.allowed_bytes(st), m)
+        if st[0] == SCAN:  # the tables' own byte mask says the same
+            assert np.array_equal(g.tables.byte_mask(st[2]), m)
         allowed = np.flatnonzero(m)
         if not len(allowed):
             break

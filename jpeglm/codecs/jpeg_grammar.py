@@ -18,10 +18,12 @@ coefficient index forward by >= 1), each symbol is at most 16 + 11 bits, and a s
 number of blocks, so every grammatical scan is at most ~1700 bits per block long.
 
 Speed: the decoder state inside an interval is small and finite (block, phase, Huffman node,
-pending extra bits, coefficient index, MCUs left in the interval); each one is interned to an int
-and its 256 byte transitions are computed once (two memoised 4-bit steps) and cached. Token masks
-walk the shared `TokenTrie` (jpeglm/codecs/grammar.py) one level (byte) at a time with numpy and
-are cached per state.
+pending extra bits, coefficient index, MCUs left in the interval); every possible one has a dense
+int id and its transitions are precomputed at once with numpy (jpeglm/codecs/jpeg_tables.py, ~0.1 s
+for the default codec): a byte is two table lookups. A token mask from an entropy-coded state is
+a few vectorised lookups per nibble over all multi-byte tokens at once (tokens past a marker asked
+byte by byte); from the other states the shared `TokenTrie` (jpeglm/codecs/grammar.py) is walked one
+level (byte) at a time with numpy. Masks are cached per `token_key`.
 A grammar state is a plain tuple `(stage, count, d)` — copyable and hashable, one per sequence.
 `completion(state)` gives a shortest way to finish from any state (for samplers on a token budget).
 """
@@ -32,9 +34,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jpeglm.codecs import jpeg_tables
 from jpeglm.codecs.grammar import Grammar, GrammarError, TokenTrie
 from jpeglm.codecs.jpeg import SOF0, SOS, JpegCodec, header_length, iter_segments
+from jpeglm.codecs.jpeg_tables import DecoderTables, token_program, walk_tokens
 
+DEAD, ENDB, ESC = jpeg_tables.DEAD, jpeg_tables.ENDB, jpeg_tables.ESC
 # stages of the outer (byte) automaton; a state is (stage, count, d)
 HEADER, SCAN, STUFF, MARK_FF, MARK_CODE, DONE = range(6)
 # HEADER: count = bytes of the canonical header already written (d unused)
@@ -143,32 +148,19 @@ class JpegScanGrammar(Grammar):
                 runs = [s >> 4 for s in below if 1 <= (s & 15) <= 10]
                 info.append((0x00 in below, 0xF0 in below, min(runs) if runs else 99))
             self._ac_info.append(info)
-        self._ids: dict[tuple, int] = {_PAD: END}
-        self._states: list[tuple] = [_PAD]
-        self._rows: list[list[int] | None] = [None]
-        self._masks: list[np.ndarray | None] = [None]
-        self._d_start = self._intern((0, 0, 0, 0, self.mcus_per_interval))
+        self.tables = DecoderTables(self)  # dense decoder-state ids (END == PAD == 0) and their transitions
+        self._hi, self._lo = self.tables.hi_flat, self.tables.lo_flat
+        self._d_start = self.tables.encode((0, 0, 0, 0, self.mcus_per_interval))
+        self._byte_masks: dict[int, np.ndarray] = {}  # decoder state id -> allowed_bytes
+        self._programs: dict[int, tuple] = {}  # id(trie) -> (trie, its token programs): `_scan_token_mask`
         self._only = [_only(b) for b in range(256)]
         self._none = _readonly(np.zeros(256, bool))
-        self._rows_np = np.full((1024, 256), -1, np.int32)
-        self._nibbles: dict[tuple, list] = {}
-        self._met: set[tuple] = set()  # bit-level states met once (their nibble table not built yet)
-        self._valid16: dict[tuple, np.ndarray] = {}  # bit-level state -> which of the 16 nibbles it takes
         self._finish_cache: dict[tuple, bytes] = {}
         self._bits_cache: dict[tuple, tuple] = {}
         self._min_interval: bytes | None = None
         self._header_np = np.frombuffer(self.header, np.uint8).astype(np.int64)
 
-    # --- the bit-level decoder (one interval) ---------------------------------------------------
-    def _intern(self, d: tuple) -> int:
-        i = self._ids.get(d)
-        if i is None:
-            i = self._ids[d] = len(self._states)
-            self._states.append(d)
-            self._rows.append(None)
-            self._masks.append(None)
-        return i
-
+    # --- the bit-level decoder (one interval): the rules the tables are built from -----------------
     def _end_block(self, b: int, r: int) -> tuple:
         if b + 1 < len(self.blocks):
             return (b + 1, 0, 0, 0, r)
@@ -218,100 +210,6 @@ class JpegScanGrammar(Grammar):
             return (b, 3, x - 1, k, r)
         return self._end_block(b, r) if k == 64 else (b, 2, 0, k, r)
 
-    def _row(self, d: int) -> list[int]:
-        """Next decoder-state id for each of the 256 bytes from state id `d` (-1: not allowed)."""
-        row = self._rows[d]
-        if row is not None:
-            return row
-        # A byte is two nibbles; nibble transitions are memoised per bit-level state, and the
-        # half-byte states are shared by many byte states, so this is ~4x fewer _step calls
-        # than walking all 8 bits for every new row.
-        row = [-1] * 256
-        intern, nibble = self._intern, self._nibble
-        for hi, mid in enumerate(nibble(self._states[d])):
-            if mid is None:
-                continue
-            base = hi << 4
-            for lo, nxt in enumerate(nibble(mid)):
-                if nxt is not None:
-                    row[base | lo] = END if nxt[1] == 4 else intern(nxt)
-        self._rows[d] = row
-        arr = np.array(row, np.int32)
-        self._masks[d] = _readonly(arr >= 0)
-        if d >= len(self._rows_np):  # grow the dense copy used by the vectorised token walk
-            grown = np.full((max(2 * len(self._rows_np), d + 1), 256), -1, np.int32)
-            grown[: len(self._rows_np)] = self._rows_np
-            self._rows_np = grown
-        self._rows_np[d] = arr
-        return row
-
-    def _one(self, d: int, byte: int) -> int:
-        """`_row(d)[byte]` without building the row: two memoised nibble steps. A sampler that
-        checks a few candidate tokens reaches many states once; a whole row (256 bytes) for each
-        would cost ~20x more."""
-        mid = self._nibble_at(self._states[d], byte >> 4)
-        if mid is None:
-            return -1
-        nxt = self._nibble_at(mid, byte & 15)
-        if nxt is None:
-            return -1
-        return END if nxt[1] == 4 else self._intern(nxt)
-
-    def _nibble_at(self, st: tuple, value: int) -> tuple | None:
-        """`_nibble(st)[value]`; the first time `st` is met only these 4 bit steps are taken (a
-        state a sampler reaches once never pays for its 16-entry table), from the second on the
-        memoised table."""
-        out = self._nibbles.get(st)
-        if out is not None:
-            return out[value]
-        if st in self._met:
-            return self._nibble(st)[value]
-        self._met.add(st)
-        if len(self._met) > 1_000_000:
-            self._met.clear()
-        step = self._step
-        for j in (3, 2, 1, 0):
-            st = step(st, (value >> j) & 1)
-            if st is None:
-                return None
-        return st
-
-    def _byte_mask(self, d: int) -> np.ndarray:
-        """bool[256] of state id `d` without building its row (no next states interned): 16 slices
-        of 16, one per high nibble, from the memoised nibble steps. Cached as `_row` caches it."""
-        m = np.zeros(256, bool)
-        valid16, nibble = self._valid16, self._nibble
-        for hi, mid in enumerate(nibble(self._states[d])):
-            if mid is not None:
-                v = valid16.get(mid)
-                if v is None:
-                    v = valid16[mid] = np.array([x is not None for x in nibble(mid)], bool)
-                m[hi << 4 : (hi << 4) + 16] = v
-        self._masks[d] = m = _readonly(m)
-        return m
-
-    def _nibble(self, st: tuple) -> list:
-        """The bit-level state after each of the 16 four-bit values from `st` (None: invalid)."""
-        out = self._nibbles.get(st)
-        if out is None:
-            out = [None] * 16
-            level = [(st, 0)]
-            for _ in range(4):
-                nxt_level = []
-                for cur, val in level:
-                    a = self._step(cur, 0)
-                    # extra bits (phases 1 and 3) go to the same state whatever the bit: one step
-                    b = a if cur[1] == 1 or cur[1] == 3 else self._step(cur, 1)
-                    if a is not None:
-                        nxt_level.append((a, val << 1))
-                    if b is not None:
-                        nxt_level.append((b, (val << 1) | 1))
-                level = nxt_level
-            for cur, val in level:
-                out[val] = cur
-            self._nibbles[st] = out
-        return out
-
     # --- the public automaton -------------------------------------------------------------------
     def initial_state(self) -> tuple:
         """State before the first byte of the modelled stream: the canonical header is forced."""
@@ -329,10 +227,11 @@ class JpegScanGrammar(Grammar):
         """The state after `byte`, or None when the byte is not allowed (no exception: fast path)."""
         stage, n, d = state
         if stage == SCAN:
-            row = self._rows[d]
-            nd = row[byte] if row is not None else self._one(d, byte)
-            if nd < 0:
+            nd = self._lo[self._hi[d * 19 + (byte >> 4)] * 19 + (byte & 15)]  # DecoderTables.byte, inlined
+            if nd == DEAD:
                 return None
+            if nd == ENDB:
+                nd = END
             if byte == 0xFF:
                 return (STUFF, n, nd)
             return (MARK_FF, n + 1, 0) if nd == END else (SCAN, n, nd)
@@ -356,8 +255,12 @@ class JpegScanGrammar(Grammar):
         """bool[256]: which bytes may come next (a cached read-only array; copy to modify)."""
         stage, n, d = state
         if stage == SCAN:
-            m = self._masks[d]
-            return m if m is not None else self._byte_mask(d)
+            m = self._byte_masks.get(d)
+            if m is None:
+                if len(self._byte_masks) > 200_000:
+                    self._byte_masks.clear()
+                m = self._byte_masks[d] = _readonly(self.tables.byte_mask(d))
+            return m
         if stage == STUFF:
             return self._only[0x00]
         if stage == MARK_FF:
@@ -392,9 +295,9 @@ class JpegScanGrammar(Grammar):
         if stage == HEADER:
             return self.header[n:] + self.completion(self.start_state())
         if stage == SCAN:
-            return self._finish_interval(self._states[d]) + self._markers_from(n + 1)
+            return self._finish_interval(self.tables.decode(d)) + self._markers_from(n + 1)
         if stage == STUFF:
-            rest = b"" if d == END else self._finish_interval(self._states[d])
+            rest = b"" if d == END else self._finish_interval(self.tables.decode(d))
             return b"\x00" + rest + self._markers_from(n + 1)
         if stage == MARK_FF:
             return self._markers_from(n)
@@ -403,7 +306,7 @@ class JpegScanGrammar(Grammar):
     def _markers_from(self, n: int) -> bytes:
         """The marker after finished interval n (1-based), then minimal intervals and markers."""
         if self._min_interval is None:
-            self._min_interval = self._finish_interval(self._states[self._d_start])
+            self._min_interval = self._finish_interval(self.tables.decode(self._d_start))
         out = bytearray()
         for i in range(n, self.num_intervals + 1):
             if i > n:
@@ -465,9 +368,14 @@ class JpegScanGrammar(Grammar):
         return out
 
     # --- tokens ---------------------------------------------------------------------------------
+    fast_token_masks = True  # `walk_trie` is cheap enough to build a whole mask per new state
+
     def walk_trie(self, state: tuple, trie: TokenTrie) -> np.ndarray:
         """Advance `state` through the trie one level (= one byte) at a time, all nodes of a level
-        at once with numpy: the same transitions as `step`, vectorised."""
+        at once with numpy: the same transitions as `step`, vectorised. From an entropy-coded state
+        (the usual case) `_scan_token_mask` instead."""
+        if state[0] == SCAN:
+            return self._scan_token_mask(state, trie)
         mask = np.zeros(trie.num_tokens, bool)
         stage = np.array([state[0]], np.int64)
         count = np.array([state[1]], np.int64)
@@ -483,12 +391,10 @@ class JpegScanGrammar(Grammar):
             # SCAN: the cached rows; compute the missing ones first (the only Python loop)
             sel = ok & (st == SCAN)
             if sel.any():
-                ds = dd[sel]
-                for u in np.unique(ds):
-                    if u >= len(self._rows) or self._rows[u] is None:
-                        self._row(int(u))
-                nd = self._rows_np[ds, byte[sel]]
-                v = nd >= 0
+                ds, bs = dd[sel], byte[sel]
+                nd = self.tables.lo[self.tables.hi[ds, bs >> 4], bs & 15].astype(np.int64)
+                v = nd != DEAD
+                nd = np.where(nd == ENDB, END, nd)
                 ff = byte[sel] == 0xFF
                 valid[sel] = v
                 new_d[sel] = nd
@@ -526,6 +432,23 @@ class JpegScanGrammar(Grammar):
             stage, count, d = new_st, new_n, new_d
         return mask
 
+    def _scan_token_mask(self, state: tuple, trie: TokenTrie) -> np.ndarray:
+        """`walk_trie` from a SCAN state: the one-byte tokens from `allowed_bytes`, every longer token
+        by its table program (jpeg_tables.token_program) at once; the few that reach past a marker
+        (ESC) by `step`, byte by byte."""
+        prog = self._programs.get(id(trie))
+        if prog is None or prog[0] is not trie:
+            prog = self._programs[id(trie)] = (trie, *_trie_programs(trie))
+        _, single_tid, single_byte, multi_tid, half, col, multi_bytes = prog
+        mask = np.zeros(trie.num_tokens, bool)
+        mask[single_tid] = self.allowed_bytes(state)[single_byte]
+        if len(multi_tid):
+            end = walk_tokens(self.tables, state[2], half, col)
+            mask[multi_tid] = (end != DEAD) & (end != ESC)
+            for i in np.flatnonzero(end == ESC).tolist():
+                mask[multi_tid[i]] = self.token_allowed(state, multi_bytes[i])
+        return mask
+
     def token_key(self, state: tuple, max_len: int) -> tuple:
         # Within one token of at most max_len bytes, the finished-interval count matters only
         # through the next RST number and through how close the last interval is.
@@ -533,6 +456,24 @@ class JpegScanGrammar(Grammar):
         if stage == HEADER:
             return state
         return (stage, n % 8, min(self.num_intervals - n, max_len + 1), d)
+
+
+def _trie_programs(trie: TokenTrie) -> tuple:
+    """The token programs of a trie's tokens (ids, bytes from the trie itself): (one-byte token ids,
+    their bytes, multi-byte token ids, half, column, the multi-byte tokens' bytes)."""
+    token_bytes: list[bytes | None] = [None] * trie.num_tokens
+    stack = [(0, b"")]
+    while stack:
+        node, prefix = stack.pop()
+        for b, child in trie.children[node]:
+            tb = prefix + bytes([b])
+            for t in trie.ends[child]:
+                token_bytes[t] = tb
+            stack.append((child, tb))
+    single = [(t, tb[0]) for t, tb in enumerate(token_bytes) if tb and len(tb) == 1]
+    multi_tid, half, col = token_program(token_bytes)
+    return (np.array([t for t, _ in single], np.int64), np.array([b for _, b in single], np.int64),
+            multi_tid, half, col, [token_bytes[t] for t in multi_tid.tolist()])
 
 
 def _only(byte: int) -> np.ndarray:

@@ -66,6 +66,8 @@ class TokenConstraint:
         self._hinted: set = set()  # token keys `pick_hint` answered without a whole mask once
         self._pick_masks: dict = {}  # token_key -> (mask, mask with EOS, any token allowed): `pick_mask`
         self._plans: dict = {}  # state -> the rest of the completion being forced (end steering)
+        # the grammar builds a whole token mask cheaply (JPEG's table walk): always the whole mask, no partial one
+        self._fast = bool(getattr(grammar, "fast_token_masks", False))
         self.cache_hits = 0
         self.cache_misses = 0
         self.steer_failures = 0
@@ -148,6 +150,8 @@ class TokenConstraint:
         hit = self._pick_masks.get(key)
         if hit is None:
             arr = self.trie.cached(self.grammar, g)
+            if arr is None and self._fast:  # the grammar's own walk is cheap (JPEG: table lookups)
+                arr = self.trie.mask(self.grammar, g)
             m = np.array(arr, bool) if arr is not None else self._steps_mask(g)
             with_eos = m.copy()
             with_eos[self._eos_slot] = True
@@ -163,9 +167,10 @@ class TokenConstraint:
         one-byte tokens only (then it is `allowed_bytes` itself), or when this state's key comes
         back a second time (then it is built and cached); else the pair (tokens known allowed: the
         one-byte ones from `allowed_bytes`; ids of the longer tokens whose first byte is allowed,
-        which `allows` decides one by one when needed). Every other token is refused."""
+        which `allows` decides one by one when needed). Every other token is refused. A grammar
+        with `fast_token_masks` (JPEG) always gets the whole mask."""
         g = state[0]
-        if not self._multi_ids.size:
+        if not self._multi_ids.size or self._fast:
             return self.pick_mask(state)
         key = self.grammar.token_key(g, self.trie.max_len)
         if key in self._pick_masks or key in self._hinted or self.trie.cached(self.grammar, g) is not None:
