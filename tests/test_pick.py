@@ -48,6 +48,7 @@ def test_same_token_as_mask_first_for_fixed_noise(top_k):
         assert pick_allowed(scaled, noise, allows, top_k) == want
         assert len(set(calls)) == len(calls)  # each token checked at most once per pick
         assert pick_allowed(scaled, noise, allows, top_k, lambda m=mask: m) == want  # threshold from a cached mask
+        assert pick_allowed(scaled, noise, None, top_k, mask=mask.numpy()) == want  # the whole mask up front
     # nothing allowed: None (the sampler then ends the row)
     assert pick_allowed(torch.zeros(4), gumbel(4, g), lambda t: False, 2) is None
 
@@ -210,7 +211,7 @@ def test_pick_mask_equals_the_fresh_mask_over_a_random_walk(codec, streams, kind
     assert len(visited) > 50
     if kind == "bpe":  # a fresh constraint's hints along the same walk: known <= mask <= known + unknown
         c2 = constraint_for(codec, tok)
-        c2._fast = False  # the partial hints, for grammars without a cheap whole mask (JPEG has one)
+        c2.fast_masks = False  # the partial hints, for grammars without a cheap whole mask (JPEG has one)
         assert c.pick_hint(visited[-1]) is c.pick_mask(visited[-1])  # with it: always the whole mask
         st2, n_partial = c2.start_state(), 0
         for st, t in zip(visited, tokens):

@@ -66,6 +66,8 @@ class DecoderTables:
         hi[ENDB, 15] = ENDF0  # after the interval's end only the marker's FF
         lo[ENDF0, 15] = ENDF1
         self.hi, self.lo = hi, lo
+        self.flat = both.reshape(-1)
+        self._offsets: dict[int, tuple] = {}  # id(program) -> (program, its columns' flat offsets)
         # flat views for scalar steps: indexing a memoryview gives a Python int, ~3x faster than numpy
         self.hi_flat = memoryview(hi.reshape(-1))
         self.lo_flat = memoryview(lo.reshape(-1))
@@ -104,6 +106,15 @@ class DecoderTables:
         """The state id after a whole byte from decoder state `d`: DEAD (refused), ENDB (the interval
         ended at this byte boundary) or a decoder state."""
         return self.lo_flat[self.hi_flat[d * COLS + (byte >> 4)] * COLS + (byte & 15)]
+
+    def offsets(self, half: np.ndarray, col: np.ndarray) -> list[np.ndarray]:
+        """Per column of a token program, the flat offset of each token's lookup (half and column;
+        + state * COLS gives the index into `flat`), computed once per program."""
+        hit = self._offsets.get(id(half))
+        if hit is None or hit[0] is not half:
+            offs = [np.ascontiguousarray(half[:, j] * (self.n * COLS) + col[:, j]) for j in range(half.shape[1])]
+            hit = self._offsets[id(half)] = (half, offs)
+        return hit[1]
 
     def byte_mask(self, d: int) -> np.ndarray:
         """bool[256]: the bytes decoder state `d` takes."""
@@ -220,9 +231,9 @@ def walk_tokens(tables: DecoderTables, d: int, half: np.ndarray, col: np.ndarray
     """The end id of every token program from decoder state `d`: DEAD refused, ESC undecided (ask
     the grammar), any other id allowed."""
     cur = np.full(half.shape[0], d, np.int64)
-    both = tables.both
-    for j in range(half.shape[1]):
-        cur = both[half[:, j], cur, col[:, j]]
+    flat = tables.flat
+    for off in tables.offsets(half, col):
+        cur = flat[cur * COLS + off]
     return cur
 
 

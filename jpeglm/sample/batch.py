@@ -215,30 +215,39 @@ class Batch:
         return None
 
     def _choose_candidates(self, logits: torch.Tensor) -> tuple[list[int], set[int]]:
-        """Sampling under the constraint without whole masks (jpeglm/sample/pick.py): a token the
+        """Sampling under the constraint by Gumbel noise (jpeglm/sample/pick.py): a token the
         grammar forces is appended without a draw; every other row draws its Gumbel noise and takes
-        the best allowed candidate. Same distribution as mask -> top-k -> sample."""
+        the best allowed candidate, from the state's cached whole mask when the constraint's masks
+        are cheap (`fast_masks`: JPEG), else from single checks and a mask only when needed. Same
+        distribution as mask -> top-k -> sample."""
         c, cfg = self.constraint, self.cfg
         scaled = (logits / cfg.temperature if cfg.temperature != 1.0 else logits).detach().cpu().numpy()  # rows: numpy views
-        tokens, forced = [0] * len(self.alive), set()
-        for r, ji in enumerate(self.alive):
-            t0 = _cpu()
-            st = self.states[ji]
+        tokens, forced, draw = [0] * len(self.alive), set(), []
+        t0 = _cpu()
+        for r, ji in enumerate(self.alive):  # end steering and forced tokens: no draw
             tok = self._steer(ji)
             if tok is not None:
                 forced.add(r)
             else:
-                tok = c.only_token(st)
-            self.constraint_s += _cpu() - t0
+                tok = c.only_token(self.states[ji])
             if tok is None:
-                noise = gumbel(scaled.shape[-1], self.gens[ji])
-                t0 = _cpu()
-                tok = pick_allowed(scaled[r], noise, lambda t, st=st: c.allows(st, t), cfg.top_k,
+                draw.append(r)
+            else:
+                tokens[r] = tok
+        self.constraint_s += _cpu() - t0
+        # each row draws from its own generator, so drawing them all here (untimed) changes no sample
+        noise = {r: gumbel(scaled.shape[-1], self.gens[self.alive[r]]) for r in draw}
+        t0 = _cpu()
+        fast = getattr(c, "fast_masks", False)
+        for r in draw:
+            st = self.states[self.alive[r]]
+            if fast:  # whole masks are cheap (JPEG): one dict hit, or one table walk for a new state
+                tok = pick_allowed(scaled[r], noise[r], None, cfg.top_k, mask=c.pick_mask(st))
+            else:
+                tok = pick_allowed(scaled[r], noise[r], lambda t, st=st: c.allows(st, t), cfg.top_k,
                                    lambda st=st: c.pick_hint(st))
-                if tok is None:  # nothing allowed (should not happen): end the row
-                    tok = self.tokenizer.eos_id
-                self.constraint_s += _cpu() - t0
-            tokens[r] = tok
+            tokens[r] = self.tokenizer.eos_id if tok is None else tok  # nothing allowed (should not happen): end the row
+        self.constraint_s += _cpu() - t0
         return tokens, forced
 
     def _advance(self, tokens: list[int], forced: set[int]) -> bool:

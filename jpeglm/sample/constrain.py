@@ -64,10 +64,10 @@ class TokenConstraint:
         self._single_ids, self._single_bytes = (np.array([x[i] for x in single], np.int64) for i in (0, 1))
         self._multi_ids, self._multi_first = (np.array([x[i] for x in multi], np.int64) for i in (0, 1))
         self._hinted: set = set()  # token keys `pick_hint` answered without a whole mask once
-        self._pick_masks: dict = {}  # token_key -> (mask, mask with EOS, any token allowed): `pick_mask`
+        self._pick_masks: dict = {}  # token_key -> [mask, mask with EOS (once needed), any token allowed]: `pick_mask`
         self._plans: dict = {}  # state -> the rest of the completion being forced (end steering)
         # the grammar builds a whole token mask cheaply (JPEG's table walk): always the whole mask, no partial one
-        self._fast = bool(getattr(grammar, "fast_token_masks", False))
+        self.fast_masks = bool(getattr(grammar, "fast_token_masks", False))
         self.cache_hits = 0
         self.cache_misses = 0
         self.steer_failures = 0
@@ -149,17 +149,22 @@ class TokenConstraint:
         key = self.grammar.token_key(g, self.trie.max_len)
         hit = self._pick_masks.get(key)
         if hit is None:
-            arr = self.trie.cached(self.grammar, g)
-            if arr is None and self._fast:  # the grammar's own walk is cheap (JPEG: table lookups)
-                arr = self.trie.mask(self.grammar, g)
-            m = np.array(arr, bool) if arr is not None else self._steps_mask(g)
-            with_eos = m.copy()
-            with_eos[self._eos_slot] = True
-            m.flags.writeable = with_eos.flags.writeable = False
+            if self.fast_masks:  # the grammar's own walk is cheap (JPEG: table lookups): a fresh array, no trie cache
+                m = np.asarray(self.grammar.walk_trie(g, self.trie), bool)
+            else:
+                arr = self.trie.cached(self.grammar, g)
+                m = np.array(arr, bool) if arr is not None else self._steps_mask(g)
+            m.flags.writeable = False
             if len(self._pick_masks) > 200_000:  # bound memory on very long runs
                 self._pick_masks.clear()
-            hit = self._pick_masks[key] = (m, with_eos, bool(m.any()))
-        return hit[1] if (not hit[2] or self.grammar.is_complete(g)) else hit[0]
+            hit = self._pick_masks[key] = [m, None, bool(m.any())]
+        if hit[2] and not self.grammar.is_complete(g):
+            return hit[0]
+        if hit[1] is None:  # with EOS: built the first time it is needed
+            hit[1] = hit[0].copy()
+            hit[1][self._eos_slot] = True
+            hit[1].flags.writeable = False
+        return hit[1]
 
     def pick_hint(self, state):
         """What the candidate path (jpeglm/sample/pick.py) needs to know about the allowed tokens,
@@ -170,7 +175,7 @@ class TokenConstraint:
         which `allows` decides one by one when needed). Every other token is refused. A grammar
         with `fast_token_masks` (JPEG) always gets the whole mask."""
         g = state[0]
-        if not self._multi_ids.size or self._fast:
+        if not self._multi_ids.size or self.fast_masks:
             return self.pick_mask(state)
         key = self.grammar.token_key(g, self.trie.max_len)
         if key in self._pick_masks or key in self._hinted or self.trie.cached(self.grammar, g) is not None:

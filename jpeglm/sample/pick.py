@@ -30,12 +30,14 @@ def gumbel(vocab: int, gen: torch.Generator) -> torch.Tensor:
     return torch.empty(vocab).exponential_(generator=gen).log_().neg_()
 
 
-def pick_allowed(scaled, noise, allows, top_k: int, cached_mask=None) -> int | None:
+def pick_allowed(scaled, noise, allows, top_k: int, cached_mask=None, mask=None) -> int | None:
     """argmax over {allowed tokens in the top-k of the allowed tokens} of scaled + noise.
 
     `scaled`: float[V] logits already divided by the temperature (-inf: never), `noise`: float[V]
     (tensors or arrays), `allows(token) -> bool`; `cached_mask() -> bool[V] | None`: the whole mask
-    (numpy or torch), or None when it would cost a walk. None when no token is allowed.
+    (numpy or torch), or None when it would cost a walk; `mask`: the whole bool[V] numpy mask given
+    up front (a grammar whose masks are cheap: JPEG), then neither `allows` nor `cached_mask` is
+    asked. None when no token is allowed.
 
     The noisy winner is the pick when the grammar allows it and fewer than k tokens of any kind
     score above its logit (one check, the usual case for a trained model). Otherwise, with the mask,
@@ -47,6 +49,13 @@ def pick_allowed(scaled, noise, allows, top_k: int, cached_mask=None) -> int | N
     vocab = s.shape[0]
     k = top_k if 0 < top_k < vocab else 0
     noisy = s + _np(noise)
+    if mask is not None:
+        best = int(noisy.argmax())
+        if noisy[best] == NEG_INF:
+            return None
+        if mask[best] and (not k or np.count_nonzero(s > s[best]) < k):
+            return best
+        return _pick_in_mask(s, noisy, mask, k)
     seen: dict[int, bool] = {}
 
     def ok(t: int) -> bool:
@@ -64,16 +73,21 @@ def pick_allowed(scaled, noise, allows, top_k: int, cached_mask=None) -> int | N
     if isinstance(m, tuple):
         return _pick_with_unknowns(s, noisy, ok, k, _np(m[0]).astype(bool, copy=False), np.asarray(m[1], np.int64))
     if m is not None:
-        m = _np(m).astype(bool, copy=False)
-        keep = m
-        if k:
-            allowed = s[m]
-            if len(allowed) > k:
-                keep = m & (s >= np.partition(allowed, len(allowed) - k)[len(allowed) - k])
-        score = np.where(keep, noisy, NEG_INF)
-        t = int(score.argmax())
-        return None if score[t] == NEG_INF else t
+        return _pick_in_mask(s, noisy, _np(m).astype(bool, copy=False), k)
     return _pick_by_candidates(s, noisy, ok, k)
+
+
+def _pick_in_mask(s: np.ndarray, noisy: np.ndarray, m: np.ndarray, k: int) -> int | None:
+    """The pick from the whole mask, vectorised: the k-th largest allowed logit, then the best
+    allowed noisy score at or above it."""
+    keep = m
+    if k:
+        allowed = s[m]
+        if len(allowed) > k:
+            keep = m & (s >= np.partition(allowed, len(allowed) - k)[len(allowed) - k])
+    score = np.where(keep, noisy, NEG_INF)
+    t = int(score.argmax())
+    return None if score[t] == NEG_INF else t
 
 
 def _np(x) -> np.ndarray:
