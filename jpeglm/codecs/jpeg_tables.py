@@ -66,7 +66,7 @@ class DecoderTables:
         hi[ENDB, 15] = ENDF0  # after the interval's end only the marker's FF
         lo[ENDF0, 15] = ENDF1
         self.hi, self.lo = hi, lo
-        self.flat = both.reshape(-1)
+        self.flat_x = both.reshape(-1) * COLS  # the same, each next id premultiplied by COLS (`walk_tokens`)
         self._offsets: dict[int, tuple] = {}  # id(program) -> (program, its columns' flat offsets)
         # flat views for scalar steps: indexing a memoryview gives a Python int, ~3x faster than numpy
         self.hi_flat = memoryview(hi.reshape(-1))
@@ -230,11 +230,11 @@ def token_program(token_bytes: list[bytes | None]) -> tuple[np.ndarray, np.ndarr
 def walk_tokens(tables: DecoderTables, d: int, half: np.ndarray, col: np.ndarray) -> np.ndarray:
     """The end id of every token program from decoder state `d`: DEAD refused, ESC undecided (ask
     the grammar), any other id allowed."""
-    cur = np.full(half.shape[0], d, np.int64)
-    flat = tables.flat
+    cur = np.full(half.shape[0], d * COLS, np.int64)  # ids x COLS throughout: one add and one take per column
+    flat = tables.flat_x
     for off in tables.offsets(half, col):
-        cur = flat[cur * COLS + off]
-    return cur
+        cur = flat[cur + off]
+    return cur // COLS
 
 
 __all__ = ["COLS", "DEAD", "ENDB", "ESC", "FIRST", "PAD", "DecoderTables", "token_program", "walk_tokens"]

@@ -66,6 +66,7 @@ class TokenConstraint:
         self._hinted: set = set()  # token keys `pick_hint` answered without a whole mask once
         self._pick_masks: dict = {}  # token_key -> [mask, mask with EOS (once needed), any token allowed]: `pick_mask`
         self._plans: dict = {}  # state -> the rest of the completion being forced (end steering)
+        self._forced_next = None  # (state, token, state after it) of the last forced token
         # the grammar builds a whole token mask cheaply (JPEG's table walk): always the whole mask, no partial one
         self.fast_masks = bool(getattr(grammar, "fast_token_masks", False))
         self.cache_hits = 0
@@ -97,6 +98,9 @@ class TokenConstraint:
     def advance(self, state, token_id: int):
         if token_id == self.eos_id:
             return state
+        memo = self._forced_next
+        if memo is not None and memo[0] is state and memo[1] == token_id:
+            return memo[2]
         bs = self.token_bytes[token_id]
         if bs is None:  # a special token under --no-constrain-like use: no bytes
             return state
@@ -263,18 +267,34 @@ class TokenConstraint:
         left = self.structural.n_rst + 1 - s.intervals_closed
         return int(np.ceil(left * self._per_interval)) + self.SLACK
 
+    def _longest_token(self, data: bytes) -> int | None:
+        """The longest token whose bytes start `data` (of equal byte strings the last id, as
+        `TokenTrie.longest_prefix` takes), whether or not the grammar allows it."""
+        index, ends, node, best = self.trie.index, self.trie.ends, 0, None
+        for b in data:
+            node = index[node].get(b)
+            if node is None:
+                break
+            if ends[node]:
+                best = ends[node][-1]
+        return best
+
     def forced_token(self, state) -> int | None:
         """The token that starts the shortest completion (the longest token whose bytes are a
         prefix of it and that the grammar allows), or None when there is none."""
         comp = self.completion(state)
         if not comp:
             return None if comp is None else self.eos_id
-        best = self.trie.longest_prefix(comp, lambda t: self.allows(state, t))
+        best = self._longest_token(comp)  # the completion's bytes are grammatical: one check, usually
+        if best is None or not self.allows(state, best):
+            best = self.trie.longest_prefix(comp, lambda t: self.allows(state, t))
         if best is not None and best != self.eos_id:
             # the next state's completion is the rest of this one: computed once per steered row
             if len(self._plans) > 10_000:
                 self._plans.clear()
-            self._plans[self.advance(state, best)] = comp[len(self.token_bytes[best]):]
+            nxt = self.advance(state, best)
+            self._forced_next = (state, best, nxt)  # the sampler's advance over this token next: no second walk
+            self._plans[nxt] = comp[len(self.token_bytes[best]):]
         if best is None:
             self.steer_failures += 1
             if self.steer_failures == 1:
