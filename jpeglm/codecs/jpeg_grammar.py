@@ -37,9 +37,10 @@ import numpy as np
 from jpeglm.codecs import jpeg_tables
 from jpeglm.codecs.grammar import Grammar, GrammarError, TokenTrie
 from jpeglm.codecs.jpeg import SOF0, SOS, JpegCodec, header_length, iter_segments
-from jpeglm.codecs.jpeg_tables import DecoderTables, token_program, walk_tokens
+from jpeglm.codecs.jpeg_tables import DecoderTables, TokenProgram
 
-DEAD, ENDB, ESC = jpeg_tables.DEAD, jpeg_tables.ENDB, jpeg_tables.ESC
+DEAD, ENDB = jpeg_tables.DEAD, jpeg_tables.ENDB
+DEAD_X, ESC_X = jpeg_tables.DEAD_X, jpeg_tables.ESC_X
 # stages of the outer (byte) automaton; a state is (stage, count, d)
 HEADER, SCAN, STUFF, MARK_FF, MARK_CODE, DONE = range(6)
 # HEADER: count = bytes of the canonical header already written (d unused)
@@ -433,20 +434,19 @@ class JpegScanGrammar(Grammar):
         return mask
 
     def _scan_token_mask(self, state: tuple, trie: TokenTrie) -> np.ndarray:
-        """`walk_trie` from a SCAN state: the one-byte tokens from `allowed_bytes`, every longer token
-        by its table program (jpeg_tables.token_program) at once; the few that reach past a marker
-        (ESC) by `step`, byte by byte."""
+        """`walk_trie` from a SCAN state: every token by its table program (jpeg_tables.TokenProgram)
+        at once; the few that reach past a marker (ESC) by `step`, byte by byte."""
         prog = self._programs.get(id(trie))
         if prog is None or prog[0] is not trie:
-            prog = self._programs[id(trie)] = (trie, *_trie_programs(trie))
-        _, single_tid, single_byte, multi_tid, half, col, multi_bytes = prog
-        mask = np.zeros(trie.num_tokens, bool)
-        mask[single_tid] = self.allowed_bytes(state)[single_byte]
-        if len(multi_tid):
-            end = walk_tokens(self.tables, state[2], half, col)
-            mask[multi_tid] = (end != DEAD) & (end != ESC)
-            for i in np.flatnonzero(end == ESC).tolist():
-                mask[multi_tid[i]] = self.token_allowed(state, multi_bytes[i])
+            tb = _trie_token_bytes(trie)
+            prog = self._programs[id(trie)] = (trie, TokenProgram(self.tables, tb), tb)
+        _, program, token_bytes = prog
+        end = program.walk(state[2])
+        esc = end == ESC_X
+        mask = (end != DEAD_X) & ~esc
+        if esc.any():
+            for t in np.flatnonzero(esc).tolist():
+                mask[t] = self.token_allowed(state, token_bytes[t])
         return mask
 
     def token_key(self, state: tuple, max_len: int) -> tuple:
@@ -458,9 +458,8 @@ class JpegScanGrammar(Grammar):
         return (stage, n % 8, min(self.num_intervals - n, max_len + 1), d)
 
 
-def _trie_programs(trie: TokenTrie) -> tuple:
-    """The token programs of a trie's tokens (ids, bytes from the trie itself): (one-byte token ids,
-    their bytes, multi-byte token ids, half, column, the multi-byte tokens' bytes)."""
+def _trie_token_bytes(trie: TokenTrie) -> list[bytes | None]:
+    """Each token id's bytes, read back from the trie (None: a special)."""
     token_bytes: list[bytes | None] = [None] * trie.num_tokens
     stack = [(0, b"")]
     while stack:
@@ -470,10 +469,7 @@ def _trie_programs(trie: TokenTrie) -> tuple:
             for t in trie.ends[child]:
                 token_bytes[t] = tb
             stack.append((child, tb))
-    single = [(t, tb[0]) for t, tb in enumerate(token_bytes) if tb and len(tb) == 1]
-    multi_tid, half, col = token_program(token_bytes)
-    return (np.array([t for t, _ in single], np.int64), np.array([b for _, b in single], np.int64),
-            multi_tid, half, col, [token_bytes[t] for t in multi_tid.tolist()])
+    return token_bytes
 
 
 def _only(byte: int) -> np.ndarray:
@@ -510,7 +506,6 @@ class RestartGrammar(Grammar):
             raise ValueError("num_restart_markers must be >= 0")
         self.n_rst = int(num_restart_markers)
         self._masks: dict[RestartState, np.ndarray] = {}
-        self._plain: dict[RestartState, tuple] = {}  # state not after FF -> (next after another byte, after FF)
 
     @classmethod
     def for_codec(cls, codec) -> RestartGrammar:
@@ -540,11 +535,8 @@ class RestartGrammar(Grammar):
         return m
 
     def step(self, s: RestartState, b: int) -> RestartState | None:
-        if not s.after_ff and not s.complete:  # the common case: one lookup, no new state object
-            pair = self._plain.get(s)
-            if pair is None:
-                pair = self._plain[s] = (RestartState(s.intervals_closed, False), RestartState(s.intervals_closed, True))
-            return pair[b == 0xFF]
+        if not s.after_ff and not s.complete:  # the common case: no hashing, no new object but after FF
+            return s if b != 0xFF else RestartState(s.intervals_closed, True)
         if not self.allowed_bytes(s)[b]:
             return None
         if not s.after_ff:

@@ -7,7 +7,7 @@ transitions of all of them are computed at once with numpy (`_bit_table`: the sa
 after the four bits v (the high half of a byte), `lo[s, v]` the same for the low half, which also
 marks the end of an interval at the byte boundary (ENDB). A byte is `lo[hi[s, b >> 4], b & 15]`:
 two lookups instead of eight Python bit steps, and a whole token mask is a few vectorised lookups
-per nibble over all tokens at once (`token_program` / `walk_tokens`).
+per nibble over all tokens at once (`TokenProgram`).
 
 Ids: PAD (0: the interval is done, only 1-bits until the byte ends; == the grammar's END at a byte
 boundary), DEAD (1: refused, absorbing), then the states used only by the token walk: ENDB (2: the
@@ -66,8 +66,9 @@ class DecoderTables:
         hi[ENDB, 15] = ENDF0  # after the interval's end only the marker's FF
         lo[ENDF0, 15] = ENDF1
         self.hi, self.lo = hi, lo
-        self.flat_x = both.reshape(-1) * COLS  # the same, each next id premultiplied by COLS (`walk_tokens`)
-        self._offsets: dict[int, tuple] = {}  # id(program) -> (program, its columns' flat offsets)
+        # the same, each next id premultiplied by COLS (`TokenProgram.walk`: one add, one take per column)
+        self.flat_x = both.reshape(-1) * COLS
+        self.lo_x = self.flat_x[n * COLS :].reshape(n, COLS)
         # flat views for scalar steps: indexing a memoryview gives a Python int, ~3x faster than numpy
         self.hi_flat = memoryview(hi.reshape(-1))
         self.lo_flat = memoryview(lo.reshape(-1))
@@ -106,15 +107,6 @@ class DecoderTables:
         """The state id after a whole byte from decoder state `d`: DEAD (refused), ENDB (the interval
         ended at this byte boundary) or a decoder state."""
         return self.lo_flat[self.hi_flat[d * COLS + (byte >> 4)] * COLS + (byte & 15)]
-
-    def offsets(self, half: np.ndarray, col: np.ndarray) -> list[np.ndarray]:
-        """Per column of a token program, the flat offset of each token's lookup (half and column;
-        + state * COLS gives the index into `flat`), computed once per program."""
-        hit = self._offsets.get(id(half))
-        if hit is None or hit[0] is not half:
-            offs = [np.ascontiguousarray(half[:, j] * (self.n * COLS) + col[:, j]) for j in range(half.shape[1])]
-            hit = self._offsets[id(half)] = (half, offs)
-        return hit[1]
 
     def byte_mask(self, d: int) -> np.ndarray:
         """bool[256]: the bytes decoder state `d` takes."""
@@ -195,46 +187,54 @@ def _bit_table(t: DecoderTables, grammar) -> np.ndarray:
     return out
 
 
-def token_program(token_bytes: list[bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(token ids, half[token, column], column[token, column]) of the multi-byte tokens: the table
-    lookups that walk each token's bytes from a decoder state at a byte boundary (module docstring).
-    An FF then 00 is the FF's two nibbles then STUFF (the 00 moves no decoder state); an FF then any
-    other byte is the FF's nibbles then MARK, and the rest is left to the grammar (ESC)."""
-    progs, ids = [], []
-    for tid, tb in enumerate(token_bytes):
-        if not tb or len(tb) < 2:
-            continue
-        prog, i = [], 0
-        while i < len(tb):
-            b = tb[i]
-            prog += [(0, b >> 4), (1, b & 15)]
-            if b == 0xFF and i + 1 < len(tb):
-                if tb[i + 1] == 0:
-                    prog.append((0, STUFF))
-                    i += 2
-                    continue
-                prog.append((0, MARK))
-                break
-            i += 1
-        progs.append(prog)
-        ids.append(tid)
-    width = max((len(p) for p in progs), default=0)
-    half = np.zeros((len(progs), width), np.int64)
-    col = np.full((len(progs), width), KEEP, np.int64)
-    for r, p in enumerate(progs):
-        for j, (h, c) in enumerate(p):
-            half[r, j], col[r, j] = h, c
-    return np.array(ids, np.int64), half, col
+class TokenProgram:
+    """The table lookups that walk every token's bytes from a decoder state at a byte boundary (see
+    the module docstring), all tokens at once: each token's first byte (read off the state's row),
+    then one lookup per further column. An FF then 00 is the FF's two nibbles then STUFF (the 00
+    moves no decoder state); an FF then any other byte is the FF's nibbles then MARK, and the rest
+    is left to the grammar (ESC). A special token (None / b"") is a byte then MARK: refused."""
+
+    def __init__(self, tables: DecoderTables, token_bytes: list[bytes | None]):
+        progs = []
+        for tb in token_bytes:
+            if not tb:
+                progs.append([(0, 0), (1, 0), (0, MARK)])
+                continue
+            prog, i = [], 0
+            while i < len(tb):
+                b = tb[i]
+                prog += [(0, b >> 4), (1, b & 15)]
+                if b == 0xFF and i + 1 < len(tb):
+                    if tb[i + 1] == 0:
+                        prog.append((0, STUFF))
+                        i += 2
+                        continue
+                    prog.append((0, MARK))
+                    break
+                i += 1
+            progs.append(prog)
+        width = max(len(p) for p in progs)
+        half = np.zeros((len(progs), width), np.int64)
+        col = np.full((len(progs), width), KEEP, np.int64)
+        for r, p in enumerate(progs):
+            for j, (h, c) in enumerate(p):
+                half[r, j], col[r, j] = h, c
+        self.first = col[:, 0] * 16 + col[:, 1]  # the first byte
+        # per later column, each token's offset into `tables.flat_x` (+ its current id x COLS)
+        self.offsets = [np.ascontiguousarray(half[:, j] * (tables.n * COLS) + col[:, j]) for j in range(2, width)]
+        self.tables = tables
+
+    def walk(self, d: int) -> np.ndarray:
+        """Every token's end id x COLS from decoder state `d`: DEAD_X refused, ESC_X undecided (ask
+        the grammar), any other value allowed."""
+        t = self.tables
+        cur = t.lo_x[t.hi[d, :16], :16].reshape(256)[self.first]  # the state's row, then each first byte
+        flat = t.flat_x
+        for off in self.offsets:
+            cur = flat[cur + off]
+        return cur
 
 
-def walk_tokens(tables: DecoderTables, d: int, half: np.ndarray, col: np.ndarray) -> np.ndarray:
-    """The end id of every token program from decoder state `d`: DEAD refused, ESC undecided (ask
-    the grammar), any other id allowed."""
-    cur = np.full(half.shape[0], d * COLS, np.int64)  # ids x COLS throughout: one add and one take per column
-    flat = tables.flat_x
-    for off in tables.offsets(half, col):
-        cur = flat[cur + off]
-    return cur // COLS
+DEAD_X, ESC_X = DEAD * COLS, ESC * COLS
 
-
-__all__ = ["COLS", "DEAD", "ENDB", "ESC", "FIRST", "PAD", "DecoderTables", "token_program", "walk_tokens"]
+__all__ = ["COLS", "DEAD", "DEAD_X", "ENDB", "ESC", "ESC_X", "FIRST", "PAD", "DecoderTables", "TokenProgram"]

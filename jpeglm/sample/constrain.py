@@ -26,6 +26,7 @@ decode report then says what happened).
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -265,7 +266,7 @@ class TokenConstraint:
             start = self.grammar.start_state()
             self._per_interval = len(self.grammar.completion(start)) / (self.structural.n_rst + 1)
         left = self.structural.n_rst + 1 - s.intervals_closed
-        return int(np.ceil(left * self._per_interval)) + self.SLACK
+        return math.ceil(left * self._per_interval) + self.SLACK
 
     def _longest_token(self, data: bytes) -> int | None:
         """The longest token whose bytes start `data` (of equal byte strings the last id, as
