@@ -217,9 +217,10 @@ class Batch:
     def _choose_candidates(self, logits: torch.Tensor) -> tuple[list[int], set[int]]:
         """Sampling under the constraint by Gumbel noise (jpeglm/sample/pick.py): a token the
         grammar forces is appended without a draw; every other row draws its Gumbel noise and takes
-        the best allowed candidate, from the state's cached whole mask when the constraint's masks
-        are cheap (`fast_masks`: JPEG), else from single checks and a mask only when needed. Same
-        distribution as mask -> top-k -> sample."""
+        the best allowed candidate: from the state's whole mask when it is cached; else the noisy
+        winner by one check when it is in the top-k, and otherwise the whole mask (`fast_masks`:
+        cheap to build, JPEG) or a partial one (`pick_hint`). Same distribution as mask -> top-k
+        -> sample."""
         c, cfg = self.constraint, self.cfg
         scaled = (logits / cfg.temperature if cfg.temperature != 1.0 else logits).detach().cpu().numpy()  # rows: numpy views
         tokens, forced, draw = [0] * len(self.alive), set(), []
@@ -241,8 +242,12 @@ class Batch:
         fast = getattr(c, "fast_masks", False)
         for r in draw:
             st = self.states[self.alive[r]]
-            if fast:  # whole masks are cheap (JPEG): one dict hit, or one table walk for a new state
-                tok = pick_allowed(scaled[r], noise[r], None, cfg.top_k, mask=c.pick_mask(st))
+            m = c.pick_mask(st, build=False) if fast else None
+            if m is not None:  # the state's whole mask is cached: one dict hit
+                tok = pick_allowed(scaled[r], noise[r], None, cfg.top_k, mask=m)
+            elif fast:  # a new state: the noisy winner by one check when it is in the top-k, else the mask (one table walk)
+                tok = pick_allowed(scaled[r], noise[r], lambda t, st=st: c.allows(st, t), cfg.top_k,
+                                   lambda st=st: c.pick_mask(st))
             else:
                 tok = pick_allowed(scaled[r], noise[r], lambda t, st=st: c.allows(st, t), cfg.top_k,
                                    lambda st=st: c.pick_hint(st))

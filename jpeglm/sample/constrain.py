@@ -145,15 +145,17 @@ class TokenConstraint:
             return None
         return self.trie.ends[node][0]
 
-    def pick_mask(self, state) -> np.ndarray:
+    def pick_mask(self, state, build: bool = True) -> np.ndarray | None:
         """`mask(state)` as a read-only numpy array, for the candidate path (jpeglm/sample/pick.py):
         cached per `grammar.token_key`, and computed without the trie walk's whole rows: the
         one-byte tokens from `allowed_bytes` at once, longer ones by grammar steps down the trie
-        below each allowed first byte (JPEG: no next states built for bytes never taken)."""
+        below each allowed first byte (JPEG: its table walk). `build=False`: None unless cached."""
         g = state[0]
         key = self.grammar.token_key(g, self.trie.max_len)
         hit = self._pick_masks.get(key)
         if hit is None:
+            if not build:  # only a cached one
+                return None
             if self.fast_masks:  # the grammar's own walk is cheap (JPEG: table lookups): a fresh array, no trie cache
                 m = np.asarray(self.grammar.walk_trie(g, self.trie), bool)
             else:
