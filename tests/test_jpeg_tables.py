@@ -19,7 +19,7 @@ from jpeglm.codecs.jpeg_grammar import (
     STUFF,
     JpegScanGrammar,
 )
-from jpeglm.codecs.jpeg_tables import DEAD, ENDB, PAD, DecoderTables
+from jpeglm.codecs.jpeg_tables import DEAD, ENDB, PAD, DecoderTables, TokenProgram
 from jpeglm.sample.constrain import constraint_for
 from jpeglm.tokenizer import BpeTokenizer, ByteTokenizer
 
@@ -116,11 +116,14 @@ def test_table_step_equals_the_bit_level_grammar_on_random_walks(codec, streams)
     assert n_states > 3000
 
 
+@pytest.mark.parametrize("tail", [0, 16, 10**9], ids=["vector", "default", "python"])
 @pytest.mark.parametrize("kind", ["byte", "bpe"])
-def test_token_masks_equal_the_bit_level_grammar(codec, streams, kind):
+def test_token_masks_equal_the_bit_level_grammar(codec, streams, kind, tail, monkeypatch):
     """The table walk's token mask (`walk_trie` from every kind of state, cached per key by
     `pick_mask`) == each token checked by `ref_step` byte by byte, for a byte and a BPE vocabulary with
-    extra tokens across stuffing and markers."""
+    extra tokens across stuffing and markers; the columns after the first byte all in numpy, the
+    default split, or all in Python (`TokenProgram.TAIL`)."""
+    monkeypatch.setattr(TokenProgram, "TAIL", tail)
     tok = ByteTokenizer() if kind == "byte" else BpeTokenizer.train(streams, vocab_size=300)
     c = constraint_for(codec, tok)
     if kind == "bpe":  # tokens that cross an FF 00, a marker and an interval's end, and EOI
@@ -161,10 +164,12 @@ def test_token_masks_equal_the_bit_level_grammar(codec, streams, kind):
     assert n_masks > 300
 
 
-def test_token_masks_across_an_interval_end(codec, streams):
+@pytest.mark.parametrize("tail", [16, 10**9], ids=["default", "python"])
+def test_token_masks_across_an_interval_end(codec, streams, tail, monkeypatch):
     """Every byte followed by FF, FF 00, FF RSTn, FF EOI, 00 as a token: where the byte ends the
     restart interval (ENDB in the tables) only the marker may follow, elsewhere only the stuffing;
     the table walk's mask == `ref_step` byte by byte, along a walk through a real scan."""
+    monkeypatch.setattr(TokenProgram, "TAIL", tail)
     tok = ByteTokenizer()
     c = constraint_for(codec, tok)
     suffixes = [b"\xff", b"\xff\x00", b"\xff\x00\xff", b"\xff\xd0", b"\xff\xd1", b"\xff\xd9", b"\x00"]

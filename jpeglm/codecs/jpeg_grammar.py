@@ -159,6 +159,7 @@ class JpegScanGrammar(Grammar):
         self._finish_cache: dict[tuple, bytes] = {}
         self._bits_cache: dict[tuple, tuple] = {}
         self._min_interval: bytes | None = None
+        self._markers_cache: dict[int, bytes] = {}
         self._header_np = np.frombuffer(self.header, np.uint8).astype(np.int64)
 
     # --- the bit-level decoder (one interval): the rules the tables are built from -----------------
@@ -306,6 +307,9 @@ class JpegScanGrammar(Grammar):
 
     def _markers_from(self, n: int) -> bytes:
         """The marker after finished interval n (1-based), then minimal intervals and markers."""
+        hit = self._markers_cache.get(n)
+        if hit is not None:
+            return hit
         if self._min_interval is None:
             self._min_interval = self._finish_interval(self.tables.decode(self._d_start))
         out = bytearray()
@@ -313,7 +317,10 @@ class JpegScanGrammar(Grammar):
             if i > n:
                 out += self._min_interval
             out += bytes([0xFF, 0xD9 if i == self.num_intervals else 0xD0 + (i - 1) % 8])
-        return bytes(out)
+        if len(self._markers_cache) > 64:  # long strings (a few bytes per interval left): keep the few in use
+            self._markers_cache.clear()
+        self._markers_cache[n] = out = bytes(out)  # end steering asks for the same count again and again
+        return out
 
     def _finish_interval(self, st: tuple) -> bytes:
         """Fewest bits from bit-level state `st` (at a byte boundary) to the end of its interval,

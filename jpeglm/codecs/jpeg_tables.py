@@ -69,6 +69,7 @@ class DecoderTables:
         # the same, each next id premultiplied by COLS (`TokenProgram.walk`: one add, one take per column)
         self.flat_x = both.reshape(-1) * COLS
         self.lo_x = self.flat_x[n * COLS :].reshape(n, COLS)
+        self.flat_x_mv = memoryview(self.flat_x)
         # flat views for scalar steps: indexing a memoryview gives a Python int, ~3x faster than numpy
         self.hi_flat = memoryview(hi.reshape(-1))
         self.lo_flat = memoryview(lo.reshape(-1))
@@ -221,8 +222,17 @@ class TokenProgram:
                 half[r, j], col[r, j] = h, c
         self.first = col[:, 0] * 16 + col[:, 1]  # the first byte
         # per later column, each token's offset into `tables.flat_x` (+ its current id x COLS)
-        self.offsets = [np.ascontiguousarray(half[:, j] * (tables.n * COLS) + col[:, j]) for j in range(2, width)]
+        offs = half * (tables.n * COLS) + col
+        # Columns that only a few long tokens still use cost a numpy call each all the same: from the
+        # first column with fewer than TAIL tokens on, those tokens go on in Python (`tail`).
+        active = (col != KEEP).sum(0)
+        vec = next((j for j in range(2, width) if active[j] < self.TAIL), width)
+        self.offsets = [np.ascontiguousarray(offs[:, j]) for j in range(2, vec)]
+        self.tail = [(t, [int(o) for o, c in zip(offs[t, vec:], col[t, vec:]) if c != KEEP])
+                     for t in range(len(progs)) if (col[t, vec:] != KEEP).any()]
         self.tables = tables
+
+    TAIL = 16
 
     def walk(self, d: int) -> np.ndarray:
         """Every token's end id x COLS from decoder state `d`: DEAD_X refused, ESC_X undecided (ask
@@ -232,6 +242,14 @@ class TokenProgram:
         flat = t.flat_x
         for off in self.offsets:
             cur = flat[cur + off]
+        if self.tail:
+            mv = t.flat_x_mv
+            for tok, offs in self.tail:
+                x = int(cur[tok])
+                if x != DEAD_X and x != ESC_X:  # both absorbing: nothing to walk
+                    for off in offs:
+                        x = mv[x + off]
+                    cur[tok] = x
         return cur
 
 
