@@ -1,7 +1,8 @@
 """The grammar constraint's cost per generated token, over whole constrained 256x256 samples.
 
-Constraint work = the time the decode loop spends in constraint code (end steering checks, forced
-tokens, the candidate checks or the masks, the grammar advance and the end test; counted by
+Constraint work = the CPU time (this thread's, `time.thread_time`: wall time would count the waits
+on a loaded machine) the decode loop spends in constraint code (end steering checks, forced tokens,
+the candidate checks or the masks, the grammar advance and the end test; counted by
 `Batch.constraint_s`), divided by the tokens generated. Measured for the byte and a BPE-320
 tokenizer, a random tiny Llama (the worst case: flat logits, so the noisy winner is often a token
 the grammar refuses or outside the top-k) and the same shape briefly trained on real scans, both ways the
@@ -165,20 +166,25 @@ def main(argv=None) -> int:
         "",
         (f"{args.num} unconditional constrained {size}x{size} samples per row (a JPEG each, end steering finishes it within "
         f"{args.budget} tokens), batch {args.batch}, top-k 50, T 1; tiny Llama (2 layers, hidden 64), random or trained "
-        "briefly on the scans of a few photos. Constraint work = time in constraint code / generated tokens "
-        "(`Batch.constraint_s`). Goal: <= 50 us/token."),
+        "briefly on the scans of a few photos. Constraint work = CPU time of the sampling thread "
+        "(`time.thread_time`, not wall time: the machine may be shared) in constraint code / generated tokens "
+        "(`Batch.constraint_s`). Goal: <= 50 us/token. `ids` fingerprints every sample's tokens (the same "
+        "fingerprint: the same samples)."),
         "",
-        "| tokenizer | model | choice | constraint us / token | tokens | tokens/s (whole loop) | strictly decodable |",
-        "|---|---|---|---|---|---|---|",
+        "| tokenizer | model | choice | constraint us / token | tokens | tokens/s (whole loop) | strictly decodable | ids |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         model = r["model"] + (f" (loss {r['loss']:.2f})" if r["loss"] is not None else "")
         lines.append(f"| {r['tokenizer']} | {model} | {r['mode']} | {r['us_per_token']:.1f} | {r['tokens']} | "
-                     f"{r['tok_s']:.0f} | {r['strict']}/{r['n']} |")
+                     f"{r['tok_s']:.0f} | {r['strict']}/{r['n']} | {r['ids_sha']} |")
     lines += [
         "",
-        ("`candidates`: one Gumbel draw per row and step, the first allowed candidate in noisy order (top-k of the "
-        "allowed tokens exact), forced tokens without a draw; the default whenever top-p is off and T > 0. `mask`: "
+        ("`candidates`: one Gumbel draw per row and step, the best allowed candidate in noisy order (top-k of the "
+        "allowed tokens exact): the noisy winner by one check when it is allowed and in the top-k, else from the "
+        "state's whole mask (JPEG: cached per grammar state, a new state's mask one numpy walk over the decoder "
+        "tables, jpeglm/codecs/jpeg_tables.py); forced tokens without a draw; the default whenever top-p is off and "
+        "T > 0. `mask`: "
         "the whole token mask per row and step (cached per grammar state), then top-k and a multinomial draw; kept "
         "for greedy decoding and top-p. Both sample the same distribution."),
     ]
