@@ -78,13 +78,14 @@ def pick_allowed(scaled, noise, allows, top_k: int, cached_mask=None, mask=None)
 
 
 def _pick_in_mask(s: np.ndarray, noisy: np.ndarray, m: np.ndarray, k: int) -> int | None:
-    """The pick from the whole mask, vectorised: the k-th largest allowed logit, then the best
-    allowed noisy score at or above it."""
+    """The pick from the whole mask, vectorised: the k-th largest allowed logit (refused tokens at
+    -inf, so it is the k-th largest of all), then the best allowed noisy score at or above it."""
     keep = m
     if k:
-        allowed = s[m]
-        if len(allowed) > k:
-            keep = m & (s >= np.partition(allowed, len(allowed) - k)[len(allowed) - k])
+        sm = np.where(m, s, NEG_INF)
+        thr = np.partition(sm, len(sm) - k)[len(sm) - k]
+        if thr != NEG_INF:  # else fewer than k allowed (finite) tokens: all allowed ones stay
+            keep = sm >= thr
     score = np.where(keep, noisy, NEG_INF)
     t = int(score.argmax())
     return None if score[t] == NEG_INF else t
