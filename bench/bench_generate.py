@@ -91,83 +91,214 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def time_ours(model, tok, codec, prompt, batch: int, new: int, constrain: bool, device="cpu") -> tuple[float, int]:
-    """Seconds and new tokens of one call of jpeglm's sampler."""
+class StepClock:
+    """Timestamps of the decode steps inside one call: ours ticks in its `on_step` hook (after each
+    token is chosen), generate() in a logits processor (before each token is chosen). Both tick once per
+    new token, so from the first tick to the last lie new - 1 steps of every row: the decode alone, the
+    prefill (and the first token, which comes from the prefill's logits) before it."""
+
+    def __init__(self, device="cpu"):
+        self.device, self.ticks = device, []
+
+    def tick(self) -> None:
+        _sync(self.device)
+        self.ticks.append(time.perf_counter())
+
+    def __call__(self, *args):  # as an `on_step` hook: None lets the run go on; as a logits processor: the scores
+        self.tick()
+        return args[-1] if len(args) == 2 else None
+
+    def result(self, start: float, end: float, rows: int, new_tokens: int) -> dict:
+        """One call's figures: the whole call, and its decode steps (first tick -> last tick)."""
+        decode_s = self.ticks[-1] - self.ticks[0] if len(self.ticks) > 1 else float("nan")
+        return {"call_s": end - start, "new_tokens": new_tokens, "decode_s": decode_s,
+                "decode_tokens": new_tokens - rows if len(self.ticks) > 1 else 0}
+
+
+def call_ours(model, tok, codec, prompt, batch: int, new: int, constrain: bool, device="cpu") -> dict:
+    """One call of jpeglm's sampler (see StepClock.result)."""
     from jpeglm.sample import SamplerConfig, generate
 
     cfg = SamplerConfig(max_new_tokens=new, batch_size=batch, constrain=constrain, steer=False)
+    clock = StepClock(device)
     _sync(device)
     t = time.perf_counter()
-    samples = generate(model, NoEos(tok), codec, [prompt], batch, cfg, device)
+    samples = generate(model, NoEos(tok), codec, [prompt], batch, cfg, device, on_step=clock)
     _sync(device)
-    return time.perf_counter() - t, sum(s.n_new_tokens for s in samples)
+    return clock.result(t, time.perf_counter(), batch, sum(s.n_new_tokens for s in samples))
 
 
-def time_generate(model, tok, prompt, batch: int, new: int, cache: str, device="cpu") -> tuple[float, int]:
-    """Seconds and new tokens of one generate() call; cache is 'static' or 'dynamic'."""
+def generate_kwargs(cache: str, compile_: bool = False) -> dict:
+    """generate()'s cache settings. Static + compile is transformers' own path: with a static cache
+    generate() compiles the decode step's forward (`get_compiled_call`, the prefill stays eager) on
+    GPUs, and on any device with `CompileConfig._compile_all_devices` (the flag transformers sets for
+    this on CPU). Its `dynamic=False`: the fixed shapes of the static cache."""
+    if cache == "dynamic":
+        return {}
+    if not compile_:
+        return {"cache_implementation": "static", "disable_compile": True}
+    from transformers import CompileConfig
+
+    cc = CompileConfig(dynamic=False, fullgraph=True, mode="default")
+    cc._compile_all_devices = True
+    return {"cache_implementation": "static", "compile_config": cc}
+
+
+def call_generate(model, tok, prompt, batch: int, new: int, cache: str, device="cpu", compile_: bool = False) -> dict:
+    """One generate() call (see StepClock.result); cache is 'static' or 'dynamic'."""
+    from transformers import LogitsProcessorList
+
     ids = torch.tensor([tok.encode(prompt, bos=True, eos=False)] * batch, device=device)
-    kw = {"cache_implementation": "static", "disable_compile": True} if cache == "static" else {}
+    clock = StepClock(device)
     _sync(device)
     t = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=50, top_p=1.0,
                              temperature=1.0, max_new_tokens=new, min_new_tokens=new, eos_token_id=tok.eos_id,
-                             pad_token_id=tok.pad_id, **kw)
+                             pad_token_id=tok.pad_id, logits_processor=LogitsProcessorList([clock]),
+                             **generate_kwargs(cache, compile_))
     _sync(device)
-    return time.perf_counter() - t, int(out.shape[0] * (out.shape[1] - ids.shape[1]))
+    return clock.result(t, time.perf_counter(), batch, int(out.shape[0] * (out.shape[1] - ids.shape[1])))
 
 
 VARIANTS = ("ours constrained", "ours unconstrained", "generate() static", "generate() dynamic")
+COMPILE = " + compile"
+
+
+def call_variant(variant: str, model, tok, codec, prompt, batch: int, new: int, device="cpu") -> dict:
+    """One call of a variant; a name ending in COMPILE takes the model from `compiled_models`."""
+    compile_ = variant.endswith(COMPILE)
+    base = variant.removesuffix(COMPILE)
+    if base.startswith("ours"):
+        m = compiled_models(model)["ours"] if compile_ else model
+        return call_ours(m, tok, codec, prompt, batch, new, base == "ours constrained", device)
+    cache = base.split()[-1]
+    m = compiled_models(model)[cache] if compile_ else model
+    return call_generate(m, tok, prompt, batch, new, cache, device, compile_)
 
 
 def run_variant(variant: str, model, tok, codec, prompt, batch: int, new: int, device="cpu") -> tuple[float, int]:
-    if variant.startswith("ours"):
-        return time_ours(model, tok, codec, prompt, batch, new, variant == "ours constrained", device)
-    return time_generate(model, tok, prompt, batch, new, variant.split()[-1], device)
+    """Seconds and new tokens of one whole call (bench/gpu/bench.py times these)."""
+    r = call_variant(variant, model, tok, codec, prompt, batch, new, device)
+    return r["call_s"], r["new_tokens"]
 
 
-def compiled(model, dynamic: bool):
-    """The model with its forward wrapped by torch.compile (a new wrapper; the weights are shared)."""
+def decode_compiled(model, dynamic=None):
+    """A shallow copy of `model` (the weights are shared) whose single-token forward calls (the decode
+    steps) run through torch.compile; longer ones (the prefill) stay eager, as in generate()'s own
+    compile path. dynamic=None: torch's automatic dynamic shapes (the cache grows every step: one
+    recompile marks its length dynamic)."""
     import copy
 
     m = copy.copy(model)
-    m.forward = torch.compile(model.forward, dynamic=dynamic)
+    fast = torch.compile(model.forward, dynamic=dynamic)
+
+    def forward(*args, **kw):
+        ids = kw.get("input_ids", args[0] if args else None)
+        return fast(*args, **kw) if ids is not None and ids.shape[-1] == 1 else model.forward(*args, **kw)
+
+    m.forward = forward
     return m
 
 
-def measure(model, tok, codec, prompt, batches, new: int, reps: int, variants=VARIANTS, device="cpu", log=print) -> list[dict]:
-    """Per batch and variant: the medians over `reps` interleaved repetitions of the whole call's new
-    tokens/s (prefill included) and of the decode rate (the extra tokens of the `new`-token call over a
-    1-token call, per extra second: prefill cancels out)."""
+_COMPILED: dict = {}
+
+
+def compiled_models(model) -> dict:
+    """The compiled wrappers of `model`, made once: ours (its decode step), generate() dynamic (the
+    same), generate() static (a copy, so that transformers' compiled call it caches on the model
+    stays off the eager variants)."""
+    import copy
+
+    if id(model) not in _COMPILED:
+        _COMPILED[id(model)] = {"ours": decode_compiled(model), "dynamic": decode_compiled(model),
+                                "static": copy.copy(model)}
+    return _COMPILED[id(model)]
+
+
+def dynamo_counts() -> dict:
+    """Dynamo's running totals: graphs compiled (each recompile is one) and graph breaks."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": int(counters["stats"]["unique_graphs"]), "breaks": int(sum(counters["graph_break"].values()))}
+
+
+def measure(model, tok, codec, prompt, plan, variants, device="cpu", log=print) -> list[dict]:
+    """For each (batch, new tokens, reps) of `plan` and each variant: medians over `reps` interleaved
+    calls of the whole call's new tokens/s (prefill included) and of the decode rate (StepClock). Every
+    variant first runs one untimed call of the same size (compile, recompiles, allocations); graphs
+    compiled during the timed calls are counted per variant (`recompiles`: should be 0)."""
     rows = []
-    for b in batches:
-        whole, decode = {v: [] for v in variants}, {v: [] for v in variants}
+    for b, new, reps in plan:
+        whole, decode, recompiles = ({v: [] for v in variants} for _ in range(3))
         for v in variants:
-            run_variant(v, model, tok, codec, prompt, b, min(new, 4), device)  # warm-up (and compile)
+            t = time.perf_counter()
+            call_variant(v, model, tok, codec, prompt, b, new, device)  # warm-up (and compile)
+            log(f"batch {b}: warm-up {v}: {time.perf_counter() - t:.1f} s, dynamo {dynamo_counts()}")
         for _ in range(reps):
             for v in variants:
-                t1, n1 = run_variant(v, model, tok, codec, prompt, b, 1, device)
-                secs, n = run_variant(v, model, tok, codec, prompt, b, new, device)
-                whole[v].append(n / secs)
-                decode[v].append((n - n1) / (secs - t1) if secs > t1 and n > n1 else float("nan"))
+                before = dynamo_counts()["graphs"]
+                r = call_variant(v, model, tok, codec, prompt, b, new, device)
+                recompiles[v].append(dynamo_counts()["graphs"] - before)
+                whole[v].append(r["new_tokens"] / r["call_s"])
+                decode[v].append(r["decode_tokens"] / r["decode_s"] if r["decode_tokens"] else float("nan"))
         for v in variants:
-            rows.append({"batch": b, "variant": v, "decode_tokens_per_s": statistics.median(decode[v]),
-                         "tokens_per_s": statistics.median(whole[v]), "runs": decode[v]})
+            base = v.removesuffix(COMPILE)
+            rows.append({"batch": b, "new": new, "reps": reps, "variant": base, "compile": v.endswith(COMPILE),
+                         "decode_tokens_per_s": statistics.median(decode[v]), "tokens_per_s": statistics.median(whole[v]),
+                         "decode_runs": decode[v], "runs": whole[v], "recompiles": sum(recompiles[v])})
             log(json.dumps(rows[-1]))
     return rows
 
 
-def table(rows: list[dict]) -> list[str]:
+def table(rows: list[dict], key: str = "decode_tokens_per_s") -> list[str]:
+    """Rows: batch x (eager, compile); columns: the variants, then ours constrained over the best
+    generate() at that batch (eager or compiled, whichever is faster)."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    lines = ["| batch | " + " | ".join(variants) + " | ours constrained / best generate() |",
-             "|---|" + "---:|" * (len(variants) + 1)]
+    lines = ["| batch | new | torch.compile | " + " | ".join(variants) + " | ours constrained / best generate() |",
+             "|---:|---:|---|" + "---:|" * (len(variants) + 1)]
     for b in sorted({r["batch"] for r in rows}):
-        got = {r["variant"]: r["decode_tokens_per_s"] for r in rows if r["batch"] == b}
-        gens = [v for k, v in got.items() if k.startswith("generate()")]
-        ours = next((v for k, v in got.items() if k.startswith("ours constrained")), None)
-        ratio = f"{ours / max(gens):.2f}x" if gens and ours else "n/a"
-        lines.append(f"| {b} | " + " | ".join(f"{got.get(v, float('nan')):.1f}" for v in variants) + f" | {ratio} |")
+        at = [r for r in rows if r["batch"] == b]
+        best = max((r[key] for r in at if r["variant"].startswith("generate()")), default=None)
+        for comp in sorted({r["compile"] for r in at}):
+            got = {r["variant"]: r[key] for r in at if r["compile"] == comp}
+            ours = got.get("ours constrained")
+            ratio = f"{ours / best:.2f}x" if best and ours else "n/a"
+            new = next(r["new"] for r in at)
+            lines.append(f"| {b} | {new} | {'yes' if comp else 'no'} | "
+                         + " | ".join(f"{got.get(v, float('nan')):.1f}" for v in variants) + f" | {ratio} |")
     return lines
+
+
+def summary(rows: list[dict], batch: int = 8) -> str:
+    """The issue's figure: ours constrained against the best generate() configuration at `batch`."""
+    at = [r for r in rows if r["batch"] == batch]
+    if not at:
+        return ""
+    out = []
+    for key, what in (("tokens_per_s", "end to end (prefill included)"), ("decode_tokens_per_s", "decode-only")):
+        gen = max((r for r in at if r["variant"].startswith("generate()")), key=lambda r: r[key])
+        ours = max((r for r in at if r["variant"] == "ours constrained"), key=lambda r: r[key])
+        name = lambda r: r["variant"] + (" + compile" if r["compile"] else "")  # noqa: E731
+        out.append(f"{what}: {name(ours)} {ours[key]:.1f} tokens/s vs {name(gen)} {gen[key]:.1f}, "
+                   f"{ours[key] / gen[key]:.2f}x")
+    return f"At batch {batch} (goal 1.5x): " + "; ".join(out) + "."
+
+
+def compile_note(rows: list[dict]) -> str:
+    comp = [r for r in rows if r["compile"]]
+    if not comp:
+        return ""
+    n = sum(r["recompiles"] for r in comp)
+    return (f"torch.compile: graphs compiled during the timed calls (after each variant's untimed warm-up call "
+            f"at that batch): {n}" + (" (0: no recompiles per step)" if n == 0 else
+            " (" + ", ".join(f"{r['variant']} batch {r['batch']}: {r['recompiles']}" for r in comp if r["recompiles"]) + ")")
+            + ".")
+
+
+def plan(batches, new: int, reps: int, large_from: int, new_large: int, reps_large: int) -> list[tuple[int, int, int]]:
+    """(batch, new tokens, reps) per batch: batches >= large_from run new_large tokens, reps_large times."""
+    return [(b, new_large, reps_large) if b >= large_from else (b, new, reps) for b in batches]
 
 
 def main(argv=None) -> int:
@@ -176,37 +307,48 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new", type=int, default=128, help="new tokens per row")
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per batch (medians)")
+    ap.add_argument("--large-from", type=int, default=32, help="batches from this size on use --new-large / --reps-large")
+    ap.add_argument("--new-large", type=int, default=64, help="new tokens per row at the large batches")
+    ap.add_argument("--reps-large", type=int, default=1, help="repetitions at the large batches")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--image-size", type=int, default=256, help="side of the JPEG the prompt comes from")
     ap.add_argument("--write", default=None, metavar="MD", help="write the results as markdown (bench/results/generate.md)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch._dynamo.config.recompile_limit = 64  # the compiled wrappers share forward's code object
     from jpeglm.tokenizer import ByteTokenizer
 
+    t0 = time.perf_counter()
     tok = ByteTokenizer()
     prompt, codec = jpeg_prompt(args.image_size)
     model = random_llama(args.shape, tok.vocab_size)
-    rows = [dict(r, compile=False) for r in measure(model, tok, codec, prompt, args.batches, args.new, args.reps)]
-    if not args.no_compile:
-        # ours: dynamic shapes (its cache grows, rows finish); generate() static: fixed shapes by design
-        for variants, dyn in (((VARIANTS[0],), True), ((VARIANTS[2],), False)):
-            m = compiled(model, dyn)
-            rows += [dict(r, variant=r["variant"] + " + compile", compile=True)
-                     for r in measure(m, tok, codec, prompt, args.batches, args.new, args.reps, variants)]
-    lines = table(rows)
-    print("\n".join(lines))
+    variants = list(VARIANTS) + ([] if args.no_compile else [v + COMPILE for v in VARIANTS])
+    todo = plan(args.batches, args.new, args.reps, args.large_from, args.new_large, args.reps_large)
+    rows = measure(model, tok, codec, prompt, todo, variants)
+    minutes = (time.perf_counter() - t0) / 60
+    lines = ["Decode tokens/s (prefill excluded):", ""] + table(rows) + ["", "End to end tokens/s (new tokens / whole call, prefill included):", ""] \
+        + table(rows, "tokens_per_s")
+    notes = [x for x in (summary(rows), compile_note(rows)) if x]
+    print("\n".join(lines + [""] + notes))
     if args.write:
         import transformers
 
+        sizes = ", ".join(f"batch {b}: {n} new tokens per row, {r} run(s)" for b, n, r in todo)
         head = ["# Sampler vs generate() (bench/bench_generate.py)", "",
                 (f"Machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}, "
-                f"transformers {transformers.__version__}. Random Llama, shape `{args.shape}`, byte vocabulary, fp32; "
-                f"prompt = top 4/16 MCU rows of a {args.image_size}x{args.image_size} JPEG ({len(prompt)} bytes), "
-                f"{args.new} new tokens per row, medians of {args.reps} interleaved runs; decode tokens/s "
-                 "(a call's new tokens beyond a 1-token call's, per extra second: prefill excluded)."), "",
-                f"Command: `python bench/bench_generate.py --write {args.write}`", ""]
-        Path(args.write).write_text("\n".join(head + lines + ["", "Raw: `" + json.dumps(rows) + "`", ""]))
+                 f"transformers {transformers.__version__}. Random Llama, shape `{args.shape}`, byte vocabulary, fp32, "
+                 f"sampling with top-k 50; prompt = top 4/16 MCU rows of a {args.image_size}x{args.image_size} JPEG "
+                 f"({len(prompt)} bytes); {sizes} (medians; the variants interleaved). Decode tokens/s = the tokens of "
+                 "a call's decode steps over their time, timed inside the call (ours: its `on_step` hook; generate(): "
+                 "a logits processor): from the first new token to the last. End to end = all new tokens over the "
+                 "whole call, prefill included (ours prefills a prompt shared by the batch once; generate() once per row). "
+                 "torch.compile: the single-token forward of the decode steps (ours, generate() dynamic: "
+                 "`torch.compile(model.forward)`, automatic dynamic shapes; generate() static: transformers' own "
+                 "compiled decode step, `compile_config`), each variant run once untimed first at each batch."), "",
+                f"Command: `OMP_NUM_THREADS=1 python bench/bench_generate.py --write {args.write}` "
+                f"({time.strftime('%Y-%m-%d')}, {minutes:.1f} min)", ""]
+        Path(args.write).write_text("\n".join(head + notes + [""] + lines + ["", "Raw: `" + json.dumps(rows) + "`", ""]))
     return 0
 
 
