@@ -144,11 +144,19 @@ def generate_kwargs(cache: str, compile_: bool = False) -> dict:
     return {"cache_implementation": "static", "compile_config": cc}
 
 
-def call_generate(model, tok, prompt, batch: int, new: int, cache: str, device="cpu", compile_: bool = False) -> dict:
-    """One generate() call (see StepClock.result); cache is 'static' or 'dynamic'."""
+def call_generate(model, tok, prompt, batch: int, new: int, cache: str, device="cpu", compile_: bool = False,
+                  cache_len: int | None = None) -> dict:
+    """One generate() call (see StepClock.result); cache is 'static' or 'dynamic'. A static cache holds
+    the prompt + new - 1 positions generate() sizes it to, or `cache_len` (a warm-up with a short prompt
+    compiles the timed call's shapes)."""
     from transformers import LogitsProcessorList
 
     ids = torch.tensor([tok.encode(prompt, bos=True, eos=False)] * batch, device=device)
+    kw = generate_kwargs(cache, compile_)
+    if cache == "static":
+        kw["max_cache_len"] = cache_len or ids.shape[1] + new - 1
+        # generate() keeps its static caches as long as the longest call's so far: size each call to its own
+        model.__dict__.pop("_previous_max_cache_length", None)
     clock = StepClock(device)
     _sync(device)
     t = time.perf_counter()
@@ -156,7 +164,7 @@ def call_generate(model, tok, prompt, batch: int, new: int, cache: str, device="
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=50, top_p=1.0,
                              temperature=1.0, max_new_tokens=new, min_new_tokens=new, eos_token_id=tok.eos_id,
                              pad_token_id=tok.pad_id, logits_processor=LogitsProcessorList([clock]),
-                             **generate_kwargs(cache, compile_))
+                             **kw)
     _sync(device)
     return clock.result(t, time.perf_counter(), batch, int(out.shape[0] * (out.shape[1] - ids.shape[1])))
 
@@ -165,15 +173,20 @@ VARIANTS = ("ours constrained", "ours unconstrained", "generate() static", "gene
 COMPILE = " + compile"
 
 
-def call_variant(variant: str, model, tok, codec, prompt, batch: int, new: int, device="cpu") -> dict:
-    """One call of a variant; a name ending in COMPILE takes the model from `compiled_models`."""
+def call_variant(variant: str, model, tok, codec, prompt, batch: int, new: int, device="cpu", warm_up: int = 0) -> dict:
+    """One call of a variant; a name ending in COMPILE takes the model from `compiled_models`. `warm_up`
+    > 0: a short call of that many new tokens that compiles what the timed call of `new` tokens runs
+    (generate(): 16 prompt tokens, its static cache sized for the whole prompt + `new`; ours: the whole
+    prompt, prefilled once for the batch)."""
     compile_ = variant.endswith(COMPILE)
     base = variant.removesuffix(COMPILE)
     if base.startswith("ours"):
         m = compiled_models(model)["ours"] if compile_ else model
-        return call_ours(m, tok, codec, prompt, batch, new, base == "ours constrained", device)
+        return call_ours(m, tok, codec, prompt, batch, warm_up or new, base == "ours constrained", device)
     cache = base.split()[-1]
     m = compiled_models(model)[cache] if compile_ else model
+    if warm_up:
+        return call_generate(m, tok, prompt[:15], batch, warm_up, cache, device, compile_, cache_len=len(prompt) + new)
     return call_generate(m, tok, prompt, batch, new, cache, device, compile_)
 
 
@@ -223,17 +236,24 @@ def dynamo_counts() -> dict:
     return {"graphs": int(counters["stats"]["unique_graphs"]), "breaks": int(sum(counters["graph_break"].values()))}
 
 
-def measure(model, tok, codec, prompt, plan, variants, device="cpu", log=print) -> list[dict]:
+def measure(model, tok, codec, prompt, plan, variants, device="cpu", log=print, done=None) -> list[dict]:
     """For each (batch, new tokens, reps) of `plan` and each variant: medians over `reps` interleaved
-    calls of the whole call's new tokens/s (prefill included) and of the decode rate (StepClock). Every
-    variant first runs one untimed call of the same size (compile, recompiles, allocations); graphs
-    compiled during the timed calls are counted per variant (`recompiles`: should be 0)."""
+    calls of the whole call's new tokens/s (prefill included) and of the decode rate (StepClock).
+    Untimed first: at the first batch one call of each variant of the timed size (one-time costs); then
+    before every batch short warm-up calls of the compiled variants (`call_variant(warm_up=4)`, then 6:
+    two budgets so the cache's length is a dynamic dimension from the start) that compile what the timed
+    calls run. Graphs compiled during the timed calls are counted per variant (`recompiles`: should
+    be 0). `done(rows)` is called after each batch (the results so far)."""
     rows = []
-    for b, new, reps in plan:
+    for i, (b, new, reps) in enumerate(plan):
         whole, decode, recompiles = ({v: [] for v in variants} for _ in range(3))
         for v in variants:
             t = time.perf_counter()
-            call_variant(v, model, tok, codec, prompt, b, new, device)  # warm-up (and compile)
+            if v.endswith(COMPILE):
+                for n in (4, 6):  # two budgets: ours' slab capacity is dynamic from then on
+                    call_variant(v, model, tok, codec, prompt, b, new, device, warm_up=n)
+            if i == 0:
+                call_variant(v, model, tok, codec, prompt, b, new, device)
             log(f"batch {b}: warm-up {v}: {time.perf_counter() - t:.1f} s, dynamo {dynamo_counts()}")
         for _ in range(reps):
             for v in variants:
@@ -248,6 +268,8 @@ def measure(model, tok, codec, prompt, plan, variants, device="cpu", log=print) 
                          "decode_tokens_per_s": statistics.median(decode[v]), "tokens_per_s": statistics.median(whole[v]),
                          "decode_runs": decode[v], "runs": whole[v], "recompiles": sum(recompiles[v])})
             log(json.dumps(rows[-1]))
+        if done is not None:
+            done(rows)
     return rows
 
 
@@ -279,7 +301,7 @@ def summary(rows: list[dict], batch: int = 8) -> str:
     for key, what in (("tokens_per_s", "end to end (prefill included)"), ("decode_tokens_per_s", "decode-only")):
         gen = max((r for r in at if r["variant"].startswith("generate()")), key=lambda r: r[key])
         ours = max((r for r in at if r["variant"] == "ours constrained"), key=lambda r: r[key])
-        name = lambda r: r["variant"] + (" + compile" if r["compile"] else "")  # noqa: E731
+        name = lambda r: r["variant"] + (" + compile" if r["compile"] else "")
         out.append(f"{what}: {name(ours)} {ours[key]:.1f} tokens/s vs {name(gen)} {gen[key]:.1f}, "
                    f"{ours[key] / gen[key]:.2f}x")
     return f"At batch {batch} (goal 1.5x): " + "; ".join(out) + "."
@@ -290,8 +312,8 @@ def compile_note(rows: list[dict]) -> str:
     if not comp:
         return ""
     n = sum(r["recompiles"] for r in comp)
-    return (f"torch.compile: graphs compiled during the timed calls (after each variant's untimed warm-up call "
-            f"at that batch): {n}" + (" (0: no recompiles per step)" if n == 0 else
+    return (f"torch.compile: graphs compiled during the timed calls (after the untimed warm-ups "
+            f"of each batch): {n}" + (" (0: no recompiles per step)" if n == 0 else
             " (" + ", ".join(f"{r['variant']} batch {r['batch']}: {r['recompiles']}" for r in comp if r["recompiles"]) + ")")
             + ".")
 
@@ -325,16 +347,19 @@ def main(argv=None) -> int:
     model = random_llama(args.shape, tok.vocab_size)
     variants = list(VARIANTS) + ([] if args.no_compile else [v + COMPILE for v in VARIANTS])
     todo = plan(args.batches, args.new, args.reps, args.large_from, args.new_large, args.reps_large)
-    rows = measure(model, tok, codec, prompt, todo, variants)
-    minutes = (time.perf_counter() - t0) / 60
-    lines = ["Decode tokens/s (prefill excluded):", ""] + table(rows) + ["", "End to end tokens/s (new tokens / whole call, prefill included):", ""] \
-        + table(rows, "tokens_per_s")
-    notes = [x for x in (summary(rows), compile_note(rows)) if x]
-    print("\n".join(lines + [""] + notes))
-    if args.write:
+
+    def report(rows: list[dict]) -> None:
+        minutes = (time.perf_counter() - t0) / 60
+        lines = ["Decode tokens/s (prefill excluded):", ""] + table(rows) \
+            + ["", "End to end tokens/s (new tokens / whole call, prefill included):", ""] + table(rows, "tokens_per_s")
+        notes = [x for x in (summary(rows), compile_note(rows)) if x]
+        print("\n".join(lines + [""] + notes), flush=True)
+        if not args.write:
+            return
         import transformers
 
         sizes = ", ".join(f"batch {b}: {n} new tokens per row, {r} run(s)" for b, n, r in todo)
+        missing = sorted(set(args.batches) - {r["batch"] for r in rows})
         head = ["# Sampler vs generate() (bench/bench_generate.py)", "",
                 (f"Machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}, "
                  f"transformers {transformers.__version__}. Random Llama, shape `{args.shape}`, byte vocabulary, fp32, "
@@ -345,10 +370,14 @@ def main(argv=None) -> int:
                  "whole call, prefill included (ours prefills a prompt shared by the batch once; generate() once per row). "
                  "torch.compile: the single-token forward of the decode steps (ours, generate() dynamic: "
                  "`torch.compile(model.forward)`, automatic dynamic shapes; generate() static: transformers' own "
-                 "compiled decode step, `compile_config`), each variant run once untimed first at each batch."), "",
+                 "compiled decode step, `compile_config`), compiled by short untimed warm-up calls before each batch; "
+                 f"one untimed call of every variant at batch {todo[0][0]} first."), "",
                 f"Command: `OMP_NUM_THREADS=1 python bench/bench_generate.py --write {args.write}` "
-                f"({time.strftime('%Y-%m-%d')}, {minutes:.1f} min)", ""]
+                f"({time.strftime('%Y-%m-%d')}, {minutes:.1f} min"
+                + (f"; batches {missing} not reached yet" if missing else "") + ")", ""]
         Path(args.write).write_text("\n".join(head + notes + [""] + lines + ["", "Raw: `" + json.dumps(rows) + "`", ""]))
+
+    measure(model, tok, codec, prompt, todo, variants, done=report)
     return 0
 
 
