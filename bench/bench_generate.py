@@ -11,11 +11,16 @@ rows of a canonical 256x256 JPEG of an astronaut (bytes -> byte tokens). At batc
   ours (constraint off)  the same, unconstrained
   generate() static      cache_implementation="static", min_new_tokens = max_new_tokens
   generate() dynamic     its default DynamicCache
-each without and (unless --no-compile) with `torch.compile` of the model's forward (ours: dynamic
-shapes, as the prompt and batch change; generate() static: the fixed shapes of its cache), a warm-up
-call first so compile time is not counted. Runs of one batch are interleaved, `--reps` times, medians.
-The table's figure is the decode rate: new tokens/s of a `--new`-token call beyond a 1-token call of
-the same variant (the prompt's prefill cancels out); the whole call's tokens/s is in the raw JSON.
+each without and (unless --no-compile) with `torch.compile` of the decode step's forward (ours and
+generate() dynamic: automatic dynamic shapes, as the cache grows and the batch changes; generate()
+static: transformers' own compiled decode step, fixed shapes). Compiling is left out of the timings:
+short untimed warm-up calls before each batch compile what the timed calls run, and the graphs Dynamo
+compiles during the timed calls are counted (0 in a sound run: no recompiles per step). Runs of one
+batch are interleaved, medians over `--reps`; batches >= `--large-from` (32) run `--new-large` tokens
+`--reps-large` times (generate()'s prefill of 32 x 1.5k tokens alone takes ~1 min here).
+Decode rate: the new tokens of a call's decode steps over their time, timed inside that call (ours:
+its `on_step` hook; generate(): a logits processor), so the prefill is excluded without a second
+call; end to end: all new tokens over the whole call.
 The functions are also what bench/gpu/bench.py times on a GPU.
 """
 
@@ -239,8 +244,8 @@ def dynamo_counts() -> dict:
 def measure(model, tok, codec, prompt, plan, variants, device="cpu", log=print, done=None) -> list[dict]:
     """For each (batch, new tokens, reps) of `plan` and each variant: medians over `reps` interleaved
     calls of the whole call's new tokens/s (prefill included) and of the decode rate (StepClock).
-    Untimed first: at the first batch one call of each variant of the timed size (one-time costs); then
-    before every batch short warm-up calls of the compiled variants (`call_variant(warm_up=4)`, then 6:
+    Untimed first: at the first batch one call of each eager variant of the timed size (one-time
+    costs); before every batch short warm-up calls of the compiled variants (`call_variant(warm_up=4)`, then 6:
     two budgets so the cache's length is a dynamic dimension from the start) that compile what the timed
     calls run. Graphs compiled during the timed calls are counted per variant (`recompiles`: should
     be 0). `done(rows)` is called after each batch (the results so far)."""
@@ -252,7 +257,7 @@ def measure(model, tok, codec, prompt, plan, variants, device="cpu", log=print, 
             if v.endswith(COMPILE):
                 for n in (4, 6):  # two budgets: ours' slab capacity is dynamic from then on
                     call_variant(v, model, tok, codec, prompt, b, new, device, warm_up=n)
-            if i == 0:
+            elif i == 0:
                 call_variant(v, model, tok, codec, prompt, b, new, device)
             log(f"batch {b}: warm-up {v}: {time.perf_counter() - t:.1f} s, dynamo {dynamo_counts()}")
         for _ in range(reps):
@@ -330,7 +335,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new", type=int, default=128, help="new tokens per row")
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per batch (medians)")
     ap.add_argument("--large-from", type=int, default=32, help="batches from this size on use --new-large / --reps-large")
-    ap.add_argument("--new-large", type=int, default=64, help="new tokens per row at the large batches")
+    ap.add_argument("--new-large", type=int, default=32, help="new tokens per row at the large batches")
     ap.add_argument("--reps-large", type=int, default=1, help="repetitions at the large batches")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
@@ -371,7 +376,7 @@ def main(argv=None) -> int:
                  "torch.compile: the single-token forward of the decode steps (ours, generate() dynamic: "
                  "`torch.compile(model.forward)`, automatic dynamic shapes; generate() static: transformers' own "
                  "compiled decode step, `compile_config`), compiled by short untimed warm-up calls before each batch; "
-                 f"one untimed call of every variant at batch {todo[0][0]} first."), "",
+                 f"one untimed call of every eager variant at batch {todo[0][0]} first."), "",
                 f"Command: `OMP_NUM_THREADS=1 python bench/bench_generate.py --write {args.write}` "
                 f"({time.strftime('%Y-%m-%d')}, {minutes:.1f} min"
                 + (f"; batches {missing} not reached yet" if missing else "") + ")", ""]
