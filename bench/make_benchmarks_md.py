@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 # the order a reader follows the pipeline in; files not listed here come last, alphabetically
-ORDER = ["prep", "tokenizer", "jpeg", "video", "train", "sample", "constraint", "baselines", "eval", "eval_memory",
+ORDER = ["prep", "tokenizer", "jpeg", "video", "train", "sample", "constraint", "generate", "baselines", "eval", "eval_memory",
          "avc_grammar"]
 TITLES = {"avc_grammar": "H.264 grammar"}
 HEADER = """# Benchmarks
