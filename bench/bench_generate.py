@@ -244,8 +244,8 @@ def dynamo_counts() -> dict:
 def measure(model, tok, codec, prompt, plan, variants, device="cpu", log=print, done=None) -> list[dict]:
     """For each (batch, new tokens, reps) of `plan` and each variant: medians over `reps` interleaved
     calls of the whole call's new tokens/s (prefill included) and of the decode rate (StepClock).
-    Untimed first: at the first batch one call of each eager variant of the timed size (one-time
-    costs); before every batch short warm-up calls of the compiled variants (`call_variant(warm_up=4)`, then 6:
+    Untimed first: at the first batch a short call of each eager variant (one-time costs); before
+    every batch short warm-up calls of the compiled variants (`call_variant(warm_up=4)`, then 6:
     two budgets so the cache's length is a dynamic dimension from the start) that compile what the timed
     calls run. Graphs compiled during the timed calls are counted per variant (`recompiles`: should
     be 0). `done(rows)` is called after each batch (the results so far)."""
@@ -257,8 +257,8 @@ def measure(model, tok, codec, prompt, plan, variants, device="cpu", log=print, 
             if v.endswith(COMPILE):
                 for n in (4, 6):  # two budgets: ours' slab capacity is dynamic from then on
                     call_variant(v, model, tok, codec, prompt, b, new, device, warm_up=n)
-            elif i == 0:
-                call_variant(v, model, tok, codec, prompt, b, new, device)
+            elif i == 0:  # one-time costs (allocations, first calls)
+                call_variant(v, model, tok, codec, prompt, b, new, device, warm_up=4)
             log(f"batch {b}: warm-up {v}: {time.perf_counter() - t:.1f} s, dynamo {dynamo_counts()}")
         for _ in range(reps):
             for v in variants:
@@ -341,6 +341,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--image-size", type=int, default=256, help="side of the JPEG the prompt comes from")
     ap.add_argument("--write", default=None, metavar="MD", help="write the results as markdown (bench/results/generate.md)")
+    ap.add_argument("--rows-from", default=None, metavar="MD", help="keep the rows of the other batches from this "
+                    "earlier --write (complete a table one batch at a time)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch._dynamo.config.recompile_limit = 64  # the compiled wrappers share forward's code object
@@ -355,6 +357,7 @@ def main(argv=None) -> int:
 
     def report(rows: list[dict]) -> None:
         minutes = (time.perf_counter() - t0) / 60
+        rows = earlier + rows
         lines = ["Decode tokens/s (prefill excluded):", ""] + table(rows) \
             + ["", "End to end tokens/s (new tokens / whole call, prefill included):", ""] + table(rows, "tokens_per_s")
         notes = [x for x in (summary(rows), compile_note(rows)) if x]
@@ -363,7 +366,8 @@ def main(argv=None) -> int:
             return
         import transformers
 
-        sizes = ", ".join(f"batch {b}: {n} new tokens per row, {r} run(s)" for b, n, r in todo)
+        sizes = ", ".join(f"batch {b}: {n} new tokens per row, {r} run(s)" for b, n, r in
+                          sorted({(r["batch"], r["new"], r["reps"]) for r in rows} | set(todo)))
         missing = sorted(set(args.batches) - {r["batch"] for r in rows})
         head = ["# Sampler vs generate() (bench/bench_generate.py)", "",
                 (f"Machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}, "
@@ -376,12 +380,17 @@ def main(argv=None) -> int:
                  "torch.compile: the single-token forward of the decode steps (ours, generate() dynamic: "
                  "`torch.compile(model.forward)`, automatic dynamic shapes; generate() static: transformers' own "
                  "compiled decode step, `compile_config`), compiled by short untimed warm-up calls before each batch; "
-                 f"one untimed call of every eager variant at batch {todo[0][0]} first."), "",
-                f"Command: `OMP_NUM_THREADS=1 python bench/bench_generate.py --write {args.write}` "
-                f"({time.strftime('%Y-%m-%d')}, {minutes:.1f} min"
+                 "a short untimed call of every eager variant first."), "",
+                f"Command: `OMP_NUM_THREADS=1 python bench/bench_generate.py {' '.join(sys.argv[1:] if argv is None else argv)}` "
+                + (f"(batches {sorted({r['batch'] for r in earlier})} from the earlier run of `--rows-from`) " if earlier else "")
+                + f"({time.strftime('%Y-%m-%d')}, {minutes:.1f} min"
                 + (f"; batches {missing} not reached yet" if missing else "") + ")", ""]
         Path(args.write).write_text("\n".join(head + notes + [""] + lines + ["", "Raw: `" + json.dumps(rows) + "`", ""]))
 
+    earlier = []  # --rows-from: an earlier run's rows of the batches this run does not measure
+    if args.rows_from:
+        text = Path(args.rows_from).read_text()
+        earlier = [r for r in json.loads(text[text.index("Raw: `") + 6 :].split("`")[0]) if r["batch"] not in args.batches]
     measure(model, tok, codec, prompt, todo, variants, done=report)
     return 0
 

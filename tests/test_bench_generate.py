@@ -51,3 +51,15 @@ def test_main_writes_a_row_per_batch(tmp_path):
     assert "| 1 | 4 | no |" in text and "| 8 | 3 | no |" in text
     assert "At batch 8 (goal 1.5x): end to end" in text and "decode-only" in text
     assert "not reached yet" not in text
+
+
+def test_rows_from_completes_a_table_one_batch_at_a_time(tmp_path):
+    out = tmp_path / "generate.md"
+    common = ["--shape", "tiny", "--image-size", "64", "--new", "3", "--reps", "1", "--no-compile", "--write", str(out)]
+    assert bg.main(common + ["--batches", "1", "2"]) == 0
+    first = out.read_text()
+    assert bg.main(common + ["--batches", "2", "--rows-from", str(out)]) == 0
+    text = out.read_text()
+    assert "| 1 | 3 | no |" in text and "| 2 | 3 | no |" in text and "from the earlier run" in text
+    keep = [line for line in first.split("\n") if line.startswith("| 1 | 3 | no |")]
+    assert keep and all(line in text for line in keep)  # batch 1's rows kept as they were measured
