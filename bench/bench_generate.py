@@ -1,6 +1,6 @@
 """Tokens/s of our sampler against `transformers` generate() at its strongest (issue 14.2), on this CPU.
 
-    python bench/bench_generate.py --write bench/results/generate.md        # the full table (~15-25 min, idle machine)
+    python bench/bench_generate.py --write bench/results/generate.md   # the full table (23 min beside other jobs, load ~4)
     python bench/bench_generate.py --shape tiny --batches 1 2 --new 8 --reps 1 --no-compile   # smoke run
 
 One random Llama of the 25M shape (configs/model/25m.yaml; byte vocabulary, 276; weights do not change the
