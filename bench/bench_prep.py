@@ -11,7 +11,10 @@ same generated videos, and tokens per clip.
     python bench/bench_prep.py --ray                 # also --engine ray on a local Ray
 
 Rounds interleave every configuration; each figure is the best of its rounds and each ratio also the
-median of the per-round ratios (the CPU may be shared: the best run is the least disturbed).
+median of the per-round ratios (the CPU may be shared: the best run is the least disturbed). With
+--ray, all local rounds run first with Ray not started; then Ray is started, its rounds run (each
+paired with a bare-loop round of its own) and Ray is shut down, so that Ray's background processes
+never share the CPU with the other configurations.
 """
 
 from __future__ import annotations
@@ -93,17 +96,25 @@ def bench_images(args) -> list[str]:
     n = len(paths)
     rps = args.records_per_shard or PrepSettings().records_per_shard
     runs = {f"local {w}": dict(workers=w) for w in args.workers}
-    if args.ray:  # a local Ray started once, outside the timings (as a cluster would be running already)
-        import ray
 
-        ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
-        runs[f"ray {max(args.workers)}"] = dict(workers=max(args.workers), engine="ray")
+    def startup_of(name: str, kw: dict) -> float:
+        return run_prep(source, JpegCodec, kw["workers"], args.records_per_shard, limit=STARTUP_ITEMS,
+                        **{k: v for k, v in kw.items() if k != "workers"})[0]
+
+    def timed(name: str, kw: dict) -> float:
+        nonlocal manifest
+        t, manifest = run_prep(source, JpegCodec, kw["workers"], args.records_per_shard, limit=n,
+                               **{k: v for k, v in kw.items() if k != "workers"})
+        return t
+
+    # Phase 1, Ray not started: Ray's own processes (raylet, GCS, idle workers) take CPU while they
+    # are up, even between its tasks; with them beside the local rounds the bare 2-process loop fell
+    # from 1.78x to 1.25x. So every local configuration runs first, on a machine without Ray.
     # The first multi-worker prep in a process starts multiprocessing's fork server (a fresh
     # Python with our modules preloaded): a one-time cost, measured and reported on its own. On
     # 16 items, so that 2 workers get 4 units and really start a pool (2 items were one unit,
     # done in this process: the fork server then started in the first timed round).
-    startup = {name: run_prep(source, JpegCodec, kw["workers"], args.records_per_shard, limit=STARTUP_ITEMS, **{
-        k: v for k, v in kw.items() if k != "workers"})[0] for name, kw in runs.items()}
+    startup = {name: startup_of(name, kw) for name, kw in runs.items()}
     # Rounds interleave the bare loop and every configuration, so a slow minute on a shared
     # machine hits all of them alike. Each figure is the best of its rounds; each ratio is also
     # given as the median of the ratios within a round (paired, so less sensitive to the load).
@@ -121,14 +132,32 @@ def bench_images(args) -> list[str]:
         if pool is not None:
             times[ceiling].append(best(lambda: pool.map(_bare_share, [(paths, i, k) for i in range(k)]), 1))
         for name, kw in runs.items():
-            t, manifest = run_prep(source, JpegCodec, kw["workers"], args.records_per_shard, limit=n,
-                                   **{k: v for k, v in kw.items() if k != "workers"})
-            times[name].append(t)
+            times[name].append(timed(name, kw))
+    if pool is not None:
+        pool.close()
+        pool.join()
+    # Phase 2 (--ray): Ray up, its rounds each paired with a bare-loop round of their own (the
+    # reference its ratio is taken against, under the same Ray background load), then Ray shut down.
+    ray_name, ray_times = None, {}
+    if args.ray:  # a local Ray started once, outside the timings (as a cluster would be running already)
+        import ray
+
+        ray.init(num_cpus=k, include_dashboard=False, log_to_driver=False)
+        try:
+            ray_name = f"ray {k}"
+            ray_kw = {"workers": k, "engine": "ray"}
+            startup[ray_name] = startup_of(ray_name, ray_kw)
+            ray_times = {"bare (Ray up)": [], ray_name: []}
+            for _ in range(args.repeats):
+                ray_times["bare (Ray up)"].append(best(lambda: bare_pillow(paths), 1))
+                ray_times[ray_name].append(timed(ray_name, ray_kw))
+        finally:
+            ray.shutdown()
     t_bare = min(times["bare"])
     per = {name: min(times[name]) for name in runs}
 
-    def paired(a: str, b: str) -> float:  # median over rounds of time[a] / time[b]
-        return float(np.median([x / y for x, y in zip(times[a], times[b])]))
+    def paired(a: str, b: str, t: dict = times) -> float:  # median over rounds of t[a] / t[b]
+        return float(np.median([x / y for x, y in zip(t[a], t[b])]))
 
     units = {}
     for w in args.workers:
@@ -141,13 +170,22 @@ def bench_images(args) -> list[str]:
              "| what | seconds | images/s | vs bare loop |", "|---|---|---|---|",
              f"| bare Pillow loop (1 process) | {t_bare:.2f} | {n / t_bare:.1f} | 1.00x |"]
     if pool is not None:
-        pool.close()
         t_ceil = min(times[ceiling])
         lines.append(f"| bare Pillow loop split over {k} warm processes (the machine's ceiling) | {t_ceil:.2f} | "
                      f"{n / t_ceil:.1f} | {t_bare / t_ceil:.2f}x |")
     for name, kw in runs.items():
-        flag = f"--workers {kw['workers']}" + (" --engine ray" if kw.get("engine") == "ray" else "")
-        lines.append(f"| `jpeglm prep --codec jpeg {flag}` | {per[name]:.2f} | {n / per[name]:.1f} | {t_bare / per[name]:.2f}x |")
+        lines.append(f"| `jpeglm prep --codec jpeg --workers {kw['workers']}` | {per[name]:.2f} | {n / per[name]:.1f} | "
+                     f"{t_bare / per[name]:.2f}x |")
+    if ray_name is not None:
+        t_bare_ray, t_ray = min(ray_times["bare (Ray up)"]), min(ray_times[ray_name])
+        lines.append(f"| `jpeglm prep --codec jpeg --workers {k} --engine ray` (own rounds, Ray up; vs the bare loop of "
+                     f"those rounds, {t_bare_ray:.2f} s) | {t_ray:.2f} | {n / t_ray:.1f} | {t_bare_ray / t_ray:.2f}x |")
+    lines += ["", ("The rows above the Ray row ran first, with Ray not started; " if ray_name is not None else
+                   "Ray was not started (no --ray). ")
+              + ("then a local Ray was started, its rounds ran (each with a bare-loop round of its own to pair with) "
+                 "and Ray was shut down: Ray's background processes would otherwise take CPU from the other "
+                 "configurations (in one earlier run of this bench the 2-process ceiling fell from 1.78x without Ray to 1.25x with Ray up beside it)."
+                 if ray_name is not None else "")]
     if pool is not None:
         lines += ["", f"The machine's own scaling in these rounds: {t_bare / t_ceil:.2f}x best-of-rounds, "
                   f"{paired('bare', ceiling):.2f}x paired, for the bare loop on {k} processes (near {k}x on an idle "
@@ -163,9 +201,14 @@ def bench_images(args) -> list[str]:
                            f"{(per['local 1'] / per['local 2']) / (t_bare / t_ceil):.0%} best-of-rounds, "
                            f"{float(np.median(per_round)):.0%} median of paired rounds (1.8x on a machine whose own ceiling "
                            "is 1.9x is 95%).")]
-    lines += ["", "Every round, seconds: " + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in times.items()) + "."]
+    if ray_name is not None:
+        lines += ["", f"--engine ray vs the bare loop in its own rounds: {paired('bare (Ray up)', ray_name, ray_times):.2f}x "
+                  "median of paired rounds."]
+    lines += ["", "Every round, seconds: " + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v)
+                                                     for k, v in {**times, **ray_times}.items()) + "."]
     lines += ["", f"One-time start of a prep on {STARTUP_ITEMS} items (first call in the process; includes starting the fork server "
-              "for workers > 1): " + ", ".join(f"{name} {t:.2f} s" for name, t in startup.items()) + "."]
+              "for workers > 1" + (", and Ray's workers for the Ray row" if ray_name else "") + "): "
+              + ", ".join(f"{name} {t:.2f} s" for name, t in startup.items()) + "."]
 
     # tokens per image: byte-level from the manifest, BPE-320 trained on these same images' bytes
     byte_mean = manifest["tokens_per_item"]["mean"]
