@@ -28,6 +28,8 @@ from jpeglm.data_prep.writer import PrepError
 POLL_S = 0.5  # how often the driver refreshes the progress bar while it waits
 _START_TICK_S = 0.002  # how often the local engine's driver looks for workers that became ready (each then waits at
 # most this for its first unit); once all are, it sleeps until a result comes (or POLL_S passes)
+_SWITCH_S = 0.0005  # the GIL switch interval while the local engine runs (see LocalEngine.run)
+_QUEUED = 2  # units handed to each ready pool worker at a time: one running, the rest queued
 _KEEP_ALIVE: list = []
 RAY_RETRIES = 3
 _RESUME = "the chunks finished so far are kept: run the same command again to resume"
@@ -61,6 +63,7 @@ class LocalEngine:
         self.slots, self.init, self.setup, self.task, self.preload = workers, init, setup, task, tuple(preload)
         self._pool = None
         self._starting: threading.Thread | None = None
+        self._shared = None  # (context, items counter, ready counter), made once in this thread
 
     def __enter__(self):
         return self
@@ -75,8 +78,20 @@ class LocalEngine:
         a worker takes to start). Nothing to start for one worker or one unit."""
         if self._pool is None and self._starting is None and self.slots > 1 and max_units > 1:
             # in a thread: starting a process is a round trip to the fork server (5-15 ms) this process need not wait for
+            self._make_shared()
             self._starting = threading.Thread(target=self._start, args=(min(self.slots, max_units) - 1,), daemon=True)
             self._starting.start()
+
+    def _make_shared(self) -> None:
+        """The shared counters, made here (not in the starting thread): run() sets this process up with the
+        items counter and starts encoding before the pool is up."""
+        if self._shared is None:
+            ctx = mp_context(self.preload)
+            # items finished, counted by the workers (progress between units); workers that have started and built their codec
+            self._shared = (ctx, ctx.Value("q", 0), ctx.Value("i", 0))
+            # A worker still starting when run() returns (it is not waited for) unpickles these
+            # then; kept alive until the next run, else their semaphores are gone and it crashes.
+            _KEEP_ALIVE[:] = list(self._shared[1:])
 
     def _started(self) -> None:
         """Wait for a start() under way."""
@@ -85,12 +100,7 @@ class LocalEngine:
             self._starting = None
 
     def _start(self, size: int) -> None:
-        ctx = mp_context(self.preload)
-        self._counter = ctx.Value("q", 0)  # items finished, counted by the workers (progress between units)
-        self._ready = ctx.Value("i", 0)  # workers that have started and built their codec
-        # A worker still starting when run() returns (it is not waited for) unpickles these
-        # then; kept alive until the next run, else their semaphores are gone and it crashes.
-        _KEEP_ALIVE[:] = [self._counter, self._ready]
+        ctx, self._counter, self._ready = self._shared
         self._size = size
         self._pool = ProcessPoolExecutor(size, mp_context=ctx, initializer=_pool_init,
                                          initargs=(self.init, self.setup, self._counter, self._ready))
@@ -129,10 +139,8 @@ class LocalEngine:
         # so --workers N starts N - 1 processes. Pillow, PyAV and torch release the GIL while they
         # code, so this thread keeps the pool fed meanwhile. A worker is handed units only once it
         # is ready: a unit queued for a worker still starting is one the others may end up waiting for.
-        self._started()
-        if self._pool is None:
-            self._start(min(self.slots, len(units)) - 1)
-        pool, probe, counter, ready, size = self._pool, self._probe, self._counter, self._ready, self._size
+        self._make_shared()
+        counter, ready = self._shared[1], self._shared[2]
         todo = deque(units)
         pending: set = set()
         # Everything the driver waits for arrives here, as it happens: a pool task done, the probe
@@ -148,14 +156,25 @@ class LocalEngine:
             pending.add(fut)
             fut.add_done_callback(lambda f: events.put(("done", f)))
 
+        switch = sys.getswitchinterval()
         try:
-            probe.add_done_callback(lambda f: events.put(("probe", f)))
+            # The thread here starts encoding first, before the pool is (still) being started: it does not need it.
             self.init(self.setup, counter)
             local = threading.Thread(target=self._encode_here, args=(todo, events, stop), daemon=True)
             local.start()
+            # Every result of a pool worker passes three threads of this process (the pool's manager thread,
+            # the driver here, the queue's feeder thread that sends the next unit), each waiting for the GIL
+            # that the encoding thread holds between its C calls: at the default 5 ms switch interval that had
+            # left the pool worker idle, without a queued unit, for 5-20 ms several times a run.
+            sys.setswitchinterval(_SWITCH_S)
+            self._started()
+            if self._pool is None:
+                self._start(min(self.slots, len(units)) - 1)
+            pool, probe, size = self._pool, self._probe, self._size
+            probe.add_done_callback(lambda f: events.put(("probe", f)))
             local_done = False
             while not local_done or pending:
-                while todo and len(pending) < 2 * ready.value:  # one running and one queued per ready worker
+                while todo and len(pending) < _QUEUED * ready.value:  # running and queued per ready worker
                     try:
                         submit(todo.popleft())
                     except IndexError:  # the thread here took the last one
@@ -189,6 +208,7 @@ class LocalEngine:
                 raise PrepError(_result(probe))
             ok = True
         finally:
+            sys.setswitchinterval(switch)
             stop.set()  # the thread here ends after its unit
             self._close(ok)
 

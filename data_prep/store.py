@@ -171,14 +171,21 @@ class Staged:
     each is a temporary file beside its name, so a chunk's shard files can be written while its
     pieces still arrive and only the fsync and the renames are left for the end. The fsyncs run in
     parallel threads: on ext4 six concurrent fsyncs took 1-13 ms where six in a row took 16-39 ms
-    (the journal commits them together), and a chunk is six files. At a URL the data wait in memory
-    and `commit` writes each file as `Store.write_bytes` does. `abort` (or a failed commit) deletes
-    the temporary files: nothing half-written is ever under a real name."""
+    (the journal commits them together), and a chunk is six files. While a file grows, every
+    SYNC_EVERY bytes appended to it are handed to the disk by a background fdatasync, so that the
+    fsync of `commit` (the serial tail of a prep) finds little left to write. At a URL the data wait
+    in memory and `commit` writes each file as `Store.write_bytes` does. `abort` (or a failed commit)
+    deletes the temporary files: nothing half-written is ever under a real name."""
+
+    SYNC_EVERY = 1 << 20
 
     def __init__(self, store: Store):
         self.store = store
         self._files: dict[str, tuple[int, str]] = {}  # rel -> (fd, temporary path), local only
         self._data: dict[str, list[bytes]] = {}  # rel -> data, at a URL
+        self._unsynced: dict[str, int] = {}  # rel -> bytes appended since its last background sync
+        self._syncing: dict = {}  # rel -> the Future of its background fdatasync
+        self._sync_pool: ThreadPoolExecutor | None = None
 
     def append(self, rel: str, data: bytes) -> None:
         if self.store.local is None:
@@ -194,6 +201,12 @@ class Staged:
         view = memoryview(data)
         while view:  # os.write may write less than it was given
             view = view[os.write(fd, view) :]
+        self._unsynced[rel] = self._unsynced.get(rel, 0) + len(data)
+        if self._unsynced[rel] >= self.SYNC_EVERY and (rel not in self._syncing or self._syncing[rel].done()):
+            if self._sync_pool is None:
+                self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="jpeglm-staged-sync")
+            self._syncing[rel] = self._sync_pool.submit(os.fdatasync, fd)  # waits for the disk, not for the GIL
+            self._unsynced[rel] = 0
 
     def commit(self, more: dict[str, bytes] | None = None) -> None:
         """Append `more` (name -> data), then put every file in place, all on disk when this returns."""
@@ -212,6 +225,8 @@ class Staged:
             else:
                 for fd in fds:
                     os.fsync(fd)
+            for fut in self._syncing.values():  # an error of the disk is raised here
+                fut.result()
             for rel, (_, tmp) in self._files.items():
                 os.replace(tmp, self.store.local / rel)
         finally:
@@ -221,6 +236,11 @@ class Staged:
         """Close and delete what was not put in place (nothing after a commit)."""
         files, self._files = self._files, {}
         self._data.clear()
+        if self._sync_pool is not None:  # its fds are closed below: no sync may still be using one
+            self._sync_pool.shutdown(wait=True)
+            self._sync_pool = None
+        self._syncing.clear()
+        self._unsynced.clear()
         for fd, tmp in files.values():
             os.close(fd)
             if os.path.exists(tmp):
