@@ -46,7 +46,7 @@ from jpeglm.data_prep import units as unitlib
 from jpeglm.data_prep.engines import make_engine
 from jpeglm.data_prep.sources import Item, Source, fetch_image
 from jpeglm.data_prep.store import Store
-from jpeglm.data_prep.writer import (ChunkResult, PrepError, Record, claim_output, marker_name, read_done, save_tokenizer,
+from jpeglm.data_prep.writer import (SETTINGS_PATH, ChunkResult, PrepError, Record, claim_output, marker_name, read_done, save_tokenizer,
                                      write_chunk, write_manifest)
 from jpeglm.media import DEFAULT_MAX_FILE_BYTES
 from jpeglm.shards import FORMAT, PARTS_DIR, SPLITS, TOKENIZER_DIR, VERSION, dtype_for_vocab, shard_name
@@ -503,12 +503,14 @@ def _plan(source: Source, codec_factory: Callable, store: Store, s: PrepSettings
                    labels.of_key if labels is not None else None, labels.why_missing if labels is not None else "")
     if on_setup is not None:
         on_setup(setup, len(items))
-    claim_output(store, settings, s.overwrite, shared=s.part is not None)
+    # settings.json is written here (a concurrent part or a rerun reads it) and fsync'd by the thread
+    # below (2-4 ms before the first unit otherwise), which is done before the manifest is written.
+    claim_output(store, settings, s.overwrite, shared=s.part is not None, sync=False)
     # The tokenizer's and the codec's files are only read after the prep (workers get the tokenizer's
     # bytes in their setup): written by a thread meanwhile, as the units run (fsyncs, 5-10 ms of a
     # 500-photo prep's start otherwise); _prep waits for it before the manifest.
     io_pool = ThreadPoolExecutor(1, thread_name_prefix="jpeglm-prep-io")
-    io_done = io_pool.submit(lambda: (save_tokenizer(store, tok_files), _bundle(codec, store))[1])
+    io_done = io_pool.submit(lambda: (store.sync(SETTINGS_PATH), save_tokenizer(store, tok_files), _bundle(codec, store))[2])
     io_pool.shutdown(wait=False)  # the thread ends after this one task
     listed = set(store.listdir(PARTS_DIR))  # one listing, then only the markers that are there are read
     done = {c: m for c in range(len(chunks))

@@ -96,6 +96,15 @@ class Store:
             self.fs.pipe_file(self.path(tmp), data)
             self.fs.mv(self.path(tmp), self.path(rel))
 
+    def sync(self, rel: str) -> None:
+        """fsync a file written with `sync=False` (locally; at a URL a written file is there already)."""
+        if self.local is not None:
+            fd = os.open(self.local / rel, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def write_files(self, files: dict[str, bytes]) -> None:
         """`write_bytes` for several files, all on disk when it returns (see `Staged`)."""
         if self.local is None or len(files) < 2:

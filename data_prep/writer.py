@@ -32,6 +32,7 @@ from jpeglm.errors import UserError
 from jpeglm.shards import MANIFEST, PARTS_DIR, SPLITS, TOKENIZER_DIR, shard_name
 
 SETTINGS = "settings.json"
+SETTINGS_PATH = f"{PARTS_DIR}/{SETTINGS}"
 
 
 class PrepError(UserError, RuntimeError):
@@ -254,15 +255,16 @@ def clear_output(root) -> None:
         store.remove(name)
 
 
-def claim_output(root, settings: dict, overwrite: bool, shared: bool = False) -> None:
+def claim_output(root, settings: dict, overwrite: bool, shared: bool = False, sync: bool = True) -> None:
     """Make `root` ours for a prep with `settings`: new, resumable, or refused.
 
     Refuses (PrepError) a folder holding other files, or a prep made with other settings, unless
     `overwrite`, which deletes the previous prep's files first. `shared`: other processes (parts
-    of the same prep on other machines) may be writing here now, so their temporaries stay."""
+    of the same prep on other machines) may be writing here now, so their temporaries stay.
+    `sync=False`: the settings file is not fsync'd here (the caller does it: `Store.sync(SETTINGS_PATH)`)."""
     root = Store.of(root)
     settings = json.loads(_json_bytes(settings))  # as read back (tuples become lists), or a rerun never matches
-    settings_path = f"{PARTS_DIR}/{SETTINGS}"
+    settings_path = SETTINGS_PATH
     if root.exists() and not root.is_dir():
         raise PrepError(f"--out {root} is a file, not a folder")
     if root.is_dir():
@@ -293,7 +295,7 @@ def claim_output(root, settings: dict, overwrite: bool, shared: bool = False) ->
     if not shared:
         remove_stale_temporaries(root)
     if not root.is_file(settings_path):
-        root.write_bytes(settings_path, _json_bytes(settings))
+        root.write_bytes(settings_path, _json_bytes(settings), sync=sync)
 
 
 def save_tokenizer(root, files: dict[str, bytes]) -> None:
