@@ -175,6 +175,17 @@ class Store:
             self.fs.makedirs(self.path(rel), exist_ok=True)
 
 
+_SYNC_THREADS: list = []
+
+
+def _sync_threads() -> ThreadPoolExecutor:
+    """The threads that fsync for `Staged`, made once per process: a pool per commit started up to six
+    threads in the serial tail of every prep (each start waits for the new thread to run: 0.1-2 ms)."""
+    if not _SYNC_THREADS:
+        _SYNC_THREADS.append(ThreadPoolExecutor(8, thread_name_prefix="jpeglm-fsync"))
+    return _SYNC_THREADS[0]
+
+
 class Staged:
     """Files that grow as their data come (`append`) and are put in place together (`commit`): locally
     each is a temporary file beside its name, so a chunk's shard files can be written while its
@@ -194,7 +205,6 @@ class Staged:
         self._data: dict[str, list[bytes]] = {}  # rel -> data, at a URL
         self._unsynced: dict[str, int] = {}  # rel -> bytes appended since its last background sync
         self._syncing: dict = {}  # rel -> the Future of its background fdatasync
-        self._sync_pool: ThreadPoolExecutor | None = None
 
     def append(self, rel: str, data: bytes) -> None:
         if self.store.local is None:
@@ -212,9 +222,7 @@ class Staged:
             view = view[os.write(fd, view) :]
         self._unsynced[rel] = self._unsynced.get(rel, 0) + len(data)
         if self._unsynced[rel] >= self.SYNC_EVERY and (rel not in self._syncing or self._syncing[rel].done()):
-            if self._sync_pool is None:
-                self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="jpeglm-staged-sync")
-            self._syncing[rel] = self._sync_pool.submit(os.fdatasync, fd)  # waits for the disk, not for the GIL
+            self._syncing[rel] = _sync_threads().submit(os.fdatasync, fd)  # waits for the disk, not for the GIL
             self._unsynced[rel] = 0
 
     def commit(self, more: dict[str, bytes] | None = None) -> None:
@@ -229,8 +237,7 @@ class Staged:
                 return
             fds = [fd for fd, _ in self._files.values()]
             if len(fds) > 1:
-                with ThreadPoolExecutor(min(8, len(fds))) as pool:  # fsync waits for the disk, not for the GIL
-                    list(pool.map(os.fsync, fds))
+                list(_sync_threads().map(os.fsync, fds))  # fsync waits for the disk, not for the GIL
             else:
                 for fd in fds:
                     os.fsync(fd)
@@ -245,9 +252,8 @@ class Staged:
         """Close and delete what was not put in place (nothing after a commit)."""
         files, self._files = self._files, {}
         self._data.clear()
-        if self._sync_pool is not None:  # its fds are closed below: no sync may still be using one
-            self._sync_pool.shutdown(wait=True)
-            self._sync_pool = None
+        for fut in self._syncing.values():  # their fds are closed below: no sync may still be using one
+            fut.exception()  # waits; an error no longer matters
         self._syncing.clear()
         self._unsynced.clear()
         for fd, tmp in files.values():
