@@ -24,9 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jpeglm.codecs.jpeg import JpegCodec  # noqa: E402
-from jpeglm.data_prep import engines, pipeline, units, writer  # noqa: E402
-from jpeglm.data_prep.sources import open_source  # noqa: E402
+from jpeglm.data_prep import engines, pipeline, units, writer
+from jpeglm.data_prep.sources import open_source
+
+from jpeglm.codecs.jpeg import JpegCodec
 
 PETS = ROOT.parent / "shared" / "data" / "pets" / "train"
 EVENTS: list = []  # driver: (name, thread, start, end, thread CPU)
@@ -82,10 +83,10 @@ def profile(source, workers: int, n: int, timeline: bool) -> dict:
             t_end, cpu = time.perf_counter(), time.process_time() - c0
     finally:
         engines.LocalEngine.run = run
-    ms = lambda t: 1e3 * (t - t0)  # noqa: E731
+    ms = lambda t: 1e3 * (t - t0)
     by_worker: dict = {}
     for (pid, thread, a, b, c, k, init), received in sorted(got, key=lambda g: g[0][2]):
-        w = by_worker.setdefault(f"{'driver' if pid == os.getpid() else 'pool'} {pid}", dict(
+        w = by_worker.setdefault(f"{'driver' if pid == os.getpid() else 'pool'} {pid}", dict(  # noqa: C408
             first=a, last=b, busy=0.0, cpu=0.0, items=0, units=0, gaps=0.0, late=0.0, init=init))
         w["gaps"] += max(0.0, a - w["last"]) if w["units"] else 0.0
         w.update(last=b, busy=w["busy"] + b - a, cpu=w["cpu"] + c, items=w["items"] + k, units=w["units"] + 1)
