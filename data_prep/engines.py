@@ -35,7 +35,8 @@ RAY_RETRIES = 3
 _RESUME = "the chunks finished so far are kept: run the same command again to resume"
 
 
-PRELOAD = ("__main__", "jpeglm.data_prep.pipeline", "jpeglm.data_prep.sources", "jpeglm.media", "jpeglm.tokenizer")
+PRELOAD = ("__main__", "jpeglm.data_prep.pipeline", "jpeglm.data_prep.sources", "jpeglm.media", "jpeglm.tokenizer",
+           "jpeglm.data_prep.preload")  # the last one warms what a worker's first item would (Pillow's plugins)
 
 
 def mp_context(preload: tuple[str, ...] = ()):
@@ -138,7 +139,7 @@ class LocalEngine:
         # start (a worker takes 50-100 ms to start on 2 loaded cores, a third of a 500-photo prep),
         # so --workers N starts N - 1 processes. Pillow, PyAV and torch release the GIL while they
         # code, so this thread keeps the pool fed meanwhile. A worker is handed units only once it
-        # is ready: a unit queued for a worker still starting is one the others may end up waiting for.
+        # is ready (but for one small unit, below): a unit queued for a worker still starting is one the others may end up waiting for.
         self._make_shared()
         counter, ready = self._shared[1], self._shared[2]
         todo = deque(units)
@@ -172,6 +173,13 @@ class LocalEngine:
                 self._start(min(self.slots, len(units)) - 1)
             pool, probe, size = self._pool, self._probe, self._size
             probe.add_done_callback(lambda f: events.put(("probe", f)))
+            # Each pool worker gets one of the last (smallest, MIN_UNIT items) units queued before it is
+            # ready: it starts on it the moment it has set up (the driver only sees `ready` 1-5 ms later,
+            # and its next units take that long to reach it), and a small unit queued for a worker that is
+            # slow to start holds back little. The chunk's pieces are merged in order whatever order they come in.
+            for _ in range(size):
+                if len(todo) > 1:
+                    submit(todo.pop())
             local_done = False
             while not local_done or pending:
                 while todo and len(pending) < _QUEUED * ready.value:  # running and queued per ready worker
