@@ -20,7 +20,10 @@ pytest.importorskip("skimage")
 
 def test_demo_scores_every_system_in_every_setting(tmp_path):
     out = tmp_path / "demo"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A fresh process as a user starts it: earlier in-process tests leave the rendezvous variables of
+    # their (still open) process group in os.environ, and a MASTER_PORT inherited from them is taken.
+    rendezvous = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {**{k: v for k, v in os.environ.items() if k not in rendezvous}, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "jpeglm", "demo", "--out", str(out), "--steps", "60", "--vq-steps", "40"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
